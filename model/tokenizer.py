@@ -1,0 +1,71 @@
+"""The shared subword vocabulary: byte-level BPE (Hugging Face `tokenizers`), saved as tokenizer.json.
+
+Byte-level means every string encodes (no unknown token) and decodes back exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]  # ids 0, 1, 2, 3
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> HFTokenizer:
+    tokenizer = HFTokenizer(models.BPE(unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        min_frequency=2,
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    return tokenizer
+
+
+class Tokenizer:
+    """Text ↔ token ids, with the ids of the special tokens at hand."""
+
+    def __init__(self, hf: HFTokenizer):
+        self.hf = hf
+        self.pad_id = self._id(PAD)
+        self.bos_id = self._id(BOS)
+        self.eos_id = self._id(EOS)
+
+    def _id(self, token: str) -> int:
+        token_id = self.hf.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"tokenizer has no {token!r} token")
+        return token_id
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Tokenizer:
+        return cls(HFTokenizer.from_file(str(path)))
+
+    def save(self, path: str | Path) -> None:
+        self.hf.save(str(path))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, without special tokens."""
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, token_ids: list[int]) -> str:
+        """Text of `token_ids`, special tokens dropped."""
+        return self.hf.decode(token_ids, skip_special_tokens=True)
+
+    def decode_batch(self, batch: list[list[int]]) -> list[str]:
+        return self.hf.decode_batch(batch, skip_special_tokens=True)

@@ -1,0 +1,312 @@
+"""The Transformer of "Attention is All You Need": encoder-decoder or decoder-only, one implementation.
+
+A decoder-only model is the decoder stack without cross-attention. Training calls
+`forward(src, tgt)` / `forward(tokens)` without a cache; decoding calls `encode` once and
+`decode` per step with a `KVCache`, so keys and values of earlier positions are never recomputed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import TransformerConfig
+
+ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": partial(F.gelu, approximate="tanh"),  # GPT-2's "gelu_new"
+    "swish": F.silu,  # Marian's opus-mt models
+}
+
+
+def sinusoidal_table(num_positions: int, dim: int) -> Tensor:
+    """The paper's encodings laid out as [sin | cos] halves (as Marian and tensor2tensor)."""
+    half = dim // 2
+    inv_freq = 10000.0 ** (-torch.arange(half, dtype=torch.float64) / half)  # (D/2,)
+    angles = torch.arange(num_positions, dtype=torch.float64)[:, None] * inv_freq  # (P, D/2)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).float()  # (P, D)
+
+
+def attention_mask(start_pos: int, num_new: int, key_valid: Tensor | None, device) -> Tensor | None:
+    """Causal mask of `num_new` queries at `start_pos...` over every key so far: True = may attend.
+
+    `key_valid` (B, Tk) marks padding keys False. A query may always attend to itself, so a
+    padding query never has an all-False row (which would make SDPA return NaN).
+    """
+    if num_new == 1 and key_valid is None:
+        return None  # one new query may see every cached key
+    q_pos = torch.arange(start_pos, start_pos + num_new, device=device)
+    k_pos = torch.arange(start_pos + num_new, device=device)
+    mask = k_pos[None, :] <= q_pos[:, None]  # (T, Tk)
+    if key_valid is None:
+        return mask
+    diagonal = k_pos[None, :] == q_pos[:, None]  # (T, Tk)
+    return (mask[None] & (key_valid[:, None, :] | diagonal[None]))[:, None]  # (B, 1, T, Tk)
+
+
+@dataclass
+class LayerCache:
+    """One decoder layer's cached self-attention K/V, and its cross-attention K/V once computed."""
+
+    k: Tensor  # (B, H, max_len, Dh)
+    v: Tensor  # (B, H, max_len, Dh)
+    cross_k: Tensor | None = None  # (B, H, S, Dh)
+    cross_v: Tensor | None = None
+
+    def update(self, start_pos: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write the new positions' K/V and return K/V of every position so far."""
+        end = start_pos + k.shape[2]
+        self.k[:, :, start_pos:end] = k
+        self.v[:, :, start_pos:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class KVCache:
+    """A batch of sequences decoded in lockstep, preallocated to `max_len` positions (gpt-fast style).
+
+    The engine replaces this with a paged cache; this one is the simple cache that proves
+    cached == uncached, and serves evaluation and training-time BLEU.
+    """
+
+    def __init__(
+        self, config: TransformerConfig, batch_size: int, max_len: int, device=None, dtype=None
+    ):
+        shape = (batch_size, config.num_heads, max_len, config.head_dim)
+        self.layers = [
+            LayerCache(
+                torch.zeros(shape, device=device, dtype=dtype),
+                torch.zeros(shape, device=device, dtype=dtype),
+            )
+            for _ in range(config.num_decoder_layers)
+        ]
+        self.length = 0  # positions written so far
+        self.max_len = max_len
+
+    def reorder(self, index: Tensor) -> None:
+        """Row i becomes old row index[i] (beam search). Cross K/V rows of one source are equal."""
+        for layer in self.layers:
+            layer.k = layer.k.index_select(0, index)
+            layer.v = layer.v.index_select(0, index)
+
+
+class Attention(nn.Module):
+    """Multi-head attention. Self-attention fuses Q, K, V into one projection; cross-attention K, V."""
+
+    def __init__(self, config: TransformerConfig, is_cross: bool):
+        super().__init__()
+        d = config.d_model
+        self.num_heads = config.num_heads
+        self.dropout = config.dropout
+        self.is_cross = is_cross
+        if is_cross:
+            self.q_proj = nn.Linear(d, d)
+            self.kv_proj = nn.Linear(d, 2 * d)
+        else:
+            self.qkv_proj = nn.Linear(d, 3 * d)
+        self.out_proj = nn.Linear(d, d)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        B, T, D = x.shape
+        return x.view(B, T, self.num_heads, D // self.num_heads).transpose(1, 2)  # (B, H, T, Dh)
+
+    def forward(
+        self,
+        x: Tensor,  # (B, T, D)
+        mask: Tensor | None,
+        memory: Tensor | None = None,  # (B, S, D), cross-attention only
+        cache: LayerCache | None = None,
+        start_pos: int = 0,
+    ) -> Tensor:
+        if self.is_cross:
+            q = self._heads(self.q_proj(x))
+            if cache is not None and cache.cross_k is not None:
+                k, v = cache.cross_k, cache.cross_v
+            else:
+                assert memory is not None
+                k, v = (self._heads(t) for t in self.kv_proj(memory).chunk(2, dim=-1))
+                if cache is not None:
+                    cache.cross_k, cache.cross_v = k, v  # computed once per sequence
+        else:
+            q, k, v = (self._heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))
+            if cache is not None:
+                k, v = cache.update(start_pos, k, v)
+        dropout = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout
+        )  # (B, H, T, Dh)
+        B, H, T, Dh = y.shape
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, H * Dh))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.d_model, config.d_ff)
+        self.fc2 = nn.Linear(config.d_ff, config.d_model)
+        self.activation = ACTIVATIONS[config.activation]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.activation(self.fc1(x)))
+
+
+class Layer(nn.Module):
+    """An encoder layer, or a decoder layer (`has_cross`): sublayers with residuals and norms."""
+
+    def __init__(self, config: TransformerConfig, has_cross: bool):
+        super().__init__()
+        self.norm_first = config.norm_first
+        self.self_attn = Attention(config, is_cross=False)
+        self.self_attn_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.cross_attn = Attention(config, is_cross=True) if has_cross else None
+        self.cross_attn_norm = (
+            nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if has_cross else None
+        )
+        self.ffn = FeedForward(config)
+        self.ffn_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.drop = nn.Dropout(config.dropout)
+
+    def _sublayer(self, x: Tensor, norm: nn.Module, fn) -> Tensor:
+        if self.norm_first:
+            return x + self.drop(fn(norm(x)))
+        return norm(x + self.drop(fn(x)))
+
+    def forward(
+        self,
+        x,
+        self_mask,
+        memory=None,
+        cross_mask=None,
+        cache: LayerCache | None = None,
+        start_pos=0,
+    ):
+        x = self._sublayer(
+            x,
+            self.self_attn_norm,
+            lambda h: self.self_attn(h, self_mask, cache=cache, start_pos=start_pos),
+        )
+        if self.cross_attn is not None:
+            x = self._sublayer(
+                x, self.cross_attn_norm, lambda h: self.cross_attn(h, cross_mask, memory, cache)
+            )
+        return self._sublayer(x, self.ffn_norm, self.ffn)
+
+
+class Embeddings(nn.Module):
+    """Token embedding (scaled by sqrt(d_model) as in the paper) plus positional encoding."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.learned = config.positional == "learned"
+        if self.learned:
+            self.positions = nn.Embedding(config.max_positions, config.d_model)
+        else:
+            self.register_buffer(
+                "table", sinusoidal_table(config.max_positions, config.d_model), persistent=False
+            )
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, token_ids: Tensor, positions: Tensor) -> Tensor:
+        pos = self.positions(positions) if self.learned else self.table[positions]
+        return self.drop(self.tokens(token_ids) * self.scale + pos)  # (B, T, D)
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = config
+        has_encoder = config.is_encoder_decoder
+        self.embed = Embeddings(config)  # shared by encoder and decoder (one joint vocabulary)
+        self.encoder_layers = nn.ModuleList(
+            Layer(config, has_cross=False) for _ in range(config.num_encoder_layers)
+        )
+        self.decoder_layers = nn.ModuleList(
+            Layer(config, has_cross=has_encoder) for _ in range(config.num_decoder_layers)
+        )
+        final_norm = partial(nn.LayerNorm, config.d_model, eps=config.layer_norm_eps)
+        self.encoder_norm = final_norm() if config.norm_first and has_encoder else None
+        self.decoder_norm = final_norm() if config.norm_first else None
+        self.lm_head = (
+            None
+            if config.tie_embeddings
+            else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        )
+        if config.final_logits_bias:
+            self.register_buffer("final_logits_bias", torch.zeros(config.vocab_size))
+        else:
+            self.final_logits_bias = None
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for name, p in self.named_parameters():
+            if p.dim() > 1 and "norm" not in name:
+                nn.init.xavier_uniform_(p)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+        nn.init.normal_(self.embed.tokens.weight, std=self.config.d_model**-0.5)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def encode(self, src_ids: Tensor, src_valid: Tensor | None = None) -> Tensor:
+        """memory (B, S, D) of the source; `src_valid` (B, S) is False at padding."""
+        positions = torch.arange(src_ids.shape[1], device=src_ids.device)
+        x = self.embed(src_ids, positions)
+        mask = None if src_valid is None else src_valid[:, None, None, :]  # (B, 1, 1, S)
+        for layer in self.encoder_layers:
+            x = layer(x, mask)
+        return self.encoder_norm(x) if self.encoder_norm is not None else x
+
+    def decode(
+        self,
+        tgt_ids: Tensor,  # (B, T): new target tokens (all of them without a cache)
+        memory: Tensor | None = None,  # (B, S, D), encoder-decoder only
+        memory_valid: Tensor | None = None,  # (B, S)
+        cache: KVCache | None = None,
+        tgt_valid: Tensor | None = None,  # (B, T) padding of the target, uncached only
+    ) -> Tensor:
+        """Logits (B, T, V) for the next token after each of `tgt_ids`."""
+        start_pos = cache.length if cache is not None else 0
+        num_new = tgt_ids.shape[1]
+        positions = torch.arange(start_pos, start_pos + num_new, device=tgt_ids.device)
+        x = self.embed(tgt_ids, positions)
+        self_mask = attention_mask(start_pos, num_new, tgt_valid, tgt_ids.device)
+        cross_mask = None if memory_valid is None else memory_valid[:, None, None, :]
+        for i, layer in enumerate(self.decoder_layers):
+            layer_cache = cache.layers[i] if cache is not None else None
+            x = layer(x, self_mask, memory, cross_mask, layer_cache, start_pos)
+        if cache is not None:
+            cache.length += num_new
+        if self.decoder_norm is not None:
+            x = self.decoder_norm(x)
+        return self.project(x)
+
+    def project(self, x: Tensor) -> Tensor:
+        weight = self.embed.tokens.weight if self.lm_head is None else self.lm_head.weight
+        logits = F.linear(x, weight)  # (B, T, V)
+        return logits if self.final_logits_bias is None else logits + self.final_logits_bias
+
+    def forward(
+        self,
+        src_or_tokens: Tensor,
+        tgt_ids: Tensor | None = None,
+        src_valid: Tensor | None = None,
+        tgt_valid: Tensor | None = None,
+    ) -> Tensor:
+        """Training: `forward(src, tgt)` for encoder-decoder, `forward(tokens)` for decoder-only."""
+        if not self.config.is_encoder_decoder:
+            return self.decode(src_or_tokens, tgt_valid=src_valid)
+        assert tgt_ids is not None, "an encoder-decoder model needs tgt_ids"
+        memory = self.encode(src_or_tokens, src_valid)
+        return self.decode(tgt_ids, memory, src_valid, tgt_valid=tgt_valid)
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        p = self.embed.tokens.weight
+        return KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype)

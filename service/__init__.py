@@ -1,0 +1,1 @@
+"""attnserve HTTP service (filled in by the service issue)."""
