@@ -38,11 +38,14 @@ CREDIT_MSGIDS = {
 
 _TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9:_-]*(\s[^<>]*)?/?>")
 _FORMAT = re.compile(
-    r"%(\([^)]*\))?[-+ #0-9.*]*[hlLqjzt]*[diouxXeEfFgGcrsaAp%@]"  # printf / python %-format
-    r"|%\d+"  # Qt/KDE %1
+    r"%\d+(?![\d.]*[diouxXeEfFgGs])"  # Qt/KDE %1 (before printf, which would read `%1 o` as one code)
+    r"|%(\([^)]*\))?[-+ #0-9.*]*[hlLqjzt]*[diouxXeEfFgGcrsaAp%@]"  # printf / python %-format
     r"|\{[^{}]*\}"  # str.format / ICU {0}, {name}
     r"|\$\{?\w+\}?"  # shell-ish $var
 )
+_ENTITY = re.compile(
+    r"&(#\d+|#x[0-9a-fA-F]+|[A-Za-z]\w*);"
+)  # only with the semicolon: `&region=` is a URL
 _LETTER = re.compile(r"[^\W\d_]")
 _SPACE = re.compile(r"\s+")
 
@@ -61,23 +64,20 @@ def read_catalog(path: Path) -> Iterator[tuple[str, str]]:
 def strip_accelerator(text: str) -> str:
     """Remove one keyboard-accelerator marker: GTK `_File`, Qt/KDE `&File`, LibreOffice `~File`."""
     for marker in ("_", "&", "~"):
-        if text.count(marker) != 1:
-            continue
-        i = text.index(marker)
-        if i + 1 < len(text) and text[i + 1].isalnum():
-            # `&amp;` is an entity, not an accelerator. GTK puts the marker mid-word too
-            # (`Spei_chern`), so any single marker before a letter or digit is removed.
-            if marker == "&" and re.match(r"&#?\w+;", text[i:]):
-                continue
+        # `&amp;` is an entity, not a marker. GTK puts the marker mid-word too (`Spei_chern`),
+        # so a lone marker before a letter or digit is removed wherever it stands.
+        positions = [i for i, c in enumerate(text) if c == marker and not _ENTITY.match(text, i)]
+        if len(positions) == 1 and text[positions[0] + 1 : positions[0] + 2].isalnum():
+            i = positions[0]
             return text[:i] + text[i + 1 :]
     return text
 
 
 def normalize(text: str) -> str:
     """Markup and accelerators out, entities unescaped, whitespace collapsed."""
+    text = _TAG.sub("", text)  # first: a `_` or `&` inside a tag is no accelerator
     text = strip_accelerator(text)
-    text = _TAG.sub("", text)
-    text = html.unescape(text)
+    text = _ENTITY.sub(lambda m: html.unescape(m.group(0)), text)
     return _SPACE.sub(" ", text).strip()
 
 

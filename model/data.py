@@ -230,13 +230,15 @@ def split_by_package(pairs: list[Pair], seed: int = 1234) -> dict[str, list[Pair
         p for p, ps in by_package.items() if len(ps) <= MAX_EVAL_PACKAGE and p != "ddtp"
     )
     random.Random(seed).shuffle(candidates)
+    # Count only pairs that will survive the overlap filter below (English not in a big package).
+    big_package_en = {p.en for p in pairs if p.package not in set(candidates)}
     assigned: dict[str, str] = {}
-    counts = Counter()
+    counts: Counter[str] = Counter()
     for package in candidates:
         for split in ("test", "valid"):
             if counts[split] < EVAL_PAIRS:
                 assigned[package] = split
-                counts[split] += len(by_package[package])
+                counts[split] += sum(p.en not in big_package_en for p in by_package[package])
                 break
     splits: dict[str, list[Pair]] = {"train": [], "valid": [], "test": []}
     for pair in pairs:

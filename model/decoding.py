@@ -51,6 +51,28 @@ def greedy_reference(model: Transformer, input_ids: list[int], max_new_tokens: i
 
 
 @torch.inference_mode()
+def greedy_cached(model: Transformer, input_ids: list[int], max_new_tokens: int) -> list[int]:
+    """`greedy_reference` with the KV cache: the prompt (or decoder start) once, then one token a step."""
+    config = model.config
+    device = model.embed.tokens.weight.device
+    if config.is_encoder_decoder:
+        memory = model.encode(torch.tensor([input_ids], device=device))
+        prompt = [config.decoder_start_token_id]
+    else:
+        memory, prompt = None, list(input_ids)
+    cache = model.new_cache(1, len(prompt) + max_new_tokens)
+    next_ids = torch.tensor([prompt], device=device)
+    new_tokens: list[int] = []
+    for _ in range(max_new_tokens):
+        next_id = int(model.decode(next_ids, memory, cache=cache)[0, -1].argmax())
+        new_tokens.append(next_id)
+        if next_id == config.eos_token_id:
+            break
+        next_ids = torch.tensor([[next_id]], device=device)
+    return new_tokens
+
+
+@torch.inference_mode()
 def greedy_batch(
     model: Transformer, sources: list[list[int]], max_new_tokens: int
 ) -> list[list[int]]:

@@ -193,6 +193,8 @@ def train(args: argparse.Namespace) -> None:
             raise SystemExit(f"{state_path} was trained with another config; use a new --run")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if "rng" in state:
+            torch.set_rng_state(state["rng"])  # dropout continues exactly where it stopped
         step, epoch, position, history = (
             state["step"],
             state["epoch"],
@@ -210,7 +212,8 @@ def train(args: argparse.Namespace) -> None:
         total=args.max_steps, initial=step, mininterval=args.progress_interval, dynamic_ncols=True
     )
     tokens_seen, t0 = 0, time.monotonic()
-    while step < args.max_steps:
+    stop_at = min(args.max_steps, args.stop_at or args.max_steps)
+    while step < stop_at:
         epoch, index, batch = next(stream)
         lr = learning_rate(step, args.lr, args.warmup, args.max_steps)
         for group in optimizer.param_groups:
@@ -235,7 +238,7 @@ def train(args: argparse.Namespace) -> None:
             tok_s=f"{tokens_seen / (time.monotonic() - t0):.0f}",
             refresh=False,
         )
-        if step % args.eval_every == 0 or step == args.max_steps:
+        if step % args.eval_every == 0 or step == stop_at:
             record = {
                 "step": step,
                 "epoch": epoch,
@@ -251,7 +254,7 @@ def train(args: argparse.Namespace) -> None:
             history.append(record)
             progress.write(json.dumps(record))
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
-                     "position": index + 1, "history": history, "config": config.to_json(), "args": vars(args)}  # fmt: skip
+                     "position": index + 1, "history": history, "config": config.to_json(), "args": vars(args), "rng": torch.get_rng_state()}  # fmt: skip
             torch.save(state, run / "last.tmp")
             (run / "last.tmp").replace(state_path)
             torch.save(
@@ -304,7 +307,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where CUDA is present")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    p.add_argument(
+        "--stop-at",
+        type=int,
+        help="stop after this step (resume later); the schedule still ends at --max-steps",
+    )
     p.add_argument("--export", help="write the serving checkpoint directory here at the end")
     p.add_argument(
         "--average", type=int, default=1, help="average the last N checkpoints on export"

@@ -302,7 +302,7 @@ class Transformer(nn.Module):
     ) -> Tensor:
         """Training: `forward(src, tgt)` for encoder-decoder, `forward(tokens)` for decoder-only."""
         if not self.config.is_encoder_decoder:
-            return self.decode(src_or_tokens, tgt_valid=src_valid)
+            return self.decode(src_or_tokens, tgt_valid=tgt_valid)  # tokens are decoder inputs
         assert tgt_ids is not None, "an encoder-decoder model needs tgt_ids"
         memory = self.encode(src_or_tokens, src_valid)
         return self.decode(tgt_ids, memory, src_valid, tgt_valid=tgt_valid)

@@ -1,0 +1,43 @@
+"""The shared byte-level BPE vocabulary: every string round-trips, special tokens have fixed ids."""
+
+import pytest
+
+from model.tokenizer import Tokenizer, train_tokenizer
+
+TEXTS = [
+    "Open the file",
+    "Datei öffnen",
+    "Größe ändern …",
+    "Speichern unter „Dokument“",
+    "  two  spaces\tand a tab",
+    "emoji 🎉 and CJK 文件",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    corpus = ["Open the file", "Save the file as", "Datei öffnen", "Datei speichern unter"] * 20
+    return Tokenizer(train_tokenizer(corpus, vocab_size=400))
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_any_text_round_trips_exactly(tokenizer, text):
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+def test_special_tokens_have_fixed_ids_and_are_skipped_when_decoding(tokenizer):
+    assert (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id) == (0, 1, 2)
+    ids = tokenizer.encode("Datei öffnen")
+    assert tokenizer.decode([tokenizer.bos_id, *ids, tokenizer.eos_id]) == "Datei öffnen"
+
+
+def test_frequent_words_become_single_tokens(tokenizer):
+    assert len(tokenizer.encode("Datei")) == 1
+    assert len(tokenizer.encode("Datei")) < len(b"Datei")
+
+
+def test_saved_tokenizer_loads_with_the_same_vocabulary(tmp_path, tokenizer):
+    tokenizer.save(tmp_path / "tokenizer.json")
+    loaded = Tokenizer.from_file(tmp_path / "tokenizer.json")
+    assert loaded.vocab_size == tokenizer.vocab_size
+    assert loaded.encode_batch(TEXTS) == tokenizer.encode_batch(TEXTS)
