@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+SRC := $(wildcard model service tests loadtests)  # loadtests/ arrives with the deploy issue
 
 .PHONY: install serve test lint format corpus train evaluate clean
 
@@ -25,13 +26,13 @@ test: install lint
 	$(PY) -m pytest -q || [ $$? -eq 5 ]  # 5: no tests collected
 
 lint: install
-	$(VENV)/bin/ruff check model service tests loadtests
-	$(VENV)/bin/ruff format --check model service tests loadtests
+	$(VENV)/bin/ruff check $(SRC)
+	$(VENV)/bin/ruff format --check $(SRC)
 	$(VENV)/bin/mypy model service
 
 format: install
-	$(VENV)/bin/ruff check --fix model service tests loadtests
-	$(VENV)/bin/ruff format model service tests loadtests
+	$(VENV)/bin/ruff check --fix $(SRC)
+	$(VENV)/bin/ruff format $(SRC)
 
 # The corpus and the bundled model (run once, never in CI; see model/checkpoints/en-de/MODEL_CARD.md).
 corpus: install

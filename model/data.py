@@ -162,7 +162,8 @@ def align_descriptions(en: str, de: str) -> list[tuple[str, str]]:
 
     def paragraphs(description: str) -> tuple[str, list[str]]:
         short, *body = description.split("\n")
-        paras, current = [], []
+        paras: list[str] = []
+        current: list[str] = []
         for line in body:
             if line.strip() == ".":
                 paras.append(" ".join(current))

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ from model.decoding import greedy_batch, pad_batch
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
 
-PRESETS = {
+PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(d_model=64, num_heads=4, num_encoder_layers=2, num_decoder_layers=2, d_ff=256),
     "small": dict(d_model=256, num_heads=4, num_encoder_layers=3, num_decoder_layers=3, d_ff=1024),
     "base": dict(d_model=512, num_heads=8, num_encoder_layers=6, num_decoder_layers=6, d_ff=2048),
@@ -63,7 +64,9 @@ def make_batches(examples: list[Example], max_tokens: int, seed: int) -> list[li
     """Batches of similar length holding at most `max_tokens` padded tokens, in random order."""
     rng = random.Random(seed)
     order = sorted(examples, key=lambda x: (len(x.tgt_ids) + rng.random(), len(x.src_ids)))
-    batches, batch, longest = [], [], 0
+    batches: list[list[Example]] = []
+    batch: list[Example] = []
+    longest = 0
     for x in order:
         longest_if_added = max(longest, x.num_tokens)
         if batch and longest_if_added * (len(batch) + 1) > max_tokens:

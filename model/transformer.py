@@ -8,6 +8,7 @@ A decoder-only model is the decoder stack without cross-attention. Training call
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 
 from model.config import TransformerConfig
 
-ACTIVATIONS = {
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
     "gelu": F.gelu,
     "gelu_tanh": partial(F.gelu, approximate="tanh"),  # GPT-2's "gelu_new"
@@ -56,8 +57,7 @@ class LayerCache:
 
     k: Tensor  # (B, H, max_len, Dh)
     v: Tensor  # (B, H, max_len, Dh)
-    cross_k: Tensor | None = None  # (B, H, S, Dh)
-    cross_v: Tensor | None = None
+    cross_kv: tuple[Tensor, Tensor] | None = None  # 2 × (B, H, S, Dh), written at the first step
 
     def update(self, start_pos: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write the new positions' K/V and return K/V of every position so far."""
@@ -125,13 +125,13 @@ class Attention(nn.Module):
     ) -> Tensor:
         if self.is_cross:
             q = self._heads(self.q_proj(x))
-            if cache is not None and cache.cross_k is not None:
-                k, v = cache.cross_k, cache.cross_v
+            if cache is not None and cache.cross_kv is not None:
+                k, v = cache.cross_kv
             else:
-                assert memory is not None
+                assert memory is not None, "cross-attention needs the encoder memory"
                 k, v = (self._heads(t) for t in self.kv_proj(memory).chunk(2, dim=-1))
                 if cache is not None:
-                    cache.cross_k, cache.cross_v = k, v  # computed once per sequence
+                    cache.cross_kv = (k, v)  # computed once per sequence
         else:
             q, k, v = (self._heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))
             if cache is not None:
@@ -191,6 +191,7 @@ class Layer(nn.Module):
             lambda h: self.self_attn(h, self_mask, cache=cache, start_pos=start_pos),
         )
         if self.cross_attn is not None:
+            assert self.cross_attn_norm is not None
             x = self._sublayer(
                 x, self.cross_attn_norm, lambda h: self.cross_attn(h, cross_mask, memory, cache)
             )
@@ -199,6 +200,8 @@ class Layer(nn.Module):
 
 class Embeddings(nn.Module):
     """Token embedding (scaled by sqrt(d_model) as in the paper) plus positional encoding."""
+
+    table: Tensor  # (max_positions, D), sinusoidal only
 
     def __init__(self, config: TransformerConfig):
         super().__init__()

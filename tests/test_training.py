@@ -12,7 +12,20 @@ from model.decoding import greedy_batch
 from model.tokenizer import train_tokenizer
 from model.train import learning_rate, parse_args, train
 
-WORDS = ["open", "save", "file", "close", "edit", "view", "help", "print", "quit", "copy", "paste", "undo"]
+WORDS = [
+    "open",
+    "save",
+    "file",
+    "close",
+    "edit",
+    "view",
+    "help",
+    "print",
+    "quit",
+    "copy",
+    "paste",
+    "undo",
+]
 
 
 @pytest.fixture(scope="module")
