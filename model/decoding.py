@@ -105,6 +105,63 @@ class Hypothesis:
     score: float  # sum of log-probabilities / length ** length_penalty
 
 
+class BeamSearch:
+    """The beam search of one source, advanced a step at a time by whoever runs the model.
+
+    The live beams are rows of the caller's batch. `advance` takes their next-token
+    log-probabilities and returns, for each new live beam, the row it continues (its parent), so
+    the caller can reorder its cache. A hypothesis ends at EOS; its score is its log-probability
+    divided by length ** α. The search is done when it has `beam_size` finished hypotheses and
+    no live beam can still beat the worst of them (the usual heuristic: the live score at the
+    current length). The engine and `beam_search_batch` both use this class, so they agree.
+    """
+
+    def __init__(self, beam_size: int, max_new_tokens: int, length_penalty: float, eos_id: int):
+        self.beam_size = beam_size
+        self.max_new_tokens = max_new_tokens
+        self.length_penalty = length_penalty
+        self.eos_id = eos_id
+        self.scores: list[float] = [0.0]  # log-probability of each live beam; one at the start
+        self.tokens: list[list[int]] = [[]]  # new tokens of each live beam
+        self.finished: list[Hypothesis] = []  # best first
+        self.num_steps = 0
+        self.is_done = False
+
+    def advance(self, logprobs: Tensor) -> list[int]:
+        """`logprobs` (num_live, V): extend the beams; returns each new live beam's parent."""
+        K, V = self.beam_size, logprobs.shape[-1]
+        self.num_steps += 1
+        step = self.num_steps
+        scores = torch.tensor(self.scores, dtype=logprobs.dtype, device=logprobs.device)
+        candidates = (scores[:, None] + logprobs).view(-1)  # (num_live * V,)
+        top_scores, top_index = candidates.topk(min(2 * K, candidates.numel()))
+        live_scores: list[float] = []
+        live_tokens: list[list[int]] = []
+        parents: list[int] = []
+        for score, index in zip(top_scores.tolist(), top_index.tolist(), strict=True):
+            parent, token = divmod(index, V)
+            ids = self.tokens[parent] + [token]
+            if token == self.eos_id or step == self.max_new_tokens:
+                self.finished.append(Hypothesis(ids, score / len(ids) ** self.length_penalty))
+            else:
+                live_scores.append(score)
+                live_tokens.append(ids)
+                parents.append(parent)
+            if len(parents) == K:
+                break
+        self.finished.sort(key=lambda h: h.score, reverse=True)
+        self.scores, self.tokens = live_scores, live_tokens
+        if not parents:
+            self.is_done = True
+        elif len(self.finished) >= K:
+            best_live = max(live_scores) / (step + 1) ** self.length_penalty
+            self.is_done = self.finished[K - 1].score >= best_live
+        return parents
+
+    def best(self, n: int) -> list[Hypothesis]:
+        return self.finished[:n]
+
+
 @torch.inference_mode()
 def beam_search_batch(
     model: Transformer,
@@ -114,11 +171,9 @@ def beam_search_batch(
     length_penalty: float = 1.0,
     num_hypotheses: int = 1,
 ) -> list[list[Hypothesis]]:
-    """Encoder-decoder beam search over a batch, B sources × K beams as rows of one cached batch.
+    """Encoder-decoder beam search over a batch: B sources × K beams as rows of one cached batch.
 
-    A hypothesis ends at EOS; its score is its log-probability divided by length ** α. A source
-    is done when it has `beam_size` finished hypotheses and no live beam can still beat the worst
-    of them (the usual heuristic: live score at the current length). Returns the n-best per source.
+    Returns the n-best hypotheses of each source, best first (see `BeamSearch`).
     """
     config = model.config
     device = model.embed.tokens.weight.device
@@ -127,50 +182,22 @@ def beam_search_batch(
     memory = model.encode(src, src_valid).repeat_interleave(K, 0)  # (B*K, S, D)
     src_valid = src_valid.repeat_interleave(K, 0)
     cache = model.new_cache(B * K, max_new_tokens)
-    # Only beam 0 is live at the start, so the K beams do not all pick the same first token.
-    scores = torch.full((B, K), float("-inf"), device=device)
-    scores[:, 0] = 0.0
-    tokens = torch.full((B * K, 0), 0, dtype=torch.long, device=device)
+    searches = [BeamSearch(K, max_new_tokens, length_penalty, config.eos_token_id) for _ in sources]
     next_ids = torch.full((B * K, 1), config.decoder_start_token_id, device=device)
-    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
-    is_done = [False] * B
-    for step in range(1, max_new_tokens + 1):
-        logprobs = model.decode(next_ids, memory, src_valid, cache)[:, -1].log_softmax(
-            -1
-        )  # (B*K, V)
-        V = logprobs.shape[-1]
-        candidates = (scores.view(B * K, 1) + logprobs).view(B, K * V)
-        top_scores, top_index = candidates.topk(2 * K, dim=-1)  # (B, 2K)
-        top_beam, top_token = top_index // V, top_index % V
-        new_scores = torch.full((B, K), float("-inf"), device=device)
-        new_rows = torch.zeros(B, K, dtype=torch.long, device=device)
-        new_tokens = torch.full((B, K), config.pad_token_id, dtype=torch.long, device=device)
-        for b in range(B):
-            if is_done[b]:
-                new_rows[b] = b * K  # keep the rows valid; their scores stay -inf
-                continue
-            live = 0
-            for score, beam, token in zip(
-                top_scores[b].tolist(), top_beam[b].tolist(), top_token[b].tolist(), strict=True
-            ):
-                row = b * K + beam
-                if token == config.eos_token_id or step == max_new_tokens:
-                    ids = tokens[row].tolist() + [token]
-                    finished[b].append(Hypothesis(ids, score / len(ids) ** length_penalty))
-                else:
-                    new_scores[b, live], new_rows[b, live], new_tokens[b, live] = score, row, token
-                    live += 1
-                if live == K:
-                    break
-            best_live = new_scores[b].max().item() / (step + 1) ** length_penalty
-            finished[b].sort(key=lambda h: h.score, reverse=True)
-            if len(finished[b]) >= K and (live == 0 or finished[b][K - 1].score >= best_live):
-                is_done[b] = True
-        if all(is_done):
+    for _ in range(max_new_tokens):
+        logprobs = model.decode(next_ids, memory, src_valid, cache)[:, -1].log_softmax(-1)
+        rows: list[int] = []  # row b*K + i continues beam i of source b
+        tokens: list[int] = []
+        for b, search in enumerate(searches):
+            parents: list[int] = []
+            if not search.is_done:
+                parents = search.advance(logprobs[b * K : b * K + len(search.scores)])
+            padding = K - len(parents)  # rows of finished beams: kept valid, never read
+            rows += [b * K + p for p in parents] + [b * K] * padding
+            tokens += [ids[-1] for ids in search.tokens[: len(parents)]]
+            tokens += [config.pad_token_id] * padding
+        if all(search.is_done for search in searches):
             break
-        rows = new_rows.view(-1)
-        cache.reorder(rows)
-        tokens = torch.cat([tokens[rows], new_tokens.view(-1, 1)], dim=1)
-        scores = new_scores
-        next_ids = new_tokens.view(-1, 1)
-    return [sorted(f, key=lambda h: h.score, reverse=True)[:num_hypotheses] for f in finished]
+        cache.reorder(torch.tensor(rows, device=device))
+        next_ids = torch.tensor(tokens, device=device)[:, None]
+    return [search.best(num_hypotheses) for search in searches]

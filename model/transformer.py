@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import TransformerConfig
+from model.paged import PagedBatch, PagedKVCache, PagedLayer
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
@@ -120,17 +121,18 @@ class Attention(nn.Module):
         x: Tensor,  # (B, T, D)
         mask: Tensor | None,
         memory: Tensor | None = None,  # (B, S, D), cross-attention only
-        cache: LayerCache | None = None,
+        cache: LayerCache | PagedLayer | None = None,
         start_pos: int = 0,
     ) -> Tensor:
         if self.is_cross:
             q = self._heads(self.q_proj(x))
-            if cache is not None and cache.cross_kv is not None:
-                k, v = cache.cross_kv
+            cross_kv = cache.cross_kv if cache is not None else None
+            if cross_kv is not None:
+                k, v = cross_kv
             else:
                 assert memory is not None, "cross-attention needs the encoder memory"
                 k, v = (self._heads(t) for t in self.kv_proj(memory).chunk(2, dim=-1))
-                if cache is not None:
+                if isinstance(cache, LayerCache):
                     cache.cross_kv = (k, v)  # computed once per sequence
         else:
             q, k, v = (self._heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))
@@ -182,7 +184,7 @@ class Layer(nn.Module):
         self_mask,
         memory=None,
         cross_mask=None,
-        cache: LayerCache | None = None,
+        cache: LayerCache | PagedLayer | None = None,
         start_pos=0,
     ):
         x = self._sublayer(
@@ -309,6 +311,36 @@ class Transformer(nn.Module):
         assert tgt_ids is not None, "an encoder-decoder model needs tgt_ids"
         memory = self.encode(src_or_tokens, src_valid)
         return self.decode(tgt_ids, memory, src_valid, tgt_valid=tgt_valid)
+
+    def write_cross_kv(self, memory: Tensor, cache: PagedKVCache, slots: Tensor) -> None:
+        """Encoder-decoder prefill: store every decoder layer's cross-attention K/V of `memory`.
+
+        `memory` (B, S, D) is the encoder output; `slots` (B*S,) where each position goes. It is
+        written once per request and read by every step and every beam of it.
+        """
+        B, S, D = memory.shape
+        H = self.config.num_heads
+        for i, layer in enumerate(self.decoder_layers):
+            assert isinstance(layer, Layer) and layer.cross_attn is not None
+            k, v = layer.cross_attn.kv_proj(memory).chunk(2, dim=-1)  # (B, S, D) each
+            cache.k[i].index_copy_(0, slots, k.reshape(B * S, H, D // H))
+            cache.v[i].index_copy_(0, slots, v.reshape(B * S, H, D // H))
+
+    def forward_paged(
+        self, token_ids: Tensor, cache: PagedKVCache, batch: PagedBatch, last: Tensor
+    ) -> Tensor:
+        """The serving step over a paged cache: logits (B, V) after position `last` (B,) of each row.
+
+        `token_ids` (B, T) are the rows' new tokens (a prompt at prefill, one token at decode);
+        `batch` says where their K/V go and what each row attends to.
+        """
+        x = self.embed(token_ids, batch.positions)  # (B, T, D)
+        for i, layer in enumerate(self.decoder_layers):
+            x = layer(x, batch.self_mask, None, batch.cross_mask, PagedLayer(cache, i, batch))
+        x = x[torch.arange(x.shape[0], device=x.device), last]  # (B, D)
+        if self.decoder_norm is not None:
+            x = self.decoder_norm(x)
+        return self.project(x)
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         p = self.embed.tokens.weight

@@ -1,0 +1,105 @@
+"""A paged KV cache: one pool of fixed-size blocks per decoder layer, addressed by slot (vLLM-style).
+
+Slot `s` is position `s % block_size` of block `s // block_size`. Whoever owns the cache (the
+engine) hands out blocks and builds a `PagedBatch` per step saying which slots each row writes
+and reads; the model only follows it. Block 0 is scratch: padding writes land there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from model.config import TransformerConfig
+
+SCRATCH_BLOCK = 0
+
+
+class PagedKVCache:
+    """K and V of every decoder layer, self-attention and cross-attention alike, in blocks."""
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        num_blocks: int,
+        block_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        shape = (
+            config.num_decoder_layers,
+            num_blocks * block_size,
+            config.num_heads,
+            config.head_dim,
+        )
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, slots, H, Dh)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+
+    @staticmethod
+    def bytes_per_block(config: TransformerConfig, block_size: int, dtype: torch.dtype) -> int:
+        element_size = torch.empty((), dtype=dtype).element_size()
+        return 2 * config.num_decoder_layers * block_size * config.d_model * element_size
+
+    def copy_block(self, src: int, dst: int) -> None:
+        """Copy-on-write: block `dst` becomes a copy of block `src`, in every layer."""
+        bs = self.block_size
+        self.k[:, dst * bs : (dst + 1) * bs] = self.k[:, src * bs : (src + 1) * bs]
+        self.v[:, dst * bs : (dst + 1) * bs] = self.v[:, src * bs : (src + 1) * bs]
+
+
+def slots_of(block_tables: list[list[int]], lengths: list[int], block_size: int) -> Tensor:
+    """(B, max(lengths)) slot of each position < length of each row; scratch slots beyond."""
+    width = max(lengths)
+    num_cols = -(-width // block_size)
+    table = torch.tensor(
+        [t[:num_cols] + [SCRATCH_BLOCK] * (num_cols - len(t[:num_cols])) for t in block_tables]
+    )  # (B, num_cols)
+    positions = torch.arange(width)
+    slots = table[:, positions // block_size] * block_size + positions % block_size  # (B, W)
+    beyond = positions[None, :] >= torch.tensor(lengths)[:, None]
+    return slots.masked_fill(beyond, SCRATCH_BLOCK * block_size)
+
+
+@dataclass
+class PagedBatch:
+    """Where one step's rows write and read their keys and values; built by the engine.
+
+    A prefill step feeds T > 1 tokens per row and attends only to those (no prefix is cached);
+    a decode step feeds one token per row and attends to all of the row's cached positions.
+    """
+
+    positions: Tensor  # (B, T) position of each new token
+    write_slots: Tensor  # (B*T,) slot for each new token's K/V; padding tokens write to scratch
+    self_mask: Tensor | None  # (B, 1, T, Tk) True = may attend
+    read_slots: Tensor | None = None  # (B, Tk) decode: slots of every key of each row
+    cross_read_slots: Tensor | None = None  # (B, S) encoder-decoder: the row's cross-attention K/V
+    cross_mask: Tensor | None = None  # (B, 1, 1, S)
+
+
+class PagedLayer:
+    """The per-layer view of the paged cache that `Attention` reads and writes."""
+
+    def __init__(self, cache: PagedKVCache, layer: int, batch: PagedBatch):
+        self.k, self.v = cache.k[layer], cache.v[layer]  # (slots, H, Dh)
+        self.batch = batch
+
+    def update(self, start_pos: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write the new K/V (B, H, T, Dh) to their slots; return the K/V this step attends to."""
+        B, H, T, Dh = k.shape
+        slots = self.batch.write_slots
+        self.k.index_copy_(0, slots, k.transpose(1, 2).reshape(B * T, H, Dh))
+        self.v.index_copy_(0, slots, v.transpose(1, 2).reshape(B * T, H, Dh))
+        if self.batch.read_slots is None:
+            return k, v  # prefill attends to its own tokens
+        read = self.batch.read_slots
+        return self.k[read].transpose(1, 2), self.v[read].transpose(1, 2)  # (B, H, Tk, Dh)
+
+    @property
+    def cross_kv(self) -> tuple[Tensor, Tensor]:
+        read = self.batch.cross_read_slots
+        assert read is not None, "an encoder-decoder step needs cross_read_slots"
+        return self.k[read].transpose(1, 2), self.v[read].transpose(1, 2)  # (B, H, S, Dh)

@@ -1,0 +1,25 @@
+"""The engine: paged KV cache, continuous batching, sampling and beam search (see engine.py)."""
+
+from service.engine.async_engine import AsyncEngine
+from service.engine.engine import EngineConfig, LLMEngine, StepStats
+from service.engine.request import (
+    EngineOverloaded,
+    FinishReason,
+    RequestOutput,
+    RequestTooLong,
+    SamplingParams,
+)
+from service.engine.scheduler import SchedulerConfig
+
+__all__ = [
+    "AsyncEngine",
+    "EngineConfig",
+    "EngineOverloaded",
+    "FinishReason",
+    "LLMEngine",
+    "RequestOutput",
+    "RequestTooLong",
+    "SamplingParams",
+    "SchedulerConfig",
+    "StepStats",
+]

@@ -1,0 +1,318 @@
+"""The engine: one model, its KV cache, a scheduler; `step()` is one iteration of continuous
+batching (schedule → run → postprocess → collect finished). `LLMEngine.generate` is the offline API."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from model.checkpoint import load_checkpoint
+from model.paged import PagedKVCache
+from model.tokenizer import Tokenizer
+from model.transformer import Transformer
+from service.engine.block_manager import BlockManager
+from service.engine.detokenizer import IncrementalDetokenizer
+from service.engine.request import (
+    Beam,
+    EngineOverloaded,
+    FinishReason,
+    Hypothesis,
+    Request,
+    RequestOutput,
+    RequestTooLong,
+    SamplingParams,
+)
+from service.engine.runner import ModelRunner
+from service.engine.sampler import apply_penalties, sample
+from service.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    kv_cache_mb: float = 256.0  # memory budget of the paged KV cache
+    block_size: int = 16  # positions per cache block
+    device: str = "cpu"
+    dtype: str = "float32"  # float32 on CPU; float16 / bfloat16 on CUDA
+    num_threads: int | None = None  # torch intra-op threads (process-wide); None: leave as is
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What one step did; the HTTP layer turns these into metrics."""
+
+    num_running: int
+    num_waiting: int
+    batch_size: int  # rows run this step (beams of prefilled and decoding requests)
+    num_prefill_tokens: int
+    num_decode_tokens: int
+    blocks_used: int
+    blocks_total: int
+    num_preempted: int  # this step
+    num_preemptions_total: int
+    duration_s: float
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: Tokenizer,
+        config: EngineConfig | None = None,
+        on_step: Callable[[StepStats], None] | None = None,
+    ):
+        self.config = config = config or EngineConfig()
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        dtype = getattr(torch, config.dtype)
+        self.model = model.to(device=config.device, dtype=dtype).eval()
+        self.tokenizer = tokenizer
+        self.model_config = model.config
+        block_bytes = PagedKVCache.bytes_per_block(model.config, config.block_size, dtype)
+        num_blocks = max(2, int(config.kv_cache_mb * 2**20) // block_bytes)
+        cache = PagedKVCache(model.config, num_blocks, config.block_size, config.device, dtype)
+        self.blocks = BlockManager(num_blocks, config.block_size)
+        self.scheduler = Scheduler(config.scheduler, self.blocks, model.config.is_encoder_decoder)
+        self.runner = ModelRunner(self.model, cache)
+        self.on_step = on_step
+        self.last_stats: StepStats | None = None
+        self._lock = threading.Lock()  # add_request may come from another thread than step()
+        self._requests: dict[str, Request] = {}
+        self._ids = itertools.count()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, config: EngineConfig | None = None) -> LLMEngine:
+        model, tokenizer = load_checkpoint(path)
+        return cls(model, tokenizer, config)
+
+    # -- requests in ----------------------------------------------------------------------------
+
+    def add_request(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        arrival: float | None = None,
+    ) -> Request:
+        """Queue a request (text, or token ids). Raises RequestTooLong or EngineOverloaded."""
+        params = params or SamplingParams()
+        cfg = self.model_config
+        if isinstance(prompt, str):  # text gets the special tokens training used
+            input_ids = self.tokenizer.encode(prompt)
+            if cfg.is_encoder_decoder:
+                input_ids = input_ids + [cfg.eos_token_id]
+            else:
+                input_ids = [cfg.bos_token_id] + input_ids
+        else:
+            input_ids = list(prompt)
+        if cfg.is_encoder_decoder:
+            decoder_start = [cfg.decoder_start_token_id]
+        else:
+            decoder_start = input_ids or [cfg.bos_token_id]
+        request = Request(
+            request_id if request_id is not None else f"req-{next(self._ids)}",
+            input_ids,
+            params,
+            IncrementalDetokenizer(self.tokenizer, params.stop),
+            decoder_start,
+            cfg.eos_token_id,
+            arrival,
+        )
+        self._check_fits(request)
+        with self._lock:
+            if len(self.scheduler.waiting) >= self.config.scheduler.max_waiting_requests:
+                raise EngineOverloaded(
+                    f"{len(self.scheduler.waiting)} requests are already waiting"
+                )
+            if request.request_id in self._requests:
+                raise ValueError(f"request id {request.request_id!r} is already in use")
+            self._requests[request.request_id] = request
+            self.scheduler.add(request)
+        return request
+
+    def _check_fits(self, request: Request) -> None:
+        cfg = self.model_config
+        longest = len(request.beams[0].tokens) + request.params.max_new_tokens
+        if longest > cfg.max_positions or len(request.input_ids) > cfg.max_positions:
+            raise RequestTooLong(
+                f"input of {len(request.input_ids)} tokens plus max_new_tokens "
+                f"{request.params.max_new_tokens} exceeds the model's {cfg.max_positions} positions"
+            )
+        if self.scheduler.worst_case_blocks(request) > self.blocks.num_blocks:
+            raise RequestTooLong(
+                f"input of {len(request.input_ids)} tokens with max_new_tokens "
+                f"{request.params.max_new_tokens} cannot fit the KV cache"
+            )
+
+    def abort(self, request_id: str) -> None:
+        """Cancel a request: it is finished and its blocks freed at the next step."""
+        request = self._requests.get(request_id)
+        if request is not None:
+            request.is_aborted = True
+
+    @property
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work
+
+    # -- one step -------------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        start = time.perf_counter()
+        with self._lock:
+            plan = self.scheduler.schedule(start)
+        num_prefill_tokens = sum(self._prefill_tokens(r) for r in plan.prefill)
+        outputs = [self._finished_output(r, "") for r in plan.finished]
+        ran = plan.prefill + plan.decode
+        try:
+            self.runner.copy_blocks(plan.copies)
+            logits = self.runner.prefill(plan.prefill) if plan.prefill else []
+            logits += self.runner.decode(plan.decode) if plan.decode else []
+        except Exception as error:  # never let one bad step take the engine down
+            log.exception("engine step failed")
+            for request in ran:
+                self.scheduler.finish(request, FinishReason.ERROR)
+                outputs.append(self._finished_output(request, "", error=str(error)))
+            ran, logits = [], []
+        now = time.perf_counter()
+        for request, request_logits in zip(ran, logits, strict=True):
+            if request.timings.first_token is None:
+                request.timings.first_token = now
+            if request.beam_search is not None:
+                outputs.append(self._advance_beams(request, request_logits))
+            else:
+                outputs.append(self._advance_sample(request, request_logits[0]))
+        self._record_stats(plan, num_prefill_tokens, start)
+        return outputs
+
+    def _advance_sample(self, request: Request, logits: torch.Tensor) -> RequestOutput:
+        cfg, params = self.model_config, request.params
+        token = sample(apply_penalties(logits, request, cfg.eos_token_id), request)
+        logprob = float(logits.log_softmax(-1)[token])
+        request.output_ids.append(token)
+        request.beams[0].tokens.append(token)
+        is_stop_token = (token == cfg.eos_token_id and not params.ignore_eos) or (
+            token in params.stop_token_ids
+        )
+        delta = "" if is_stop_token else request.detokenizer.add([token])
+        reason = None
+        if is_stop_token or request.detokenizer.stopped_on is not None:
+            reason = FinishReason.STOP
+        elif (
+            len(request.output_ids) >= params.max_new_tokens
+            or len(request.beams[0].tokens) >= cfg.max_positions
+        ):
+            reason = FinishReason.LENGTH
+        if reason is None:
+            return self._output(request, [token], [logprob], delta)
+        self.scheduler.finish(request, reason)
+        return self._finished_output(request, delta, [token], [logprob])
+
+    def _advance_beams(self, request: Request, logits: torch.Tensor) -> RequestOutput:
+        search = request.beam_search
+        assert search is not None
+        parents = search.advance(logits.log_softmax(-1))
+        old_beams = request.beams
+        request.beams = [
+            Beam(
+                old_beams[p].tokens + [ids[-1]],
+                self.blocks.share(old_beams[p].block_table),
+                old_beams[p].num_cached,
+            )
+            for p, ids in zip(parents, search.tokens, strict=True)
+        ]
+        for beam in old_beams:
+            self.blocks.free(beam.block_table)
+        if not search.is_done:
+            return self._output(request, [], [], "")
+        best = search.finished[0].token_ids
+        reason = (
+            FinishReason.STOP if best[-1] == self.model_config.eos_token_id else FinishReason.LENGTH
+        )
+        self.scheduler.finish(request, reason)
+        return self._finished_output(request, "")
+
+    # -- outputs ------------------------------------------------------------------------------
+
+    def _output(
+        self, request: Request, new_ids: list[int], logprobs: list[float], delta: str
+    ) -> RequestOutput:
+        return RequestOutput(
+            request.request_id,
+            new_ids,
+            logprobs,
+            delta,
+            list(request.output_ids),
+            request.detokenizer.text,
+            len(request.input_ids),
+        )
+
+    def _finished_output(
+        self,
+        request: Request,
+        delta: str,
+        new_ids: list[int] | None = None,
+        logprobs: list[float] | None = None,
+        error: str | None = None,
+    ) -> RequestOutput:
+        request.timings.finished = time.perf_counter()
+        self._requests.pop(request.request_id, None)
+        output = self._output(request, new_ids or [], logprobs or [], delta)
+        if request.finish_reason != FinishReason.STOP or request.detokenizer.stopped_on is None:
+            output.text_delta += request.detokenizer.finish()
+        output.text = request.detokenizer.text
+        if request.beam_search is not None:
+            output.hypotheses = [
+                Hypothesis(h.token_ids, self.tokenizer.decode(h.token_ids), h.score)
+                for h in request.beam_search.best(request.params.num_hypotheses)
+            ]
+            if output.hypotheses:
+                output.token_ids = output.hypotheses[0].token_ids
+                output.text = output.text_delta = output.hypotheses[0].text
+        output.finish_reason = request.finish_reason
+        output.timings_ms = request.timings.durations_ms()
+        output.error = error
+        return output
+
+    def _prefill_tokens(self, request: Request) -> int:
+        source = len(request.input_ids) if self.model_config.is_encoder_decoder else 0
+        return source + sum(len(b.tokens) for b in request.beams)
+
+    def _record_stats(self, plan: SchedulerOutput, num_prefill_tokens: int, start: float) -> None:
+        stats = StepStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            batch_size=sum(len(r.beams) for r in plan.prefill + plan.decode),
+            num_prefill_tokens=num_prefill_tokens,
+            num_decode_tokens=sum(len(r.beams) for r in plan.decode),
+            blocks_used=self.blocks.num_used,
+            blocks_total=self.blocks.num_blocks,
+            num_preempted=plan.num_preempted,
+            num_preemptions_total=self.scheduler.num_preemptions,
+            duration_s=time.perf_counter() - start,
+        )
+        self.last_stats = stats
+        if self.on_step is not None:
+            self.on_step(stats)
+
+    # -- offline ----------------------------------------------------------------------------------
+
+    def generate(
+        self, prompts: list[str] | list[list[int]], params: SamplingParams | None = None
+    ) -> list[RequestOutput]:
+        """Run every prompt to completion (batch jobs, benchmarks); outputs in prompt order."""
+        ids = [self.add_request(p, params).request_id for p in prompts]
+        finished: dict[str, RequestOutput] = {}
+        while self.has_unfinished:
+            for output in self.step():
+                if output.finished:
+                    finished[output.request_id] = output
+        return [finished[i] for i in ids]

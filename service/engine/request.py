@@ -1,0 +1,174 @@
+"""What a request asks for (`SamplingParams`), its state inside the engine (`Request`), and what
+the engine hands back after each step (`RequestOutput`)."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from model.decoding import BeamSearch
+from service.engine.detokenizer import IncrementalDetokenizer
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Decoding options of one request. The HTTP layer validates them; the engine trusts them."""
+
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0  # EOS and stop tokens are masked until this many were generated
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    repetition_penalty: float = (
+        1.0  # 1: off (CTRL-style: divide positive logits, multiply negative)
+    )
+    seed: int | None = None  # sampling is reproducible per request, whatever else is in the batch
+    stop_token_ids: tuple[int, ...] = ()
+    stop: tuple[str, ...] = ()  # stop strings; the text ends before the first one
+    ignore_eos: bool = False
+    beam_size: int = 1  # > 1: beam search (greedy within the beams; no sampling)
+    length_penalty: float = 1.0  # beam score = log-probability / length ** length_penalty
+    num_hypotheses: int = 1  # n-best list size, ≤ beam_size
+    timeout_s: float | None = None  # deadline, from arrival: finished with reason "timeout"
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"  # queued, or preempted and waiting to be recomputed
+    RUNNING = "running"  # holds cache blocks and decodes every step
+    FINISHED = "finished"
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"  # EOS, a stop token or a stop string
+    LENGTH = "length"  # max_new_tokens
+    CANCELLED = "cancelled"  # abort(), e.g. the client went away
+    TIMEOUT = "timeout"  # the request's deadline passed
+    ERROR = "error"  # generation failed; the engine carries on
+
+
+class RequestTooLong(ValueError):
+    """The input cannot fit the model's positions or the whole KV cache."""
+
+
+class EngineOverloaded(RuntimeError):
+    """The waiting queue is full: try again later (HTTP 429)."""
+
+
+@dataclass
+class Timings:
+    """Monotonic timestamps (time.perf_counter) of a request's life; durations derive from them."""
+
+    arrival: float
+    scheduled: float | None = None  # first admitted (prefill started)
+    first_token: float | None = None
+    finished: float | None = None
+
+    def durations_ms(self) -> dict[str, float]:
+        end = self.finished if self.finished is not None else time.perf_counter()
+        scheduled = self.scheduled if self.scheduled is not None else end
+        first = self.first_token if self.first_token is not None else end
+        return {
+            "queue_ms": 1000 * (scheduled - self.arrival),
+            "prefill_ms": 1000 * (first - scheduled),
+            "decode_ms": 1000 * (end - first),
+            "total_ms": 1000 * (end - self.arrival),
+        }
+
+
+@dataclass
+class Beam:
+    """One row of the batch: the request's single output, or one of its beams."""
+
+    tokens: list[
+        int
+    ]  # the decoder's whole input: prompt (decoder-only) or start token, then outputs
+    block_table: list[int] = field(default_factory=list)
+    num_cached: int = 0  # positions of `tokens` whose K/V are in the cache
+
+
+@dataclass
+class Hypothesis:
+    token_ids: list[int]
+    text: str
+    score: float
+
+
+@dataclass
+class RequestOutput:
+    """What one step produced for a request; the last one has `finished` set."""
+
+    request_id: str
+    new_token_ids: list[int]  # tokens generated this step (streaming); empty for beam search
+    new_logprobs: list[float]  # their log-probabilities under the model
+    text_delta: str  # new text, never half a character nor part of a stop string
+    token_ids: list[int]  # all generated tokens so far (the best hypothesis, for beam search)
+    text: str  # all text so far
+    num_input_tokens: int
+    finish_reason: FinishReason | None = None
+    hypotheses: list[Hypothesis] = field(default_factory=list)  # beam search: the n-best
+    timings_ms: dict[str, float] = field(default_factory=dict)  # set when finished
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+class Request:
+    """Everything the engine knows about one request, from arrival to finish."""
+
+    def __init__(
+        self,
+        request_id: str,
+        input_ids: list[int],
+        params: SamplingParams,
+        detokenizer: IncrementalDetokenizer,
+        decoder_start: list[int],
+        eos_id: int,
+        arrival: float | None = None,
+    ):
+        self.request_id = request_id
+        self.input_ids = input_ids  # the source (encoder-decoder) or the prompt (decoder-only)
+        self.params = params
+        self.detokenizer = detokenizer
+        self.status = RequestStatus.WAITING
+        self.timings = Timings(arrival if arrival is not None else time.perf_counter())
+        self.deadline = (
+            self.timings.arrival + params.timeout_s if params.timeout_s is not None else None
+        )
+        self.beams: list[Beam] = [Beam(list(decoder_start))]
+        self.cross_blocks: list[int] = []  # encoder-decoder: the cross-attention K/V, all beams
+        self.output_ids: list[int] = []  # generated tokens (sampling / greedy)
+        self.beam_search = (
+            BeamSearch(params.beam_size, params.max_new_tokens, params.length_penalty, eos_id)
+            if params.beam_size > 1
+            else None
+        )
+        self.generator = torch.Generator()
+        self.generator.manual_seed(params.seed if params.seed is not None else torch.seed() % 2**63)
+        self.num_preemptions = 0
+        self.is_aborted = False
+        self.finish_reason: FinishReason | None = None
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_ids) if self.beam_search is None else self.beam_search.num_steps
+
+    @property
+    def is_prefilled(self) -> bool:
+        return self.status == RequestStatus.RUNNING
+
+    def reset_for_recompute(self) -> None:
+        """After preemption: the cache is gone; prefill will recompute every beam's tokens."""
+        for beam in self.beams:
+            beam.block_table = []
+            beam.num_cached = 0
+        self.cross_blocks = []
+        self.status = RequestStatus.WAITING

@@ -1,0 +1,100 @@
+"""Runs the model for one step: builds the paged-batch tensors from the requests' block tables,
+prefills the newly admitted requests, decodes one token for every running beam."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from model.decoding import pad_batch
+from model.paged import SCRATCH_BLOCK, PagedBatch, PagedKVCache, slots_of
+from model.transformer import Transformer, attention_mask
+from service.engine.request import Beam, Request
+
+
+class ModelRunner:
+    """Owns the model and the KV cache tensors; knows nothing of scheduling."""
+
+    def __init__(self, model: Transformer, cache: PagedKVCache):
+        self.model = model
+        self.cache = cache
+        self.config = model.config
+        self.device = model.embed.tokens.weight.device
+
+    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        for src, dst in copies:
+            self.cache.copy_block(src, dst)
+
+    @torch.inference_mode()
+    def prefill(self, requests: list[Request]) -> list[Tensor]:
+        """Run every beam's known tokens; returns each request's next-token logits (beams, V)."""
+        if self.config.is_encoder_decoder:
+            self._write_memory(requests)
+        beams = [(r, b) for r in requests for b in r.beams]
+        lengths = [len(b.tokens) for _, b in beams]
+        token_ids, valid = pad_batch([b.tokens for _, b in beams], self.config.pad_token_id)
+        B, T = token_ids.shape
+        slots = slots_of([b.block_table for _, b in beams], lengths, self.cache.block_size)
+        slots = slots.masked_fill(~valid, SCRATCH_BLOCK * self.cache.block_size)  # (B, T)
+        batch = PagedBatch(
+            positions=torch.arange(T, device=self.device).expand(B, T),
+            write_slots=slots.reshape(-1).to(self.device),
+            self_mask=attention_mask(0, T, valid.to(self.device), self.device),
+        )
+        self._add_cross(batch, [r for r, _ in beams])
+        last = torch.tensor(lengths, device=self.device) - 1
+        logits = self.model.forward_paged(token_ids.to(self.device), self.cache, batch, last)
+        for _, beam in beams:
+            beam.num_cached = len(beam.tokens)
+        return self._split(logits, requests)
+
+    @torch.inference_mode()
+    def decode(self, requests: list[Request]) -> list[Tensor]:
+        """One new token per beam, attending to the beam's cached positions."""
+        beams: list[tuple[Request, Beam]] = [(r, b) for r in requests for b in r.beams]
+        positions = torch.tensor([b.num_cached for _, b in beams])  # (B,) of the new tokens
+        lengths = [b.num_cached + 1 for _, b in beams]
+        read_slots = slots_of([b.block_table for _, b in beams], lengths, self.cache.block_size)
+        write_slots = read_slots.gather(1, positions[:, None])[:, 0]  # (B,)
+        valid = torch.arange(max(lengths))[None, :] <= positions[:, None]  # (B, Tk)
+        batch = PagedBatch(
+            positions=positions[:, None].to(self.device),
+            write_slots=write_slots.to(self.device),
+            self_mask=valid[:, None, None, :].to(self.device),
+            read_slots=read_slots.to(self.device),
+        )
+        self._add_cross(batch, [r for r, _ in beams])
+        token_ids = torch.tensor([[b.tokens[-1]] for _, b in beams], device=self.device)
+        last = torch.zeros(len(beams), dtype=torch.long, device=self.device)
+        logits = self.model.forward_paged(token_ids, self.cache, batch, last)
+        for _, beam in beams:
+            beam.num_cached += 1
+        return self._split(logits, requests)
+
+    def _write_memory(self, requests: list[Request]) -> None:
+        """Encode the sources once and store every layer's cross-attention K/V in their blocks."""
+        sources = [r.input_ids for r in requests]
+        src, src_valid = (t.to(self.device) for t in pad_batch(sources, self.config.pad_token_id))
+        memory = self.model.encode(src, src_valid)  # (R, S, D)
+        slots = slots_of(
+            [r.cross_blocks for r in requests], [len(s) for s in sources], self.cache.block_size
+        )
+        slots = slots.masked_fill(~src_valid.cpu(), SCRATCH_BLOCK * self.cache.block_size)
+        self.model.write_cross_kv(memory, self.cache, slots.reshape(-1).to(self.device))
+
+    def _add_cross(self, batch: PagedBatch, row_requests: list[Request]) -> None:
+        """Each row reads its request's cross-attention K/V (encoder-decoder only)."""
+        if not self.config.is_encoder_decoder:
+            return
+        lengths = [len(r.input_ids) for r in row_requests]
+        batch.cross_read_slots = slots_of(
+            [r.cross_blocks for r in row_requests], lengths, self.cache.block_size
+        ).to(self.device)
+        valid = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]  # (B, S)
+        batch.cross_mask = valid[:, None, None, :].to(self.device)
+
+    @staticmethod
+    def _split(logits: Tensor, requests: list[Request]) -> list[Tensor]:
+        """(num_beams_total, V) → per request (num_beams, V), in fp32 on the CPU."""
+        logits = logits.float().cpu()
+        return list(logits.split([len(r.beams) for r in requests]))

@@ -1,0 +1,43 @@
+"""Next-token choice per request: greedy, or temperature / top-k / top-p sampling with a
+per-request generator, after repetition penalty and the min-tokens mask."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from service.engine.request import Request
+
+
+def apply_penalties(logits: Tensor, request: Request, eos_id: int) -> Tensor:
+    """Logits (V,) of one request's next token after repetition penalty and min_new_tokens."""
+    params = request.params
+    if params.repetition_penalty != 1.0:
+        seen = torch.tensor(sorted(set(request.beams[0].tokens)), device=logits.device)
+        picked = logits[seen]
+        logits = logits.clone()
+        logits[seen] = torch.where(
+            picked > 0, picked / params.repetition_penalty, picked * params.repetition_penalty
+        )
+    if request.num_output_tokens < params.min_new_tokens:
+        logits = logits.clone()
+        logits[[eos_id, *params.stop_token_ids]] = float("-inf")
+    return logits
+
+
+def sample(logits: Tensor, request: Request) -> int:
+    """One token from `logits` (V,), drawn with the request's own generator (batch-independent)."""
+    params = request.params
+    if params.is_greedy:
+        return int(logits.argmax())
+    logits = logits / params.temperature
+    if params.top_k > 0:
+        kth = logits.topk(min(params.top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = logits.sort(descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) >= params.top_p  # keep the first over top_p
+        logits = logits.index_put((order[drop],), torch.tensor(float("-inf")))
+    probs = logits.softmax(-1)
+    return int(torch.multinomial(probs.cpu(), 1, generator=request.generator))

@@ -1,0 +1,177 @@
+"""Which requests run this step: admission within the budgets, cache growth, preemption,
+cancellation and deadlines. Pure bookkeeping: no tensors, testable with no model at all."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from service.engine.block_manager import BlockManager
+from service.engine.request import FinishReason, Request, RequestStatus
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_running_requests: int = 64
+    max_tokens_per_step: int = 4096  # prefill tokens (source + decoder) plus one per decoding beam
+    max_waiting_requests: int = 1024  # beyond this, new requests are refused (overload)
+    reserve_full_length: bool = False  # reserve input + max_new_tokens at admission: never preempt
+    static_batching: bool = False  # baseline: admit a new batch only when the last one finished
+
+
+@dataclass
+class SchedulerOutput:
+    """The contract between scheduler and runner for one step."""
+
+    prefill: list[Request]  # admitted now (new, or recomputed after preemption): run their inputs
+    decode: list[Request]  # already running: one token per beam
+    copies: list[tuple[int, int]]  # copy-on-write: copy block src to dst before the step
+    finished: list[Request] = field(default_factory=list)  # cancelled or timed out: already freed
+    num_preempted: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.prefill or self.decode or self.finished)
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, blocks: BlockManager, is_encoder_decoder: bool):
+        self.config = config
+        self.blocks = blocks
+        self.is_encoder_decoder = is_encoder_decoder
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # in admission order; the newest is preempted first
+        self.num_preemptions = 0  # since start
+
+    def add(self, request: Request) -> None:
+        self.waiting.append(request)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # -- cache accounting ------------------------------------------------------------------
+
+    def _prefill_blocks(self, request: Request) -> int:
+        cross = self.blocks.blocks_for(len(request.input_ids)) if self.is_encoder_decoder else 0
+        return cross + sum(self.blocks.blocks_for(len(b.tokens)) for b in request.beams)
+
+    def worst_case_blocks(self, request: Request) -> int:
+        """Blocks the request holds at its longest, every beam on its own blocks."""
+        params = request.params
+        cross = self.blocks.blocks_for(len(request.input_ids)) if self.is_encoder_decoder else 0
+        longest = len(request.beams[0].tokens) - request.num_output_tokens + params.max_new_tokens
+        return cross + params.beam_size * self.blocks.blocks_for(longest)
+
+    def _held_blocks(self, request: Request) -> int:
+        return len(request.cross_blocks) + len(
+            {b for beam in request.beams for b in beam.block_table}
+        )
+
+    def _reserved_elsewhere(self) -> int:
+        """Reserve mode: blocks the running requests may still claim."""
+        if not self.config.reserve_full_length:
+            return 0
+        return sum(self.worst_case_blocks(r) - self._held_blocks(r) for r in self.running)
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def schedule(self, now: float | None = None) -> SchedulerOutput:
+        now = time.perf_counter() if now is None else now
+        out = SchedulerOutput(prefill=[], decode=[], copies=[])
+        self._drop_cancelled_and_expired(now, out)
+        self._grow_running(out)
+        self._admit(out, now)
+        return out
+
+    def _drop_cancelled_and_expired(self, now: float, out: SchedulerOutput) -> None:
+        for queue in (self.waiting, self.running):
+            for request in list(queue):
+                if request.is_aborted:
+                    reason = FinishReason.CANCELLED
+                elif request.deadline is not None and now >= request.deadline:
+                    reason = FinishReason.TIMEOUT
+                else:
+                    continue
+                queue.remove(request)
+                self.finish(request, reason)
+                out.finished.append(request)
+
+    def _grow_running(self, out: SchedulerOutput) -> None:
+        """Every running beam gets room for one more position, preempting the newest if needed."""
+        for request in list(self.running):
+            if request not in self.running:
+                continue  # preempted while making room for an older request
+            need = sum(
+                self.blocks.blocks_to_grow(b.block_table, b.num_cached + 1) for b in request.beams
+            )
+            while need > self.blocks.num_free:
+                victim = self.running[-1]
+                self._preempt(victim)
+                out.num_preempted += 1
+                if victim is request:
+                    break
+            else:
+                for beam in request.beams:
+                    copy = self.blocks.grow(beam.block_table, beam.num_cached + 1)
+                    if copy is not None:
+                        out.copies.append(copy)
+                out.decode.append(request)
+
+    def _preempt(self, request: Request) -> None:
+        self.running.remove(request)
+        self._free_blocks(request)
+        request.reset_for_recompute()
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(request)  # first in line again
+
+    def _admit(self, out: SchedulerOutput, now: float) -> None:
+        config = self.config
+        if config.static_batching and self.running:
+            return
+        num_tokens = sum(len(r.beams) for r in out.decode)
+        while self.waiting and len(self.running) < config.max_running_requests:
+            request = self.waiting[0]
+            prefill_tokens = len(request.input_ids) * self.is_encoder_decoder + sum(
+                len(b.tokens) for b in request.beams
+            )
+            if out.prefill and num_tokens + prefill_tokens > config.max_tokens_per_step:
+                break  # a request over the whole budget still runs, alone
+            need = self._prefill_blocks(request)
+            if config.reserve_full_length:
+                need = max(need, self.worst_case_blocks(request))
+            if need > self.blocks.num_free - self._reserved_elsewhere():
+                break  # first come, first served: nobody overtakes the head of the queue
+            self.waiting.popleft()
+            self._allocate_prefill(request)
+            request.status = RequestStatus.RUNNING
+            if request.timings.scheduled is None:
+                request.timings.scheduled = now
+            self.running.append(request)
+            out.prefill.append(request)
+            num_tokens += prefill_tokens
+
+    def _allocate_prefill(self, request: Request) -> None:
+        if self.is_encoder_decoder:
+            request.cross_blocks = self.blocks.allocate(
+                self.blocks.blocks_for(len(request.input_ids))
+            )
+        for beam in request.beams:
+            beam.block_table = self.blocks.allocate(self.blocks.blocks_for(len(beam.tokens)))
+
+    # -- leaving -----------------------------------------------------------------------------
+
+    def _free_blocks(self, request: Request) -> None:
+        for beam in request.beams:
+            self.blocks.free(beam.block_table)
+        self.blocks.free(request.cross_blocks)
+
+    def finish(self, request: Request, reason: FinishReason) -> None:
+        """Free everything the request holds; it leaves the running list."""
+        if request in self.running:
+            self.running.remove(request)
+        self._free_blocks(request)
+        request.status = RequestStatus.FINISHED
+        request.finish_reason = reason

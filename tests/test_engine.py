@@ -1,0 +1,313 @@
+"""The engine against the uncached reference decoder: continuous batching, joining mid-flight,
+paged cache, preemption, beams, sampling, stops, cancellation and deadlines (tiny random models)."""
+
+import asyncio
+import random
+
+import pytest
+import torch
+
+from model.decoding import beam_search_batch, greedy_reference
+from model.paged import PagedKVCache
+from model.tokenizer import Tokenizer, train_tokenizer
+from service.engine import (
+    AsyncEngine,
+    EngineConfig,
+    EngineOverloaded,
+    FinishReason,
+    LLMEngine,
+    RequestTooLong,
+    SamplingParams,
+    SchedulerConfig,
+)
+from tests.conftest import ARCHITECTURES, tiny_config, tiny_model
+
+TEXTS = ["Open the file", "Save the document as PDF", "Größe ändern", "Datei öffnen"] * 20
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return Tokenizer(train_tokenizer(TEXTS, vocab_size=300))
+
+
+def make_engine(tokenizer, architecture, kv_cache_mb=4.0, block_size=4, **scheduler):
+    model = tiny_model(architecture, vocab_size=tokenizer.vocab_size, max_positions=256)
+    config = EngineConfig(
+        kv_cache_mb=kv_cache_mb, block_size=block_size, scheduler=SchedulerConfig(**scheduler)
+    )
+    return LLMEngine(model, tokenizer, config)
+
+
+def mb_for_blocks(num_blocks: int, block_size: int = 4) -> float:
+    """A cache budget of `num_blocks` blocks of the tiny models (2 layers, d_model 32, fp32)."""
+    return (
+        num_blocks * PagedKVCache.bytes_per_block(tiny_config(), block_size, torch.float32) / 2**20
+    )
+
+
+def prompts(tokenizer, n: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [
+        [rng.randrange(4, tokenizer.vocab_size) for _ in range(rng.randrange(1, 20))]
+        for _ in range(n)
+    ]
+
+
+def assert_cache_empty(engine: LLMEngine) -> None:
+    assert engine.blocks.num_used == 0
+    assert not engine.scheduler.running and not engine.scheduler.waiting
+
+
+GREEDY = SamplingParams(max_new_tokens=24)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_greedy_batch_of_mixed_lengths_equals_reference_decoder(tokenizer, architecture):
+    engine = make_engine(tokenizer, architecture)
+    inputs = prompts(tokenizer, 12)
+    outputs = engine.generate(inputs, GREEDY)
+    for ids, output in zip(inputs, outputs, strict=True):
+        assert output.token_ids == greedy_reference(engine.model, ids, 24)
+        assert output.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
+    assert_cache_empty(engine)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_request_joining_mid_flight_gets_same_tokens_as_alone(tokenizer, architecture):
+    engine = make_engine(tokenizer, architecture)
+    first, late = prompts(tokenizer, 2, seed=1)
+    alone = engine.generate([late], GREEDY)[0].token_ids
+    engine.add_request(first, GREEDY, request_id="first")
+    for _ in range(5):
+        engine.step()
+    engine.add_request(late, GREEDY, request_id="late")
+    finished = {}
+    while engine.has_unfinished:
+        for output in engine.step():
+            if output.finished:
+                finished[output.request_id] = output
+    assert finished["late"].token_ids == alone
+    assert finished["first"].token_ids == greedy_reference(engine.model, first, 24)
+    assert_cache_empty(engine)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_preemption_under_a_small_cache_recomputes_the_same_tokens(tokenizer, architecture):
+    engine = make_engine(tokenizer, architecture, kv_cache_mb=mb_for_blocks(40))
+    inputs = prompts(tokenizer, 10, seed=2)
+    outputs = engine.generate(inputs, GREEDY)
+    assert engine.scheduler.num_preemptions > 0
+    for ids, output in zip(inputs, outputs, strict=True):
+        assert output.token_ids == greedy_reference(engine.model, ids, 24)
+    assert_cache_empty(engine)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_reserving_full_length_never_preempts_and_gives_the_same_tokens(tokenizer, architecture):
+    engine = make_engine(
+        tokenizer, architecture, kv_cache_mb=mb_for_blocks(40), reserve_full_length=True
+    )
+    inputs = prompts(tokenizer, 10, seed=2)
+    outputs = engine.generate(inputs, GREEDY)
+    assert engine.scheduler.num_preemptions == 0
+    for ids, output in zip(inputs, outputs, strict=True):
+        assert output.token_ids == greedy_reference(engine.model, ids, 24)
+    assert_cache_empty(engine)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_static_batching_gives_the_same_tokens(tokenizer, architecture):
+    engine = make_engine(tokenizer, architecture, static_batching=True, max_running_requests=4)
+    inputs = prompts(tokenizer, 9, seed=3)
+    outputs = engine.generate(inputs, GREEDY)
+    for ids, output in zip(inputs, outputs, strict=True):
+        assert output.token_ids == greedy_reference(engine.model, ids, 24)
+    assert_cache_empty(engine)
+
+
+def test_static_batching_admits_no_one_until_the_batch_is_done(tokenizer):
+    engine = make_engine(tokenizer, "encoder-decoder", static_batching=True)
+    engine.add_request([5, 6, 7], SamplingParams(max_new_tokens=10, ignore_eos=True))
+    engine.step()
+    engine.add_request([8, 9], SamplingParams(max_new_tokens=10, ignore_eos=True))
+    for _ in range(5):
+        engine.step()
+        assert len(engine.scheduler.running) == 1 and len(engine.scheduler.waiting) == 1
+    engine.generate([], GREEDY)  # drain
+    assert_cache_empty(engine)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_seeded_sampling_is_identical_alone_and_in_a_batch(tokenizer, architecture):
+    engine = make_engine(tokenizer, architecture)
+    params = SamplingParams(max_new_tokens=20, temperature=1.0, top_k=50, top_p=0.9, seed=7)
+    target, *others = prompts(tokenizer, 6, seed=4)
+    alone = engine.generate([target], params)[0].token_ids
+    other_params = SamplingParams(max_new_tokens=20, temperature=1.5, seed=1)
+    for other in others:
+        engine.add_request(other, other_params)
+    in_batch = engine.generate([target], params)[0].token_ids
+    assert in_batch == alone
+    unseeded = [
+        engine.generate([target], SamplingParams(max_new_tokens=20, temperature=1.0))[0].token_ids
+        for _ in range(3)
+    ]
+    assert any(u != alone for u in unseeded), "unseeded requests should vary"
+    assert_cache_empty(engine)
+
+
+def test_beam_search_in_the_batcher_equals_beam_search_alone(tokenizer):
+    engine = make_engine(tokenizer, "encoder-decoder")
+    sources = prompts(tokenizer, 8, seed=5)
+    params = SamplingParams(max_new_tokens=16, beam_size=4, num_hypotheses=3)
+    outputs = engine.generate(sources, params)
+    for src, output in zip(sources, outputs, strict=True):
+        (expected,) = beam_search_batch(engine.model, [src], 4, 16, 1.0, num_hypotheses=3)
+        assert [h.token_ids for h in output.hypotheses] == [h.token_ids for h in expected]
+        assert [h.score for h in output.hypotheses] == pytest.approx(
+            [h.score for h in expected], rel=1e-4
+        )
+        scores = [h.score for h in output.hypotheses]
+        assert scores == sorted(scores, reverse=True)
+        assert output.token_ids == output.hypotheses[0].token_ids
+    assert_cache_empty(engine)
+
+
+def test_beams_share_blocks_until_they_diverge(tokenizer):
+    engine = make_engine(tokenizer, "encoder-decoder", block_size=8)
+    engine.add_request([5, 6, 7, 8], SamplingParams(max_new_tokens=30, beam_size=4))
+    for _ in range(4):
+        engine.step()
+    (request,) = engine.scheduler.running
+    tables = [tuple(b.block_table) for b in request.beams]
+    held = len({b for t in tables for b in t})
+    assert held < sum(len(t) for t in tables), "beams should share their first block"
+    engine.generate([], GREEDY)
+    assert_cache_empty(engine)
+
+
+def test_beam_size_one_in_the_model_equals_greedy(tokenizer):
+    model = tiny_model("encoder-decoder", vocab_size=tokenizer.vocab_size)
+    for src in prompts(tokenizer, 5, seed=6):
+        (best,) = beam_search_batch(model, [src], beam_size=1, max_new_tokens=20)[0]
+        assert best.token_ids == greedy_reference(model, src, 20)
+
+
+def test_stop_string_ends_the_text_before_it(tokenizer):
+    engine = make_engine(tokenizer, "decoder-only")
+    free = engine.generate(["Open"], SamplingParams(max_new_tokens=30, ignore_eos=True))[0]
+    assert len(free.text) > 4
+    stop = free.text[2:4]
+    stopped = engine.generate(["Open"], SamplingParams(max_new_tokens=30, stop=(stop,)))[0]
+    assert stopped.finish_reason == FinishReason.STOP
+    assert stopped.text == free.text[: free.text.index(stop)]
+    assert_cache_empty(engine)
+
+
+def test_stop_token_min_and_max_new_tokens(tokenizer):
+    engine = make_engine(tokenizer, "decoder-only")
+    free = engine.generate([[9, 10]], SamplingParams(max_new_tokens=12, ignore_eos=True))[0]
+    assert len(free.token_ids) == 12 and free.finish_reason == FinishReason.LENGTH
+    stop_id = free.token_ids[3]
+    first = free.token_ids.index(stop_id)
+    stopped = engine.generate(
+        [[9, 10]], SamplingParams(max_new_tokens=12, stop_token_ids=(stop_id,), ignore_eos=True)
+    )[0]
+    assert stopped.token_ids == free.token_ids[: first + 1]
+    assert stopped.finish_reason == FinishReason.STOP
+    at_least = engine.generate(
+        [[9, 10]],
+        SamplingParams(max_new_tokens=12, min_new_tokens=first + 2, stop_token_ids=(stop_id,)),
+    )[0]
+    assert stop_id not in at_least.token_ids[: first + 2]
+    assert_cache_empty(engine)
+
+
+def test_streamed_deltas_concatenate_to_the_final_text(tokenizer):
+    engine = make_engine(tokenizer, "decoder-only")
+    request = engine.add_request("Datei", SamplingParams(max_new_tokens=30, ignore_eos=True))
+    deltas, final = [], None
+    while engine.has_unfinished:
+        for output in engine.step():
+            assert output.request_id == request.request_id
+            deltas.append(output.text_delta)
+            final = output
+    assert final is not None and final.finished
+    assert "".join(deltas) == final.text == tokenizer.decode(final.token_ids)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_abort_frees_every_block_within_one_step(tokenizer, architecture):
+    engine = make_engine(tokenizer, architecture)
+    keep = engine.add_request([5, 6, 7], SamplingParams(max_new_tokens=40, ignore_eos=True))
+    gone = engine.add_request([8, 9, 10, 11], SamplingParams(max_new_tokens=40, beam_size=3))
+    waiting = engine.add_request([12], GREEDY)
+    for _ in range(3):
+        engine.step()
+    used = engine.blocks.num_used
+    engine.abort(gone.request_id)
+    outputs = {o.request_id: o for o in engine.step()}
+    assert outputs[gone.request_id].finish_reason == FinishReason.CANCELLED
+    assert engine.blocks.num_used < used
+    engine.abort(keep.request_id)
+    engine.abort(waiting.request_id)
+    engine.step()
+    assert_cache_empty(engine)
+
+
+def test_deadline_finishes_with_timeout_and_frees_the_cache(tokenizer):
+    engine = make_engine(tokenizer, "encoder-decoder")
+    request = engine.add_request(
+        [5, 6], SamplingParams(max_new_tokens=100, ignore_eos=True, timeout_s=0.0)
+    )
+    (output,) = engine.step()
+    assert output.request_id == request.request_id
+    assert output.finish_reason == FinishReason.TIMEOUT
+    assert_cache_empty(engine)
+
+
+def test_input_too_long_and_overload_are_refused_up_front(tokenizer):
+    engine = make_engine(tokenizer, "encoder-decoder", max_waiting_requests=2)
+    with pytest.raises(RequestTooLong, match="max_new_tokens"):
+        engine.add_request([5] * 300, GREEDY)
+    engine.add_request([5], GREEDY)
+    engine.add_request([6], GREEDY)
+    with pytest.raises(EngineOverloaded):
+        engine.add_request([7], GREEDY)
+    engine.generate([], GREEDY)
+    assert_cache_empty(engine)
+
+
+def test_timings_are_ordered_and_sum_up(tokenizer):
+    engine = make_engine(tokenizer, "encoder-decoder")
+    (output,) = engine.generate(["Open the file"], GREEDY)
+    t = output.timings_ms
+    assert min(t.values()) >= 0
+    assert t["queue_ms"] + t["prefill_ms"] + t["decode_ms"] == pytest.approx(t["total_ms"])
+    assert output.num_input_tokens == len(tokenizer.encode("Open the file")) + 1
+
+
+def test_async_engine_streams_and_a_consumer_that_leaves_aborts(tokenizer):
+    engine = make_engine(tokenizer, "decoder-only")
+    async_engine = AsyncEngine(engine)
+    async_engine.start()
+
+    async def scenario():
+        params = SamplingParams(max_new_tokens=20, ignore_eos=True)
+        outputs = [o async for o in async_engine.generate([5, 6], params)]
+        assert outputs[-1].finished and len(outputs[-1].token_ids) == 20
+        long = SamplingParams(max_new_tokens=200, ignore_eos=True)
+        stream = async_engine.generate([7, 8], long, request_id="leaver")
+        async for _ in stream:
+            break
+        await stream.aclose()  # the client went away
+        for _ in range(100):
+            if engine.blocks.num_used == 0 and not engine.has_unfinished:
+                break
+            await asyncio.sleep(0.01)
+
+    try:
+        asyncio.run(scenario())
+        assert_cache_empty(engine)
+    finally:
+        async_engine.shutdown()
