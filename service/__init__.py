@@ -1,1 +1,3 @@
-"""attnserve HTTP service (filled in by the service issue)."""
+"""attnserve: the HTTP service (`service.api`) over the engine (`service.engine`)."""
+
+__version__ = "0.1.0"

@@ -35,26 +35,32 @@ class AsyncEngine:
     def is_running(self) -> bool:
         return self._thread.is_alive()
 
-    async def generate(
+    def generate(
         self,
         prompt: str | list[int],
         params: SamplingParams | None = None,
         request_id: str | None = None,
+        arrival: float | None = None,
     ) -> AsyncIterator[RequestOutput]:
-        """Outputs of one request, step by step, the last one finished.
+        """Queue a request now and return its outputs, step by step; the last one is finished.
 
-        Raises RequestTooLong or EngineOverloaded before the first output. Closing the iterator
-        early (or cancelling the task) aborts the request.
+        Raises RequestTooLong or EngineOverloaded right here, before anything is queued.
+        Closing the iterator early (or cancelling the task reading it) aborts the request.
         """
         request_id = request_id if request_id is not None else uuid.uuid4().hex
         queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
         self._streams[request_id] = (asyncio.get_running_loop(), queue)  # before the engine sees it
         try:
-            self.engine.add_request(prompt, params, request_id)
+            self.engine.add_request(prompt, params, request_id, arrival)
         except Exception:
             self._streams.pop(request_id, None)
             raise
         self._wake.set()
+        return self._outputs(request_id, queue)
+
+    async def _outputs(
+        self, request_id: str, queue: asyncio.Queue[RequestOutput]
+    ) -> AsyncIterator[RequestOutput]:
         finished = False
         try:
             while not finished:

@@ -43,6 +43,7 @@ class EngineConfig:
     device: str = "cpu"
     dtype: str = "float32"  # float32 on CPU; float16 / bfloat16 on CUDA
     num_threads: int | None = None  # torch intra-op threads (process-wide); None: leave as is
+    max_input_tokens: int | None = None  # longer inputs are refused (RequestTooLong)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
@@ -141,6 +142,11 @@ class LLMEngine:
 
     def _check_fits(self, request: Request) -> None:
         cfg = self.model_config
+        limit = self.config.max_input_tokens
+        if limit is not None and len(request.input_ids) > limit:
+            raise RequestTooLong(
+                f"input has {len(request.input_ids)} tokens, more than the limit of {limit}"
+            )
         longest = len(request.beams[0].tokens) + request.params.max_new_tokens
         if longest > cfg.max_positions or len(request.input_ids) > cfg.max_positions:
             raise RequestTooLong(
@@ -158,6 +164,24 @@ class LLMEngine:
         request = self._requests.get(request_id)
         if request is not None:
             request.is_aborted = True
+
+    def describe(self) -> dict:
+        """What /info shows about this model."""
+        cfg = self.model_config
+        return {
+            "architecture": cfg.architecture,
+            "num_parameters": self.model.num_parameters(),
+            "vocab_size": cfg.vocab_size,
+            "max_positions": cfg.max_positions,
+            "device": self.config.device,
+            "dtype": self.config.dtype,
+            "kv_cache_blocks": self.blocks.num_blocks,
+            "block_size": self.config.block_size,
+        }
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.model_config.is_encoder_decoder
 
     @property
     def has_unfinished(self) -> bool:
@@ -198,6 +222,7 @@ class LLMEngine:
         token = sample(apply_penalties(logits, request, cfg.eos_token_id), request)
         logprob = float(logits.log_softmax(-1)[token])
         request.output_ids.append(token)
+        request.output_logprobs.append(logprob)
         request.beams[0].tokens.append(token)
         is_stop_token = (token == cfg.eos_token_id and not params.ignore_eos) or (
             token in params.stop_token_ids
@@ -278,6 +303,9 @@ class LLMEngine:
                 output.token_ids = output.hypotheses[0].token_ids
                 output.text = output.text_delta = output.hypotheses[0].text
         output.finish_reason = request.finish_reason
+        output.was_scheduled = request.timings.scheduled is not None
+        output.logprobs = list(request.output_logprobs)
+        output.stopped_on = request.detokenizer.stopped_on
         output.timings_ms = request.timings.durations_ms()
         output.error = error
         return output

@@ -115,6 +115,9 @@ class RequestOutput:
     hypotheses: list[Hypothesis] = field(default_factory=list)  # beam search: the n-best
     timings_ms: dict[str, float] = field(default_factory=dict)  # set when finished
     error: str | None = None
+    logprobs: list[float] = field(default_factory=list)  # of every token in token_ids (sampling)
+    stopped_on: str | None = None  # the stop string that ended the text
+    was_scheduled: bool = True  # False: finished (timeout, cancelled) before it ever ran
 
     @property
     def finished(self) -> bool:
@@ -146,6 +149,7 @@ class Request:
         self.beams: list[Beam] = [Beam(list(decoder_start))]
         self.cross_blocks: list[int] = []  # encoder-decoder: the cross-attention K/V, all beams
         self.output_ids: list[int] = []  # generated tokens (sampling / greedy)
+        self.output_logprobs: list[float] = []
         self.beam_search = (
             BeamSearch(params.beam_size, params.max_new_tokens, params.length_penalty, eos_id)
             if params.beam_size > 1

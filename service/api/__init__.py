@@ -1,0 +1,1 @@
+"""The HTTP layer: FastAPI routes, schemas, SSE, errors, metrics, settings (see app.py)."""

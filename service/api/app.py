@@ -1,0 +1,191 @@
+"""The FastAPI application: `create_app(settings)` wires settings, models, metrics, middleware
+and routes. Nothing here runs at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import service
+from service.api import routes_openai, routes_tgi, routes_translate
+from service.api.errors import ApiError, error_response, install_error_handlers
+from service.api.generation import ClientDisconnected
+from service.api.metrics import Metrics
+from service.api.registry import ModelRegistry
+from service.api.settings import Settings
+
+log = logging.getLogger("attnserve")
+UNAUTHENTICATED_PATHS = {"/health", "/ready", "/metrics"}
+GENERATION_PATHS = {"/v1/translate", "/generate", "/generate_stream", "/", "/v1/completions"}
+
+
+def create_app(settings: Settings, registry: ModelRegistry | None = None) -> FastAPI:
+    """The app; models load at startup unless a registry is given (tests)."""
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if app.state.registry is None:
+            app.state.registry = await asyncio.to_thread(ModelRegistry.load, settings, metrics)
+        await asyncio.to_thread(app.state.registry.warm_up)
+        app.state.registry.start()
+        app.state.status = "ready"
+        log.info("ready: %s", ", ".join(app.state.registry.models))
+        yield
+        app.state.status = "stopped"
+        app.state.registry.shutdown()
+
+    app = FastAPI(title="attnserve", version=service.__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.registry = registry
+    if registry is not None:
+        for model_id, served in registry.models.items():
+            served.llm.on_step = lambda stats, m=model_id: metrics.observe_step(m, stats)
+    app.state.status = "starting"  # → "ready" → "draining" → "stopped"
+    app.state.num_in_flight = 0
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def request_context(request: Request, call_next):
+        """Request id, auth, drain refusal, disconnects, metrics and one JSON log line."""
+        request.state.arrival = time.perf_counter()
+        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        path = request.url.path
+        is_generation = request.method == "POST" and path in GENERATION_PATHS
+        app.state.num_in_flight += is_generation
+        try:
+            response = await _guarded(request, call_next, is_generation)
+        finally:
+            app.state.num_in_flight -= is_generation
+        response.headers["X-Request-Id"] = request.state.request_id
+        if is_generation:
+            _log_and_count(request, response)
+        return response
+
+    async def _guarded(request: Request, call_next, is_generation: bool) -> Response:
+        path = request.url.path
+        try:
+            authorized = request.headers.get("authorization") == f"Bearer {settings.api_key}"
+            if settings.api_key and path not in UNAUTHENTICATED_PATHS and not authorized:
+                raise ApiError(
+                    401, "missing or wrong API key (Authorization: Bearer …)", "authentication"
+                )
+            if is_generation and app.state.status != "ready":
+                raise ApiError(503, f"the server is {app.state.status}", "not_ready")
+            return await call_next(request)
+        except ApiError as error:
+            return error_response(error, path)
+        except ClientDisconnected:
+            return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+
+    def _log_and_count(request: Request, response: Response) -> None:
+        model = getattr(request.state, "model_id", "")
+        metrics.requests.labels(model, request.url.path, str(response.status_code)).inc()
+        log.info(
+            json.dumps(
+                {
+                    "request_id": request.state.request_id,
+                    "route": request.url.path,
+                    "status": response.status_code,
+                    "server_timing": response.headers.get("server-timing"),
+                    "ms": round(1000 * (time.perf_counter() - request.state.arrival), 1),
+                }
+            )
+        )
+
+    app.include_router(routes_translate.router)
+    app.include_router(routes_tgi.router)
+    app.include_router(routes_openai.router)
+    _add_operations(app, settings, metrics)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def _add_operations(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready():
+        status = app.state.status
+        return JSONResponse({"status": status}, status_code=200 if status == "ready" else 503)
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/info")
+    async def info():
+        registry = app.state.registry
+        limits = {
+            "max_input_tokens": settings.max_input_tokens,
+            "max_new_tokens": settings.max_new_tokens,
+            "max_running_requests": settings.max_running_requests,
+            "max_queued_requests": settings.max_queued_requests,
+            "max_tokens_per_step": settings.max_tokens_per_step,
+            "kv_cache_mb": settings.kv_cache_mb,
+            "request_timeout_s": settings.request_timeout_s,
+            "batching": settings.batching,
+        }
+        models = [] if registry is None else [
+            {"id": m.model_id, "task": "translation" if m.is_translation else "generation",
+             **m.llm.describe(), "limits": limits}
+            for m in registry.models.values()
+        ]  # fmt: skip
+        return {
+            "name": "attnserve",
+            "version": service.__version__,
+            "status": app.state.status,
+            "models": models,
+        }
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index():
+        return (
+            "<!doctype html><title>attnserve</title><h1>attnserve</h1>"
+            "<p>Translation and generation over HTTP. The API: <a href='/docs'>/docs</a>; "
+            "<a href='/info'>/info</a>, <a href='/v1/models'>/v1/models</a>, "
+            "<a href='/metrics'>/metrics</a>.</p>"
+        )
+
+
+class BodySizeLimit:
+    """413 for bodies over the limit, by Content-Length or by counting a chunked body."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._too_large(scope, receive, send)
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise HTTPException(413, f"the body is over {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = ApiError(413, f"the body is over {self.max_bytes} bytes", "validation")
+        await error_response(error, scope["path"])(scope, receive, send)

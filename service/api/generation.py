@@ -1,0 +1,176 @@
+"""Runs engine requests for the routes: engine errors → HTTP errors, metrics per request,
+client disconnects → abort, and SSE framing with keep-alive comments."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request as HttpRequest
+
+from service.api.errors import ApiError
+from service.api.metrics import Metrics
+from service.api.registry import ServedModel
+from service.engine import (
+    EngineOverloaded,
+    FinishReason,
+    RequestOutput,
+    RequestTooLong,
+    SamplingParams,
+)
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its answer was ready; the request was aborted."""
+
+
+@dataclass
+class Context:
+    """Per HTTP request: where it arrived and who to report to."""
+
+    metrics: Metrics
+    arrival: float  # time.perf_counter() when the HTTP request arrived
+    request_id: str
+    input_param: str  # the body field holding the input ("text", "inputs", "prompt")
+
+    @classmethod
+    def of(cls, http: HttpRequest, served: ServedModel, input_param: str) -> Context:
+        http.state.model_id = served.model_id  # for the request counter and the log line
+        return cls(http.app.state.metrics, http.state.arrival, http.state.request_id, input_param)
+
+
+def start(
+    served: ServedModel, prompt: str, params: SamplingParams, ctx: Context, suffix: str = ""
+) -> AsyncIterator[RequestOutput]:
+    """Queue one engine request now (errors become ApiError here) and return its outputs."""
+    if not served.engine.is_running:
+        raise ApiError(503, "the server is shutting down", "not_ready")
+    try:
+        outputs = served.engine.generate(prompt, params, ctx.request_id + suffix, ctx.arrival)
+    except RequestTooLong as error:
+        raise ApiError(422, f"{ctx.input_param}: {error}", param=ctx.input_param) from None
+    except EngineOverloaded as error:
+        raise ApiError(
+            429,
+            f"the server is overloaded ({error}); retry later",
+            "overloaded",
+            headers={"Retry-After": str(served.retry_after_s())},
+            code="overloaded",
+        ) from None
+    return _observed(served, outputs, ctx)
+
+
+async def _observed(
+    served: ServedModel, outputs: AsyncIterator[RequestOutput], ctx: Context
+) -> AsyncIterator[RequestOutput]:
+    """Pass outputs through, feeding the per-request metrics; a consumer that leaves cancels."""
+    m, model = ctx.metrics, served.model_id
+    last_token_at: float | None = None
+    finished = False
+    try:
+        async for output in outputs:
+            now = time.perf_counter()
+            if output.new_token_ids or (output.finished and output.token_ids):
+                if last_token_at is None:
+                    m.ttft.labels(model).observe(now - ctx.arrival)
+                else:
+                    m.itl.labels(model).observe(now - last_token_at)
+                last_token_at = now
+            if output.finished:
+                finished = True
+                _observe_finish(m, model, output, now - ctx.arrival)
+                served.record_finish()
+            yield output
+    finally:
+        if not finished:
+            m.finished.labels(model, FinishReason.CANCELLED.value).inc()
+        await outputs.aclose()  # type: ignore[attr-defined]
+
+
+def _observe_finish(m: Metrics, model: str, output: RequestOutput, e2e_s: float) -> None:
+    assert output.finish_reason is not None
+    m.finished.labels(model, output.finish_reason.value).inc()
+    m.prompt_tokens.labels(model).inc(output.num_input_tokens)
+    m.generation_tokens.labels(model).inc(len(output.token_ids))
+    m.e2e.labels(model).observe(e2e_s)
+    if output.was_scheduled:
+        m.queue_time.labels(model).observe(output.timings_ms["queue_ms"] / 1000)
+
+
+def check_finished(output: RequestOutput, timeout_s: float | None) -> RequestOutput:
+    """Errors a finished request may carry: failure inside generation, or expiry in the queue."""
+    if output.finish_reason == FinishReason.ERROR:
+        raise ApiError(500, f"generation failed: {output.error}", "generation")
+    if output.finish_reason == FinishReason.TIMEOUT and not output.was_scheduled:
+        raise ApiError(
+            504, f"the request waited longer than its timeout of {timeout_s} s", "timeout"
+        )
+    return output
+
+
+async def _last(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:
+    last = None
+    async for output in outputs:
+        last = output
+    assert last is not None and last.finished
+    return last
+
+
+async def final_outputs(
+    streams: list[AsyncIterator[RequestOutput]], http: HttpRequest
+) -> list[RequestOutput]:
+    """The finished output of every stream; a client disconnect first aborts them all."""
+
+    async def disconnected() -> None:
+        while (await http.receive())["type"] != "http.disconnect":
+            pass
+
+    results: asyncio.Future[list[RequestOutput]] = asyncio.ensure_future(
+        asyncio.gather(*(_last(s) for s in streams))
+    )
+    watcher: asyncio.Future[None] = asyncio.ensure_future(disconnected())
+    try:
+        both: list[asyncio.Future[Any]] = [results, watcher]
+        await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not results.done():
+            results.cancel()  # each stream closes, and the engine aborts its request
+            await asyncio.gather(results, return_exceptions=True)
+    if results.cancelled():
+        raise ClientDisconnected()
+    return results.result()
+
+
+def sse_event(data: dict | str) -> str:
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"data: {payload}\n\n"
+
+
+async def with_keepalive(events: AsyncIterator[str], interval_s: float) -> AsyncIterator[str]:
+    """SSE text, plus a comment line whenever nothing was sent for `interval_s`."""
+    iterator = events.__aiter__()
+    pending: asyncio.Future | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(iterator.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=interval_s)
+            if not done:
+                yield ": keep-alive\n\n"
+                continue
+            try:
+                event = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            yield event
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+        await iterator.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,119 @@
+"""The models this server serves: one engine each, looked up by id."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.api.errors import ApiError
+from service.api.metrics import Metrics
+from service.api.settings import Settings
+from service.engine import AsyncEngine, EngineConfig, LLMEngine, SamplingParams, SchedulerConfig
+
+
+@dataclass
+class ServedModel:
+    model_id: str
+    path: Path
+    engine: AsyncEngine
+    created: int = field(default_factory=lambda: int(time.time()))
+    _finish_times: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+
+    @property
+    def llm(self) -> LLMEngine:
+        return self.engine.engine
+
+    @property
+    def eos_id(self) -> int:
+        return self.llm.tokenizer.eos_id
+
+    @property
+    def special_ids(self) -> set[int]:
+        tokenizer = self.llm.tokenizer
+        return {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id}
+
+    @property
+    def is_translation(self) -> bool:
+        return self.llm.is_encoder_decoder
+
+    def record_finish(self) -> None:
+        self._finish_times.append(time.monotonic())
+
+    def retry_after_s(self) -> int:
+        """Seconds until the queue has likely drained, from the recent finish rate."""
+        now = time.monotonic()
+        recent = [t for t in self._finish_times if now - t < 60]
+        num_waiting = len(self.llm.scheduler.waiting)
+        if len(recent) < 2:
+            return 1
+        rate = len(recent) / max(now - recent[0], 1e-3)  # requests per second
+        return max(1, min(60, math.ceil(num_waiting / rate)))
+
+
+class ModelRegistry:
+    def __init__(self, models: dict[str, ServedModel]):
+        self.models = models
+
+    @classmethod
+    def load(cls, settings: Settings, metrics: Metrics) -> ModelRegistry:
+        scheduler = SchedulerConfig(
+            max_running_requests=settings.max_running_requests,
+            max_tokens_per_step=settings.max_tokens_per_step,
+            max_waiting_requests=settings.max_queued_requests,
+            static_batching=settings.batching == "static",
+        )
+        config = EngineConfig(
+            kv_cache_mb=settings.kv_cache_mb,
+            block_size=settings.block_size,
+            device=settings.device,
+            dtype=settings.dtype,
+            num_threads=settings.threads,
+            max_input_tokens=settings.max_input_tokens,
+            scheduler=scheduler,
+        )
+        models = {}
+        for model_id, path in settings.model_paths().items():
+            llm = LLMEngine.from_checkpoint(path, config)
+            llm.on_step = lambda stats, model_id=model_id: metrics.observe_step(model_id, stats)
+            models[model_id] = ServedModel(model_id, path, AsyncEngine(llm))
+        return cls(models)
+
+    def start(self) -> None:
+        for served in self.models.values():
+            served.engine.start()
+
+    def warm_up(self) -> None:
+        """One short request through each engine, so the first user does not pay for it."""
+        for served in self.models.values():
+            served.llm.generate(["Hello"], SamplingParams(max_new_tokens=2))
+
+    def shutdown(self) -> None:
+        for served in self.models.values():
+            served.engine.shutdown()
+
+    def get(self, model_id: str | None, translation: bool = False) -> ServedModel:
+        """The named model; without a name, the translation model (translate) or the first one."""
+        if model_id is None:
+            candidates = [m for m in self.models.values() if m.is_translation or not translation]
+            if not candidates:
+                raise ApiError(422, "no translation model is being served", param="model")
+            return candidates[0]
+        if model_id not in self.models:
+            raise ApiError(
+                422,
+                f"unknown model {model_id!r}; this server has {sorted(self.models)}",
+                param="model",
+                status_openai=404,
+                code="model_not_found",
+            )
+        served = self.models[model_id]
+        if translation and not served.is_translation:
+            raise ApiError(422, f"model {model_id!r} is not a translation model", param="model")
+        return served
+
+    @property
+    def num_in_flight(self) -> int:
+        return sum(m.llm.scheduler.has_work for m in self.models.values())

@@ -1,0 +1,201 @@
+"""OpenAI-compatible `POST /v1/completions` (with streaming) and `GET /v1/models`."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from service.api.errors import ApiError
+from service.api.generation import (
+    Context,
+    check_finished,
+    final_outputs,
+    sse_event,
+    start,
+    with_keepalive,
+)
+from service.api.registry import ServedModel
+from service.api.routes_translate import merged_timings, timings_header
+from service.api.schemas import CompletionRequest
+from service.engine import FinishReason, RequestOutput, SamplingParams
+
+router = APIRouter()
+
+
+@router.get("/v1/models")
+async def list_models(request: Request):
+    registry = request.app.state.registry
+    data = [
+        {
+            "id": served.model_id,
+            "object": "model",
+            "created": served.created,
+            "owned_by": "attnserve",
+            "task": "translation" if served.is_translation else "generation",
+        }
+        for served in registry.models.values()
+    ]
+    return {"object": "list", "data": data}
+
+
+def sampling_params(body: CompletionRequest, request: Request, index: int) -> SamplingParams:
+    settings = request.app.state.settings
+    max_new = body.max_tokens or settings.max_new_tokens
+    if max_new > settings.max_new_tokens:
+        raise ApiError(
+            422,
+            f"max_tokens: {max_new} is over this server's limit of {settings.max_new_tokens}",
+            param="max_tokens",
+        )
+    return SamplingParams(
+        max_new_tokens=max_new,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=None if body.seed is None else body.seed + index,  # n choices differ, reproducibly
+        stop=tuple(body.stop or ()),
+        timeout_s=settings.request_timeout_s,
+    )
+
+
+def _finish(output: RequestOutput) -> str:
+    return "length" if output.finish_reason == FinishReason.LENGTH else "stop"
+
+
+def _logprobs(
+    served: ServedModel, output: RequestOutput, token_ids: list[int], logprobs: list[float]
+) -> dict:
+    tokenizer = served.llm.tokenizer
+    tokens = [tokenizer.decode([i]) for i in token_ids]
+    offsets, offset = [], 0
+    for token in tokens:
+        offsets.append(offset)
+        offset += len(token)
+    return {
+        "tokens": tokens,
+        "token_logprobs": logprobs,
+        "top_logprobs": [{t: lp} for t, lp in zip(tokens, logprobs, strict=True)],
+        "text_offset": offsets,
+    }
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request):
+    served: ServedModel = request.app.state.registry.get(body.model)
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if body.stream and len(prompts) * body.n > 1 and body.logprobs is not None:
+        raise ApiError(
+            422, "logprobs with several streamed choices is not supported", param="logprobs"
+        )
+    ctx = Context.of(request, served, "prompt")
+    jobs = [(p, i) for p in prompts for i in range(body.n)]  # choice index = position in jobs
+    streams = [
+        start(served, prompt, sampling_params(body, request, i), ctx, suffix=f"-{k}")
+        for k, (prompt, i) in enumerate(jobs)
+    ]
+    completion_id = f"cmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    if body.stream:
+        events = _stream_events(streams, served, body, completion_id, created)
+        return StreamingResponse(
+            with_keepalive(events, request.app.state.settings.keepalive_s),
+            media_type="text/event-stream",
+        )
+    timeout_s = request.app.state.settings.request_timeout_s
+    outputs = [check_finished(o, timeout_s) for o in await final_outputs(streams, request)]
+    choices = [
+        {
+            "text": o.text,
+            "index": k,
+            "logprobs": None
+            if body.logprobs is None
+            else _logprobs(served, o, o.token_ids, o.logprobs),
+            "finish_reason": _finish(o),
+        }
+        for k, o in enumerate(outputs)
+    ]
+    response = {
+        "id": completion_id,
+        "object": "text_completion",
+        "created": created,
+        "model": served.model_id,
+        "choices": choices,
+        "usage": _usage(outputs, prompts_counted_once=body.n),
+    }
+    return JSONResponse(response, headers=timings_header(merged_timings(outputs)))
+
+
+def _usage(outputs: list[RequestOutput], prompts_counted_once: int) -> dict:
+    prompt_tokens = sum(o.num_input_tokens for o in outputs[::prompts_counted_once])
+    completion_tokens = sum(len(o.token_ids) for o in outputs)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+async def _stream_events(
+    streams: list[AsyncIterator[RequestOutput]],
+    served: ServedModel,
+    body: CompletionRequest,
+    completion_id: str,
+    created: int,
+) -> AsyncIterator[str]:
+    """Chunks of every choice in turn (choices stream one after another), then usage, [DONE]."""
+
+    def chunk(choices: list[dict], usage: dict | None = None) -> str:
+        data: dict = {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": served.model_id,
+            "choices": choices,
+        }
+        if usage is not None:
+            data["usage"] = usage
+        return sse_event(data)
+
+    timeout_s = None
+    finished: list[RequestOutput] = []
+    try:
+        for k, stream in enumerate(streams):
+            async for output in stream:
+                if output.finished:
+                    check_finished(output, timeout_s)
+                    finished.append(output)
+                if not output.text_delta and not output.finished:
+                    continue
+                logprobs = None
+                if body.logprobs is not None and output.new_token_ids:
+                    logprobs = _logprobs(served, output, output.new_token_ids, output.new_logprobs)
+                yield chunk(
+                    [
+                        {
+                            "text": output.text_delta,
+                            "index": k,
+                            "logprobs": logprobs,
+                            "finish_reason": _finish(output) if output.finished else None,
+                        }
+                    ]
+                )
+        if body.stream_options is not None and body.stream_options.include_usage:
+            yield chunk([], _usage(finished, prompts_counted_once=body.n))
+    except ApiError as error:
+        yield sse_event(
+            {
+                "error": {
+                    "message": error.message,
+                    "type": error.error_type,
+                    "param": None,
+                    "code": None,
+                }
+            }
+        )
+    finally:
+        for stream in streams:
+            await stream.aclose()  # type: ignore[attr-defined]
+    yield sse_event("[DONE]")

@@ -1,0 +1,162 @@
+"""Hugging Face TGI-compatible generation: `POST /generate`, `/generate_stream`, and `/`."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from service.api.errors import ApiError
+from service.api.generation import (
+    Context,
+    check_finished,
+    final_outputs,
+    sse_event,
+    start,
+    with_keepalive,
+)
+from service.api.registry import ServedModel
+from service.api.routes_translate import timings_header
+from service.api.schemas import TgiRequest
+from service.engine import FinishReason, RequestOutput, SamplingParams
+
+router = APIRouter()
+
+TGI_FINISH = {FinishReason.LENGTH: "length", FinishReason.STOP: "eos_token"}
+
+
+def sampling_params(body: TgiRequest, request: Request) -> SamplingParams:
+    settings = request.app.state.settings
+    p = body.parameters
+    max_new = p.max_new_tokens or min(100, settings.max_new_tokens)  # TGI's default is 100
+    if max_new > settings.max_new_tokens:
+        raise ApiError(
+            422,
+            f"parameters.max_new_tokens: {max_new} is over this server's limit of "
+            f"{settings.max_new_tokens}",
+            param="parameters.max_new_tokens",
+        )
+    sampling = p.is_sampling
+    seed = p.seed if p.seed is not None else (random.getrandbits(63) if sampling else None)
+    return SamplingParams(
+        max_new_tokens=max_new,
+        temperature=(p.temperature or 1.0) if sampling else 0.0,
+        top_k=p.top_k or 0,
+        top_p=p.top_p or 1.0,
+        repetition_penalty=p.repetition_penalty or 1.0,
+        seed=seed,
+        stop=tuple(p.stop),
+        timeout_s=settings.request_timeout_s,
+    )
+
+
+def _details(output: RequestOutput, params: SamplingParams, stopped_on_string: bool) -> dict:
+    reason = (
+        "stop_sequence"
+        if stopped_on_string
+        else TGI_FINISH.get(
+            output.finish_reason,  # type: ignore[arg-type]
+            output.finish_reason.value,  # type: ignore[union-attr]
+        )
+    )
+    return {
+        "finish_reason": reason,
+        "generated_tokens": len(output.token_ids),
+        "seed": params.seed,
+        "input_length": output.num_input_tokens,
+    }
+
+
+def _full_text(body: TgiRequest, served: ServedModel, text: str) -> str:
+    return (
+        body.inputs + text
+        if body.parameters.return_full_text and not served.is_translation
+        else text
+    )
+
+
+async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str, str]]:
+    served: ServedModel = request.app.state.registry.get(body.model)
+    params = sampling_params(body, request)
+    outputs = start(served, body.inputs, params, Context.of(request, served, "inputs"))
+    (output,) = await final_outputs([outputs], request)
+    check_finished(output, params.timeout_s)
+    result: dict = {"generated_text": _full_text(body, served, output.text)}
+    if body.parameters.details:
+        result["details"] = _details(output, params, output.stopped_on is not None) | {
+            "prefill": [],
+            "tokens": _tokens(served, output.token_ids, output.logprobs),
+        }
+    return result, timings_header(output.timings_ms)
+
+
+def _tokens(served: ServedModel, ids: list[int], logprobs: list[float]) -> list[dict]:
+    tokenizer = served.llm.tokenizer
+    return [
+        {"id": i, "text": tokenizer.decode([i]), "logprob": lp, "special": i in served.special_ids}
+        for i, lp in zip(ids, logprobs, strict=False)
+    ]
+
+
+@router.post("/generate")
+async def generate(body: TgiRequest, request: Request):
+    result, headers = await _generate(body, request)
+    return JSONResponse(result, headers=headers)
+
+
+@router.post("/generate_stream")
+async def generate_stream(body: TgiRequest, request: Request):
+    served: ServedModel = request.app.state.registry.get(body.model)
+    params = sampling_params(body, request)
+    outputs = start(served, body.inputs, params, Context.of(request, served, "inputs"))
+    events = _stream_events(outputs, served, body, params)
+    return StreamingResponse(
+        with_keepalive(events, request.app.state.settings.keepalive_s),
+        media_type="text/event-stream",
+    )
+
+
+@router.post("/")
+async def compat(body: TgiRequest, request: Request):
+    """TGI's `/`: streams when `stream` is true; otherwise a one-element list."""
+    if body.stream:
+        return await generate_stream(body, request)
+    result, headers = await _generate(body, request)
+    return JSONResponse([result], headers=headers)
+
+
+async def _stream_events(
+    outputs: AsyncIterator[RequestOutput],
+    served: ServedModel,
+    body: TgiRequest,
+    params: SamplingParams,
+) -> AsyncIterator[str]:
+    index = 0
+    try:
+        async for output in outputs:
+            if output.finished:
+                check_finished(output, params.timeout_s)
+            token_ids = output.new_token_ids or ([] if not output.finished else [served.eos_id])
+            for n, token_id in enumerate(token_ids):
+                index += 1
+                is_last = output.finished and n == len(token_ids) - 1
+                event: dict = {
+                    "index": index,
+                    "token": {
+                        "id": token_id,
+                        "text": output.text_delta if n == len(token_ids) - 1 else "",
+                        "logprob": output.new_logprobs[n] if n < len(output.new_logprobs) else 0.0,
+                        "special": token_id in served.special_ids,
+                    },
+                    "generated_text": None,
+                    "details": None,
+                    "top_tokens": None,
+                }
+                if is_last:
+                    event["generated_text"] = _full_text(body, served, output.text)
+                    event["details"] = _details(output, params, output.stopped_on is not None)
+                yield sse_event(event)
+    except ApiError as error:
+        yield sse_event({"error": error.message, "error_type": error.error_type})

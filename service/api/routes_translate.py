@@ -1,0 +1,129 @@
+"""`POST /v1/translate`: the native translation route (batch, beam search, n-best, SSE)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from service.api.errors import ApiError
+from service.api.generation import (
+    Context,
+    check_finished,
+    final_outputs,
+    sse_event,
+    start,
+    with_keepalive,
+)
+from service.api.registry import ServedModel
+from service.api.schemas import TranslateRequest
+from service.engine import RequestOutput, SamplingParams
+
+router = APIRouter()
+
+
+def sampling_params(body: TranslateRequest, request: Request) -> SamplingParams:
+    settings = request.app.state.settings
+    max_new_tokens = body.max_new_tokens or settings.max_new_tokens
+    if max_new_tokens > settings.max_new_tokens:
+        raise ApiError(
+            422,
+            f"max_new_tokens: {max_new_tokens} is over this server's limit of "
+            f"{settings.max_new_tokens}",
+            param="max_new_tokens",
+        )
+    assert body.beam_size is not None
+    return SamplingParams(
+        max_new_tokens=max_new_tokens,
+        temperature=body.temperature,
+        top_k=body.top_k,
+        top_p=body.top_p,
+        seed=body.seed,
+        beam_size=body.beam_size,
+        length_penalty=body.length_penalty,
+        num_hypotheses=body.num_hypotheses,
+        timeout_s=body.timeout_s or settings.request_timeout_s,
+    )
+
+
+def timings_header(timings: dict[str, float]) -> dict[str, str]:
+    parts = [f"{name.removesuffix('_ms')};dur={ms:.1f}" for name, ms in timings.items()]
+    return {"Server-Timing": ", ".join(parts)}
+
+
+def merged_timings(outputs: list[RequestOutput]) -> dict[str, float]:
+    """A batch's timings: each phase's longest, so the slowest text is accounted for."""
+    names = ("queue_ms", "prefill_ms", "decode_ms", "total_ms")
+    return {name: round(max(o.timings_ms[name] for o in outputs), 2) for name in names}
+
+
+@router.post("/v1/translate")
+async def translate(body: TranslateRequest, request: Request):
+    served: ServedModel = request.app.state.registry.get(body.model, translation=True)
+    params = sampling_params(body, request)
+    ctx = Context.of(request, served, "text")
+    if body.stream:
+        assert isinstance(body.text, str)
+        outputs = start(served, body.text, params, ctx)
+        events = with_keepalive(
+            _stream_events(outputs, params), request.app.state.settings.keepalive_s
+        )
+        return StreamingResponse(events, media_type="text/event-stream")
+    texts = [body.text] if isinstance(body.text, str) else body.text
+    streams = [start(served, t, params, ctx, suffix=f"-{i}") for i, t in enumerate(texts)]
+    finished = [check_finished(o, params.timeout_s) for o in await final_outputs(streams, request)]
+    timings = merged_timings(finished)
+    response = {
+        "model": served.model_id,
+        "translations": [_translation(o, body) for o in finished],
+        "usage": {
+            "input_tokens": sum(o.num_input_tokens for o in finished),
+            "output_tokens": sum(len(o.token_ids) for o in finished),
+        },
+        "timings": timings,
+    }
+    return JSONResponse(response, headers=timings_header(timings))
+
+
+def _translation(output: RequestOutput, body: TranslateRequest) -> dict:
+    translation: dict = {"text": output.text, "finish_reason": output.finish_reason.value}  # type: ignore[union-attr]
+    if output.hypotheses and (body.return_scores or body.num_hypotheses > 1):
+        translation["hypotheses"] = [
+            {"text": h.text, "score": round(h.score, 5)} for h in output.hypotheses
+        ]
+    if body.return_scores and output.hypotheses:
+        translation["score"] = round(output.hypotheses[0].score, 5)
+    return translation
+
+
+async def _stream_events(
+    outputs: AsyncIterator[RequestOutput], params: SamplingParams
+) -> AsyncIterator[str]:
+    try:
+        async for output in outputs:
+            for token_id in output.new_token_ids:
+                yield sse_event(
+                    {
+                        "index": 0,
+                        "token": {"id": token_id, "text": output.text_delta},
+                        "text": output.text_delta,
+                    }
+                )
+            if output.finished:
+                check_finished(output, params.timeout_s)
+                yield sse_event(
+                    {
+                        "index": 0,
+                        "finish_reason": output.finish_reason.value,  # type: ignore[union-attr]
+                        "text": output.text,
+                        "usage": {
+                            "input_tokens": output.num_input_tokens,
+                            "output_tokens": len(output.token_ids),
+                        },
+                        "timings": {k: round(v, 2) for k, v in output.timings_ms.items()},
+                    }
+                )
+    except ApiError as error:
+        yield sse_event({"error": error.message, "error_type": error.error_type})
+    yield sse_event("[DONE]")

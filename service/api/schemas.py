@@ -1,0 +1,142 @@
+"""Request bodies of every route (pydantic): the HTTP contract's field names, ranges and defaults.
+
+Limits that depend on the server's settings (max_new_tokens) are checked in the routes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NonEmptyText = Annotated[str, Field(min_length=1)]
+
+
+class TranslateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    text: NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1, max_length=64)]
+    beam_size: int | None = Field(
+        None, ge=1, le=16, description="default 4; 1 when streaming or sampling"
+    )
+    num_hypotheses: int = Field(1, ge=1, le=16)
+    length_penalty: float = Field(1.0, ge=0.0, le=10.0)
+    max_new_tokens: int | None = Field(None, ge=1, description="default: the server's limit")
+    temperature: float = Field(0.0, ge=0.0, le=10.0)
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=0)
+    return_scores: bool = False
+    return_alignments: bool = False
+    stream: bool = False
+    timeout_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TranslateRequest:
+        sampling = self.temperature > 0
+        if self.beam_size is None:
+            self.beam_size = 1 if (self.stream or sampling) else 4
+        if sampling and self.beam_size > 1:
+            raise ValueError("beam_size must be 1 when temperature > 0 (sampling)")
+        if self.num_hypotheses > self.beam_size:
+            raise ValueError(
+                f"num_hypotheses ({self.num_hypotheses}) must be ≤ beam_size ({self.beam_size})"
+            )
+        if self.stream and (isinstance(self.text, list) or self.beam_size > 1):
+            raise ValueError("stream needs a single text and beam_size 1")
+        if self.return_alignments:
+            raise ValueError("return_alignments is not supported yet")
+        return self
+
+
+class TgiParameters(BaseModel):
+    """TGI's `parameters`; fields TGI has and we do not use are accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    max_new_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, gt=0.0, le=10.0)
+    top_k: int | None = Field(None, gt=0)
+    top_p: float | None = Field(None, gt=0.0, lt=1.0)
+    repetition_penalty: float | None = Field(None, gt=0.0)
+    do_sample: bool = False
+    seed: int | None = Field(None, ge=0)
+    stop: list[str] = Field(default_factory=list, max_length=8)
+    details: bool = False
+    return_full_text: bool | None = False
+    decoder_input_details: bool = False
+    top_n_tokens: int | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, stop: list[str]) -> list[str]:
+        if any(not s for s in stop):
+            raise ValueError("stop sequences must not be empty")
+        return stop
+
+    @property
+    def is_sampling(self) -> bool:
+        """As TGI: any warper (temperature ≠ 1, top_k, top_p) turns sampling on."""
+        return (
+            self.do_sample
+            or (self.temperature not in (None, 1.0))
+            or bool(self.top_k)
+            or (self.top_p is not None)
+        )
+
+
+class TgiRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: NonEmptyText
+    parameters: TgiParameters = Field(default_factory=lambda: TgiParameters())
+    stream: bool = False
+    model: str | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class CompletionRequest(BaseModel):
+    """OpenAI's legacy completions body; unsupported options are refused, not ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    prompt: NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1, max_length=64)]
+    max_tokens: int | None = Field(16, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1, le=16)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool = False
+    best_of: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, stop: str | list[str] | None) -> list[str]:
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        if any(not s for s in stops):
+            raise ValueError("stop sequences must not be empty")
+        return stops
+
+    @model_validator(mode="after")
+    def _supported(self) -> CompletionRequest:
+        if self.echo:
+            raise ValueError("echo is not supported")
+        if self.best_of not in (None, 1, self.n):
+            raise ValueError("best_of is not supported")
+        if self.presence_penalty or self.frequency_penalty:
+            raise ValueError("presence_penalty and frequency_penalty are not supported")
+        return self

@@ -1,0 +1,85 @@
+"""Server settings: command-line flags, each with an `ATTNSERVE_*` environment variable."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CHECKPOINTS = Path(__file__).resolve().parents[2] / "model" / "checkpoints"
+DEFAULT_MODELS = [f"en-de={CHECKPOINTS / 'en-de'}", f"en-lm={CHECKPOINTS / 'en-lm'}"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ATTNSERVE_")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS))  # "ID=PATH"
+    device: str = "cpu"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads")
+    max_running_requests: int = Field(32, ge=1)
+    max_queued_requests: int = Field(256, ge=1)
+    max_tokens_per_step: int = Field(4096, ge=16)
+    kv_cache_mb: float = Field(256.0, gt=0)
+    block_size: int = Field(16, ge=1)
+    max_input_tokens: int = Field(256, ge=1)
+    max_new_tokens: int = Field(256, ge=1, description="the most a request may ask for")
+    request_timeout_s: float | None = Field(120.0, gt=0)
+    batching: Literal["continuous", "static"] = "continuous"
+    api_key: str | None = None
+    log_level: str = "info"
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    drain_timeout_s: float = Field(30.0, ge=0)
+    keepalive_s: float = Field(15.0, gt=0, description="SSE keep-alive comment interval")
+
+    @field_validator("models")
+    @classmethod
+    def _id_equals_path(cls, models: list[str]) -> list[str]:
+        for spec in models:
+            model_id, sep, path = spec.partition("=")
+            if not sep or not model_id or not path:
+                raise ValueError(f"--model expects ID=PATH, got {spec!r}")
+        return models
+
+    def model_paths(self) -> dict[str, Path]:
+        return {spec.partition("=")[0]: Path(spec.partition("=")[2]) for spec in self.models}
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    """Flags override environment variables, which override the defaults."""
+    p = argparse.ArgumentParser(prog="attnserve", description="Serve Transformer models over HTTP.")
+    p.add_argument("command", nargs="?", choices=["serve"], default="serve")
+    flags = {
+        "--host": str,
+        "--port": int,
+        "--device": str,
+        "--dtype": str,
+        "--threads": int,
+        "--max-running-requests": int,
+        "--max-queued-requests": int,
+        "--max-tokens-per-step": int,
+        "--kv-cache-mb": float,
+        "--block-size": int,
+        "--max-input-tokens": int,
+        "--max-new-tokens": int,
+        "--request-timeout-s": float,
+        "--api-key": str,
+        "--log-level": str,
+        "--max-body-bytes": int,
+        "--drain-timeout-s": float,
+    }
+    for flag, kind in flags.items():
+        p.add_argument(flag, type=kind, default=None)
+    p.add_argument("--batching", choices=["continuous", "static"], default=None)
+    p.add_argument(
+        "--model", dest="models", action="append", metavar="ID=PATH", default=None,
+        help="a model directory to serve (repeatable); default: the bundled en-de and en-lm",
+    )  # fmt: skip
+    args = vars(p.parse_args(argv))
+    args.pop("command")
+    return Settings(**{k: v for k, v in args.items() if v is not None})

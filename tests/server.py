@@ -1,0 +1,66 @@
+"""A real attnserve server on a free loopback port, with tiny random models, for the API tests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from model.checkpoint import save_checkpoint
+from model.tokenizer import Tokenizer, train_tokenizer
+from service.api.app import create_app
+from service.api.settings import Settings
+from tests.conftest import tiny_model
+
+TEXTS = ["Open the file", "Save the document as PDF", "Größe ändern", "Datei öffnen €"] * 20
+
+
+def tiny_checkpoints(directory: Path) -> list[str]:
+    """A tiny translator ("tiny-mt") and generator ("tiny-lm") saved as model directories."""
+    tokenizer = Tokenizer(train_tokenizer(TEXTS, vocab_size=300))
+    specs = []
+    for model_id, architecture in [("tiny-mt", "encoder-decoder"), ("tiny-lm", "decoder-only")]:
+        model = tiny_model(architecture, vocab_size=tokenizer.vocab_size, max_positions=512)
+        save_checkpoint(model, tokenizer, directory / model_id)
+        specs.append(f"{model_id}={directory / model_id}")
+    return specs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """uvicorn in a thread (no signal handlers there); `url` once /ready says so."""
+
+    def __init__(self, settings: Settings):
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=settings.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{settings.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/ready").status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("the server did not become ready")
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    def engine(self, model_id: str):
+        return self.app.state.registry.models[model_id].llm

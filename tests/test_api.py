@@ -1,0 +1,321 @@
+"""The HTTP contract (../shared/API.md) against a real server on loopback, with real clients:
+httpx, the `openai` package and `huggingface_hub.InferenceClient`. Tiny random models."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import openai
+import pytest
+from huggingface_hub import InferenceClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.api.settings import Settings
+from tests.server import ServerThread, free_port, tiny_checkpoints
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> list[str]:
+    return tiny_checkpoints(tmp_path_factory.mktemp("models"))
+
+
+def settings(models: list[str], **overrides) -> Settings:
+    fields = dict(
+        models=models, port=free_port(), max_input_tokens=64, max_new_tokens=64,
+        kv_cache_mb=16, block_size=4, request_timeout_s=60, max_queued_requests=256,
+        max_body_bytes=20_000, keepalive_s=5,
+    )  # fmt: skip
+    fields.update(overrides)
+    return Settings(**fields)
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    with ServerThread(settings(models)) as running:
+        yield running
+
+
+@pytest.fixture
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+def sse_data(response: httpx.Response) -> list:
+    """The `data:` payloads of an SSE response, JSON-decoded ("[DONE]" kept as is)."""
+    events = []
+    for block in response.text.split("\n\n"):
+        for line in block.splitlines():
+            if line.startswith("data: "):
+                payload = line.removeprefix("data: ")
+                events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
+
+
+def metrics(client: httpx.Client) -> dict[str, float]:
+    """Every sample as 'name{label=value,...}' → value, parsed by prometheus_client."""
+    samples = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            samples[f"{s.name}{{{labels}}}"] = s.value
+    return samples
+
+
+def wait_idle(server: ServerThread, model_id: str) -> None:
+    engine = server.engine(model_id)
+    for _ in range(200):
+        if not engine.has_unfinished and engine.blocks.num_used == 0:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the engine did not become idle")
+
+
+# -- operations -----------------------------------------------------------------------------
+
+
+def test_health_ready_info_and_models(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").status_code == 200
+    info = client.get("/info").json()
+    assert {m["id"] for m in info["models"]} == {"tiny-mt", "tiny-lm"}
+    mt = next(m for m in info["models"] if m["id"] == "tiny-mt")
+    assert mt["architecture"] == "encoder-decoder" and mt["num_parameters"] > 0
+    assert mt["limits"]["max_input_tokens"] == 64
+    listing = client.get("/v1/models").json()
+    assert listing["object"] == "list"
+    assert [m["object"] for m in listing["data"]] == ["model", "model"]
+
+
+def test_every_response_carries_a_request_id_and_server_timing(client):
+    r = client.post(
+        "/v1/translate", json={"text": "Open the file"}, headers={"X-Request-Id": "abc-1"}
+    )
+    assert r.status_code == 200
+    assert r.headers["x-request-id"] == "abc-1"
+    assert (
+        "queue;dur=" in r.headers["server-timing"] and "decode;dur=" in r.headers["server-timing"]
+    )
+    assert client.get("/health").headers["x-request-id"]
+
+
+# -- translation ------------------------------------------------------------------------------
+
+
+def test_translate_one_text_and_a_batch(client):
+    one = client.post("/v1/translate", json={"text": "Open the file", "beam_size": 1}).json()
+    assert one["model"] == "tiny-mt"
+    assert set(one["timings"]) == {"queue_ms", "prefill_ms", "decode_ms", "total_ms"}
+    assert one["usage"]["input_tokens"] > 0
+    batch = client.post(
+        "/v1/translate",
+        json={"text": ["Save the document as PDF", "Open the file"], "beam_size": 1},
+    ).json()
+    assert len(batch["translations"]) == 2
+    assert batch["translations"][1]["text"] == one["translations"][0]["text"]
+
+
+def test_translate_n_best_is_sorted_by_score(client):
+    body = {"text": "Datei öffnen", "beam_size": 4, "num_hypotheses": 3, "return_scores": True}
+    (translation,) = client.post("/v1/translate", json=body).json()["translations"]
+    scores = [h["score"] for h in translation["hypotheses"]]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    assert translation["text"] == translation["hypotheses"][0]["text"]
+    assert translation["score"] == scores[0]
+
+
+def test_streamed_translation_concatenates_to_the_non_streamed_text(client):
+    body = {"text": "Save the document as PDF", "beam_size": 1, "max_new_tokens": 40}
+    whole = client.post("/v1/translate", json=body).json()["translations"][0]["text"]
+    r = client.post("/v1/translate", json=body | {"stream": True})
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = sse_data(r)
+    assert events[-1] == "[DONE]"
+    final = events[-2]
+    assert final["finish_reason"] in ("stop", "length") and final["text"] == whole
+    assert "".join(e["text"] for e in events[:-2]) == whole
+    assert all(isinstance(e["token"]["id"], int) for e in events[:-2])
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"text": ""}, "text"),
+        ({"text": []}, "text"),
+        ({"text": "hi", "temperature": -1}, "temperature"),
+        ({"text": "hi", "temperature": 0.7, "beam_size": 4}, "beam_size"),
+        ({"text": "hi", "beam_size": 2, "num_hypotheses": 3}, "num_hypotheses"),
+        ({"text": "hi", "max_new_tokens": 10_000}, "max_new_tokens"),
+        ({"text": "hi", "model": "nope"}, "model"),
+        ({"text": "hi", "model": "tiny-lm"}, "model"),
+        ({"text": ["a", "b"], "stream": True}, "stream"),
+        ({"text": "word " * 200}, "text"),
+        ({"text": "hi", "colour": "red"}, "colour"),
+        ({"txt": "hi"}, "text"),
+    ],
+)
+def test_bad_translation_requests_get_422_naming_the_field(client, body, field):
+    r = client.post("/v1/translate", json=body)
+    assert r.status_code == 422, r.text
+    error = r.json()
+    assert error["error_type"] == "validation"
+    assert field in error["error"]
+
+
+def test_malformed_json_and_oversized_bodies(client):
+    r = client.post(
+        "/v1/translate", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422
+    r = client.post("/v1/translate", json={"text": "x" * 30_000})
+    assert r.status_code == 413
+    assert client.get("/no/such/route").status_code == 404
+
+
+# -- TGI --------------------------------------------------------------------------------------
+
+
+def test_tgi_generate_and_compat_route(client):
+    body = {"inputs": "Open", "parameters": {"max_new_tokens": 10, "details": True}}
+    r = client.post("/generate", json=body, headers={"X-Request-Id": "t1"})
+    assert r.status_code == 200
+    result = r.json()
+    assert isinstance(result["generated_text"], str)
+    assert result["details"]["generated_tokens"] == len(result["details"]["tokens"]) <= 10
+    assert result["details"]["finish_reason"] in ("length", "eos_token", "stop_sequence")
+    listed = client.post("/", json=body).json()
+    assert listed[0]["generated_text"] == result["generated_text"]
+
+
+def test_huggingface_hub_client_streams_with_details(server):
+    hf = InferenceClient(base_url=server.url)
+    whole = hf.text_generation("Open the", max_new_tokens=12)
+    events = list(hf.text_generation("Open the", max_new_tokens=12, stream=True, details=True))
+    assert "".join(e.token.text for e in events) == whole
+    last = events[-1]
+    assert last.generated_text == whole
+    assert last.details is not None and last.details.generated_tokens == len(events)
+    seeded = [
+        hf.text_generation("Datei", max_new_tokens=12, do_sample=True, seed=3, temperature=0.9)
+        for _ in range(2)
+    ]
+    assert seeded[0] == seeded[1]
+
+
+# -- OpenAI -----------------------------------------------------------------------------------
+
+
+def test_openai_completions_plain_and_streamed(server):
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    models = [m.id for m in client.models.list()]
+    assert models == ["tiny-mt", "tiny-lm"]
+    done = client.completions.create(model="tiny-lm", prompt="Open", max_tokens=10, temperature=0)
+    assert done.object == "text_completion" and done.usage.completion_tokens <= 10
+    text = done.choices[0].text
+    stream = client.completions.create(
+        model="tiny-lm", prompt="Open", max_tokens=10, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == text
+    assert (
+        chunks[-1].usage is not None
+        and chunks[-1].usage.completion_tokens == done.usage.completion_tokens
+    )
+    several = client.completions.create(
+        model="tiny-lm", prompt=["Open", "Save"], max_tokens=5, n=2, seed=1, logprobs=1
+    )
+    assert [c.index for c in several.choices] == [0, 1, 2, 3]
+    assert len(several.choices[0].logprobs.token_logprobs) == len(
+        several.choices[0].logprobs.tokens
+    )
+
+
+def test_openai_errors_have_the_openai_shape(server):
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.completions.create(model="tiny-lm", prompt="Open", temperature=5)
+    assert bad.value.body["param"] == "temperature"
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="gpt-4", prompt="Open")
+
+
+# -- concurrency, overload, cancellation ----------------------------------------------------------
+
+
+def test_64_concurrent_identical_greedy_requests_equal_the_request_alone(server):
+    body = {"text": "Save the document as PDF", "beam_size": 1, "max_new_tokens": 30}
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        alone = c.post("/v1/translate", json=body).json()["translations"][0]["text"]
+
+    async def flood() -> list[str]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as c:
+            responses = await asyncio.gather(
+                *(c.post("/v1/translate", json=body) for _ in range(64))
+            )
+        return [r.json()["translations"][0]["text"] for r in responses]
+
+    assert asyncio.run(flood()) == [alone] * 64
+
+
+def test_a_flood_beyond_the_queue_gets_429_with_retry_after_and_no_5xx(models):
+    with ServerThread(settings(models, max_running_requests=1, max_queued_requests=2)) as small:
+
+        async def flood() -> list[httpx.Response]:
+            body = {"inputs": "Open", "parameters": {"max_new_tokens": 64}, "model": "tiny-lm"}
+            async with httpx.AsyncClient(base_url=small.url, timeout=120) as c:
+                return await asyncio.gather(*(c.post("/generate", json=body) for _ in range(30)))
+
+        responses = asyncio.run(flood())
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) <= {200, 429} and statuses.count(429) > 0 and statuses.count(200) >= 3
+        refused = next(r for r in responses if r.status_code == 429)
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["error_type"] == "overloaded"
+        wait_idle(small, "tiny-lm")
+
+
+def test_clients_that_disconnect_leave_nothing_running(server, client):
+    before = metrics(client).get(
+        "attnserve_request_finished_total{finish_reason=cancelled,model=tiny-lm}", 0
+    )
+    body = {"inputs": "Open", "parameters": {"max_new_tokens": 64}, "model": "tiny-lm"}
+    with (
+        httpx.Client(base_url=server.url, timeout=60) as c,
+        c.stream("POST", "/generate_stream", json=body) as r,
+    ):
+        next(r.iter_lines())  # one event, then hang up
+    batch = {"text": [f"Open file {i}" for i in range(64)], "beam_size": 8, "max_new_tokens": 64}
+    with pytest.raises(httpx.ReadTimeout):  # non-streaming: give up before the answer
+        httpx.post(f"{server.url}/v1/translate", json=batch, timeout=0.5)
+    wait_idle(server, "tiny-lm")
+    wait_idle(server, "tiny-mt")
+    after = metrics(client)
+    assert after["attnserve_requests_running{model=tiny-lm}"] == 0
+    assert after["attnserve_kv_cache_usage_ratio{model=tiny-lm}"] == 0
+    assert (
+        after["attnserve_request_finished_total{finish_reason=cancelled,model=tiny-lm}"]
+        >= before + 1
+    )
+    assert after["attnserve_request_finished_total{finish_reason=cancelled,model=tiny-mt}"] >= 1
+    assert after["attnserve_requests_running{model=tiny-mt}"] == 0
+
+
+def test_metrics_parse_and_the_histograms_move(client):
+    before = metrics(client)
+    client.post("/v1/translate", json={"text": "Open the file", "beam_size": 1})
+    after = metrics(client)
+    for name in [
+        "attnserve_time_to_first_token_seconds_count{model=tiny-mt}",
+        "attnserve_e2e_request_latency_seconds_count{model=tiny-mt}",
+        "attnserve_request_queue_time_seconds_count{model=tiny-mt}",
+        "attnserve_batch_size_count{model=tiny-mt}",
+        "attnserve_step_duration_seconds_count{model=tiny-mt}",
+    ]:
+        assert after[name] > before.get(name, 0), name
+    key = "attnserve_requests_total{model=tiny-mt,route=/v1/translate,status=200}"
+    assert after[key] == before.get(key, 0) + 1
+    assert after["attnserve_generation_tokens_total{model=tiny-mt}"] > 0
