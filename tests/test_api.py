@@ -319,3 +319,70 @@ def test_metrics_parse_and_the_histograms_move(client):
     key = "attnserve_requests_total{model=tiny-mt,route=/v1/translate,status=200}"
     assert after[key] == before.get(key, 0) + 1
     assert after["attnserve_generation_tokens_total{model=tiny-mt}"] > 0
+
+
+# -- deadlines and failures inside generation ----------------------------------------------------
+
+
+@pytest.fixture
+def slow_server(models):
+    """tiny-mt never says EOS and each of its steps takes ≥ 10 ms: deadlines are hit on purpose."""
+    with ServerThread(settings(models, max_running_requests=1)) as running:
+        runner = running.engine("tiny-mt").runner
+        eos = running.engine("tiny-mt").model_config.eos_token_id
+        prefill, decode = runner.prefill, runner.decode
+
+        def slow(step):
+            def run(requests):
+                time.sleep(0.01)
+                logits = [t.clone() for t in step(requests)]
+                for t in logits:
+                    t[:, eos] = float("-inf")
+                return logits
+
+            return run
+
+        runner.prefill, runner.decode = slow(prefill), slow(decode)
+        yield running
+
+
+def test_deadline_in_the_queue_is_504_and_while_running_keeps_partial_text(slow_server):
+    hog = {"text": "Open", "beam_size": 1, "max_new_tokens": 40}
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=slow_server.url, timeout=60) as c:
+            first = asyncio.ensure_future(c.post("/v1/translate", json=hog))
+            await asyncio.sleep(0.1)  # first holds the only running slot for ≥ 0.4 s
+            second = await c.post("/v1/translate", json=hog | {"timeout_s": 0.1})
+            return await first, second
+
+    first, second = asyncio.run(scenario())
+    assert second.status_code == 504 and second.json()["error_type"] == "timeout"
+    assert first.status_code == 200
+    assert first.json()["usage"]["output_tokens"] == 40
+    r = httpx.post(f"{slow_server.url}/v1/translate", json=hog | {"timeout_s": 0.2}, timeout=30)
+    assert r.status_code == 200
+    (partial,) = r.json()["translations"]
+    assert partial["finish_reason"] == "timeout"
+    assert 0 < r.json()["usage"]["output_tokens"] < 40
+    wait_idle(slow_server, "tiny-mt")
+
+
+def test_a_failure_inside_generation_is_a_500_or_an_error_event_and_the_server_lives_on(models):
+    with ServerThread(settings(models)) as running:
+        runner = running.engine("tiny-lm").runner
+        decode = runner.decode
+
+        def broken(requests):
+            raise RuntimeError("injected fault")
+
+        runner.decode = broken
+        with httpx.Client(base_url=running.url, timeout=30) as c:
+            body = {"model": "tiny-lm", "inputs": "Open", "parameters": {"max_new_tokens": 8}}
+            r = c.post("/generate", json=body)
+            assert r.status_code == 500 and r.json()["error_type"] == "generation"
+            events = sse_data(c.post("/generate_stream", json=body))
+            assert "error" in events[-1]
+            runner.decode = decode
+            assert c.post("/generate", json=body).status_code == 200
+        wait_idle(running, "tiny-lm")

@@ -57,6 +57,8 @@ def sampling_params(body: CompletionRequest, request: Request, index: int) -> Sa
         top_p=body.top_p,
         seed=None if body.seed is None else body.seed + index,  # n choices differ, reproducibly
         stop=tuple(body.stop or ()),
+        ignore_eos=body.ignore_eos,
+        min_new_tokens=body.min_tokens,
         timeout_s=settings.request_timeout_s,
     )
 

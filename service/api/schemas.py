@@ -120,6 +120,8 @@ class CompletionRequest(BaseModel):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     user: str | None = None
+    ignore_eos: bool = False  # vLLM's extensions, handy for load tests of fixed lengths
+    min_tokens: int = Field(0, ge=0)
 
     @field_validator("stop")
     @classmethod

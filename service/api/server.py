@@ -40,7 +40,9 @@ class DrainingServer(uvicorn.Server):
         while self.app.state.num_in_flight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         log.info("drained (%d still in flight); exiting", self.app.state.num_in_flight)
-        super().handle_exit(sig, frame)
+        self.should_exit = (
+            True  # not super().handle_exit: uvicorn would re-raise the signal (exit ≠ 0)
+        )
 
 
 def serve(settings: Settings) -> None:

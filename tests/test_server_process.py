@@ -1,0 +1,83 @@
+"""`python -m service` as a real process: flags, API key, graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.server import free_port, tiny_checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> list[str]:
+    return tiny_checkpoints(tmp_path_factory.mktemp("models"))
+
+
+def start_server(models: list[str], *flags: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    args = [sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning"]
+    for spec in models:
+        args += ["--model", spec]
+    env = os.environ | {"ATTNSERVE_MAX_NEW_TOKENS": "64"}  # an env var, overridden by no flag
+    process = subprocess.Popen([*args, *flags], cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/ready").status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("the server did not start")
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_cleanly(models):
+    process, url = start_server(models, "--threads", "1")
+    try:
+        assert httpx.get(f"{url}/info").json()["models"][0]["limits"]["max_new_tokens"] == 64
+        slow = {"text": [f"Open file {i}" for i in range(48)], "beam_size": 8}
+        result: dict = {}
+
+        def in_flight() -> None:
+            result["response"] = httpx.post(f"{url}/v1/translate", json=slow, timeout=120)
+
+        thread = threading.Thread(target=in_flight)
+        thread.start()
+        time.sleep(0.5)  # the batch is running
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        assert httpx.get(f"{url}/ready").status_code == 503  # draining: out of the load balancer
+        refused = httpx.post(f"{url}/v1/translate", json={"text": "Open"})
+        assert refused.status_code == 503
+        thread.join(120)
+        assert result["response"].status_code == 200  # nothing accepted is lost
+        assert len(result["response"].json()["translations"]) == 48
+        assert process.wait(30) == 0
+    finally:
+        process.kill()
+
+
+def test_api_key_is_required_when_configured(models):
+    process, url = start_server(models[:1], "--api-key", "s3cret")
+    try:
+        body = {"text": "Open", "beam_size": 1}
+        assert httpx.post(f"{url}/v1/translate", json=body).status_code == 401
+        ok = httpx.post(
+            f"{url}/v1/translate", json=body, headers={"Authorization": "Bearer s3cret"}
+        )
+        assert ok.status_code == 200
+        assert httpx.get(f"{url}/health").status_code == 200  # probes need no key
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
