@@ -1,6 +1,8 @@
-"""BLEU and chrF of a translation checkpoint on a corpus split, greedy and beam search.
+"""BLEU and chrF of a translation checkpoint on a corpus split, greedy and beam search
+(or, for a decoder-only checkpoint, the perplexity of the split's English side).
 
     python -m model.evaluate model/checkpoints/en-de --split test [--json results.json]
+    python -m model.evaluate model/checkpoints/en-lm --split test
 
 Scores are sacrebleu's on detokenized text: the hypotheses are decoded to plain strings and
 compared with the untouched reference strings of the split.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from model.checkpoint import load_checkpoint
 from model.data import read_tsv
 from model.decoding import beam_search_batch, greedy_batch
 from model.tokenizer import Tokenizer
+from model.train import evaluate_loss, make_batches, make_examples
 from model.transformer import Transformer
 
 
@@ -81,6 +85,13 @@ def main() -> None:
         "sentences": len(pairs),
         "scores": {},
     }
+    if not model.config.is_encoder_decoder:  # a language model: perplexity of the English side
+        examples = make_examples(pairs, tokenizer, True, model.config.max_positions - 1)  # what fits
+        loss = evaluate_loss(model, make_batches(examples, 4000, seed=0), tokenizer.pad_id, "cpu")
+        results["scores"]["perplexity"] = round(math.exp(loss), 2)
+        results["scores"]["loss"] = round(loss, 4)
+        print(f"perplexity {results['scores']['perplexity']:.2f} (loss {loss:.4f})")
+        args.beams = []
     for beam in args.beams:
         start = time.monotonic()
         hypotheses = translate(

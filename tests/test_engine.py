@@ -311,3 +311,14 @@ def test_async_engine_streams_and_a_consumer_that_leaves_aborts(tokenizer):
         assert_cache_empty(engine)
     finally:
         async_engine.shutdown()
+
+
+def test_fit_max_new_tokens_lowers_the_limit_to_the_positions_left(tokenizer):
+    model = tiny_model("decoder-only", vocab_size=tokenizer.vocab_size, max_positions=32)
+    engine = LLMEngine(model, tokenizer, EngineConfig(kv_cache_mb=4, block_size=4))
+    with pytest.raises(RequestTooLong):
+        engine.add_request([5] * 10, SamplingParams(max_new_tokens=64))
+    params = SamplingParams(max_new_tokens=64, fit_max_new_tokens=True, ignore_eos=True)
+    (output,) = engine.generate([[5] * 10], params)
+    assert len(output.token_ids) == 22 and output.finish_reason == FinishReason.LENGTH
+    assert_cache_empty(engine)

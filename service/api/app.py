@@ -96,6 +96,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
                 {
                     "request_id": request.state.request_id,
                     "route": request.url.path,
+                    "model": model,
                     "status": response.status_code,
                     "server_timing": response.headers.get("server-timing"),
                     "ms": round(1000 * (time.perf_counter() - request.state.arrival), 1),

@@ -53,6 +53,7 @@ def sampling_params(body: CompletionRequest, request: Request, index: int) -> Sa
         )
     return SamplingParams(
         max_new_tokens=max_new,
+        fit_max_new_tokens=body.max_tokens is None,
         temperature=body.temperature,
         top_p=body.top_p,
         seed=None if body.seed is None else body.seed + index,  # n choices differ, reproducibly

@@ -42,6 +42,7 @@ def sampling_params(body: TgiRequest, request: Request) -> SamplingParams:
     seed = p.seed if p.seed is not None else (random.getrandbits(63) if sampling else None)
     return SamplingParams(
         max_new_tokens=max_new,
+        fit_max_new_tokens=p.max_new_tokens is None,
         temperature=(p.temperature or 1.0) if sampling else 0.0,
         top_k=p.top_k or 0,
         top_p=p.top_p or 1.0,

@@ -36,6 +36,7 @@ def sampling_params(body: TranslateRequest, request: Request) -> SamplingParams:
     assert body.beam_size is not None
     return SamplingParams(
         max_new_tokens=max_new_tokens,
+        fit_max_new_tokens=body.max_new_tokens is None,
         temperature=body.temperature,
         top_k=body.top_k,
         top_p=body.top_p,

@@ -3,6 +3,7 @@ batching (schedule → run → postprocess → collect finished). `LLMEngine.gen
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -119,6 +120,9 @@ class LLMEngine:
             decoder_start = [cfg.decoder_start_token_id]
         else:
             decoder_start = input_ids or [cfg.bos_token_id]
+        room = cfg.max_positions - len(decoder_start)
+        if params.fit_max_new_tokens and params.max_new_tokens > room > 0:
+            params = dataclasses.replace(params, max_new_tokens=room)
         request = Request(
             request_id if request_id is not None else f"req-{next(self._ids)}",
             input_ids,

@@ -4,6 +4,7 @@ the engine hands back after each step (`RequestOutput`)."""
 from __future__ import annotations
 
 import enum
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ class SamplingParams:
     """Decoding options of one request. The HTTP layer validates them; the engine trusts them."""
 
     max_new_tokens: int = 128
+    fit_max_new_tokens: bool = False  # lower max_new_tokens to what fits the model's positions
     min_new_tokens: int = 0  # EOS and stop tokens are masked until this many were generated
     temperature: float = 0.0  # 0: greedy
     top_k: int = 0  # 0: off
@@ -156,7 +158,7 @@ class Request:
             else None
         )
         self.generator = torch.Generator()
-        self.generator.manual_seed(params.seed if params.seed is not None else torch.seed() % 2**63)
+        self.generator.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
         self.num_preemptions = 0
         self.is_aborted = False
         self.finish_reason: FinishReason | None = None
