@@ -86,7 +86,9 @@ def main() -> None:
         "scores": {},
     }
     if not model.config.is_encoder_decoder:  # a language model: perplexity of the English side
-        examples = make_examples(pairs, tokenizer, True, model.config.max_positions - 1)  # what fits
+        examples = make_examples(
+            pairs, tokenizer, True, model.config.max_positions - 1
+        )  # what fits
         loss = evaluate_loss(model, make_batches(examples, 4000, seed=0), tokenizer.pad_id, "cpu")
         results["scores"]["perplexity"] = round(math.exp(loss), 2)
         results["scores"]["loss"] = round(loss, 4)

@@ -158,7 +158,9 @@ class Request:
             else None
         )
         self.generator = torch.Generator()
-        self.generator.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
+        self.generator.manual_seed(
+            params.seed if params.seed is not None else random.getrandbits(63)
+        )
         self.num_preemptions = 0
         self.is_aborted = False
         self.finish_reason: FinishReason | None = None
