@@ -20,6 +20,7 @@ import torch
 
 from model.checkpoint import load_checkpoint
 from model.config import TransformerConfig
+from model.cpu_kernels import prepacked
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
 from service.engine import EngineConfig, LLMEngine, SamplingParams, SchedulerConfig
@@ -56,11 +57,13 @@ def engine_run(
     requests: list[tuple[list[int], SamplingParams]],
     static: bool,
     max_running: int,
+    prepack: bool,
 ) -> dict:
     scheduler = SchedulerConfig(
         max_running_requests=max_running, max_waiting_requests=10**6, static_batching=static
     )
-    engine = LLMEngine(model, tokenizer, EngineConfig(kv_cache_mb=1024, scheduler=scheduler))
+    config = EngineConfig(kv_cache_mb=1024, scheduler=scheduler, prepack_weights=prepack)
+    engine = LLMEngine(model, tokenizer, config)
     start = time.perf_counter()
     for ids, params in requests:
         engine.add_request(ids, params)
@@ -80,15 +83,18 @@ def engine_run(
     }
 
 
-def cache_rows(model, tokenizer, lengths: list[int], repeats: int) -> dict:
+def cache_rows(model, tokenizer, lengths: list[int], repeats: int, prepack: bool) -> dict:
     src = list(range(10, 30))
+    nocache_model = prepacked(model) if prepack else model  # the same kernels on both sides
     rows = {}
     for n in lengths:
         params = SamplingParams(max_new_tokens=n, ignore_eos=True)
         cached, uncached = [], []
         for _ in range(repeats):  # interleaved, medians
-            uncached.append(nocache_tokens_per_s(model, src, n))
-            cached.append(engine_run(model, tokenizer, [(src, params)], False, 1)["tokens_per_s"])
+            uncached.append(nocache_tokens_per_s(nocache_model, src, n))
+            cached.append(
+                engine_run(model, tokenizer, [(src, params)], False, 1, prepack)["tokens_per_s"]
+            )
         rows[n] = {
             "nocache_tokens_per_s": round(statistics.median(uncached), 1),
             "cache_tokens_per_s": round(statistics.median(cached), 1),
@@ -131,7 +137,9 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="write every figure here")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-running", type=int, default=32, help="the batch budget of both modes")
+    p.add_argument("--no-prepack", action="store_true", help="plain F.linear weights")
     args = p.parse_args()
+    prepack = not args.no_prepack
     torch.set_num_threads(args.threads)
     num_requests = 64 if args.quick else 256
     lengths = [32] if args.quick else [32, 64, 128]
@@ -141,10 +149,17 @@ def main() -> None:
     models = (
         {"bundled": bundled} if args.quick else {"bundled": bundled, "base": base_model(tokenizer)}
     )
-    report: dict = {"threads": args.threads, "num_requests": num_requests, "models": {}}
+    report: dict = {
+        "prepack_weights": prepack,
+        "threads": args.threads,
+        "num_requests": num_requests,
+        "models": {},
+    }
     for name, model in models.items():
         print(f"== {name}: {model.num_parameters() / 1e6:.1f}M parameters", flush=True)
-        figures: dict = {"cache_vs_nocache": cache_rows(model, tokenizer, lengths, repeats)}
+        figures: dict = {
+            "cache_vs_nocache": cache_rows(model, tokenizer, lengths, repeats, prepack)
+        }
         for n, row in figures["cache_vs_nocache"].items():
             print(f"b1, {n} new tokens: no cache {row['nocache_tokens_per_s']} tok/s, "
                   f"cache {row['cache_tokens_per_s']} tok/s, ×{row['ratio']}", flush=True)  # fmt: skip
@@ -155,12 +170,22 @@ def main() -> None:
                 vocab = model.config.vocab_size
                 requests = mixed_requests(tokenizer, vocab, num_requests, beam, natural_eos=False)
             label = "greedy" if beam == 1 else f"beam{beam}"
-            for mode in ("static", "continuous"):
-                result = engine_run(model, tokenizer, requests, mode == "static", args.max_running)
+            runs: dict[str, list[dict]] = {"static": [], "continuous": []}
+            for _ in range(repeats if name == "bundled" else 1):  # interleaved; medians
+                for mode in runs:
+                    runs[mode].append(
+                        engine_run(
+                            model, tokenizer, requests, mode == "static", args.max_running, prepack
+                        )
+                    )
+            for mode, results in runs.items():
+                result = sorted(results, key=lambda r: r["tokens_per_s"])[len(results) // 2]
+                result["runs_tokens_per_s"] = [r["tokens_per_s"] for r in results]
                 figures[f"{label}_{mode}"] = result
                 print(f"{label:6} {mode:10} {result['tokens_per_s']:8.1f} tok/s "
-                      f"({result['tokens']} tokens, {result['seconds']} s, {result['steps']} steps, "
-                      f"median latency {result['median_latency_ms']} ms)", flush=True)  # fmt: skip
+                      f"(median of {result['runs_tokens_per_s']}; {result['tokens']} tokens, "
+                      f"{result['steps']} steps, median latency {result['median_latency_ms']} ms)",
+                      flush=True)  # fmt: skip
             figures[f"{label}_continuous_vs_static"] = round(
                 figures[f"{label}_continuous"]["tokens_per_s"]
                 / figures[f"{label}_static"]["tokens_per_s"],

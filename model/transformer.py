@@ -247,6 +247,7 @@ class Transformer(nn.Module):
             self.register_buffer("final_logits_bias", torch.zeros(config.vocab_size))
         else:
             self.final_logits_bias = None
+        self.packed_head: nn.Module | None = None  # set by model.cpu_kernels.prepacked
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -294,8 +295,11 @@ class Transformer(nn.Module):
         return self.project(x)
 
     def project(self, x: Tensor) -> Tensor:
-        weight = self.embed.tokens.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(x, weight)  # (B, T, V)
+        if self.packed_head is not None:  # model.cpu_kernels.prepacked
+            logits = self.packed_head(x)
+        else:
+            weight = self.embed.tokens.weight if self.lm_head is None else self.lm_head.weight
+            logits = F.linear(x, weight)  # (B, T, V)
         return logits if self.final_logits_bias is None else logits + self.final_logits_bias
 
     def forward(

@@ -322,3 +322,25 @@ def test_fit_max_new_tokens_lowers_the_limit_to_the_positions_left(tokenizer):
     (output,) = engine.generate([[5] * 10], params)
     assert len(output.token_ids) == 22 and output.finish_reason == FinishReason.LENGTH
     assert_cache_empty(engine)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_prepacked_cpu_weights_give_the_reference_tokens(tokenizer, architecture):
+    model = tiny_model(architecture, vocab_size=tokenizer.vocab_size, max_positions=256)
+    config = EngineConfig(kv_cache_mb=4, block_size=4, prepack_weights=True)
+    engine = LLMEngine(model, tokenizer, config)
+    assert engine.runner.model is not model, "the runner should hold the packed copy"
+    inputs = prompts(tokenizer, 12, seed=8)
+    for ids, output in zip(inputs, engine.generate(inputs, GREEDY), strict=True):
+        assert output.token_ids == greedy_reference(model, ids, 24)
+    assert_cache_empty(engine)
+
+
+def test_prepacked_logits_match_the_plain_model():
+    from model.cpu_kernels import prepacked
+
+    model = tiny_model("encoder-decoder")
+    src, tgt = torch.randint(4, 64, (3, 9)), torch.randint(4, 64, (3, 7))
+    with torch.inference_mode():
+        expected, got = model(src, tgt), prepacked(model)(src, tgt)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

@@ -43,6 +43,16 @@ class Context:
         return cls(http.app.state.metrics, http.state.arrival, http.state.request_id, input_param)
 
 
+def new_tokens_limit(requested: int | None, default: int, server_limit: int, param: str) -> int:
+    """The request's max new tokens: its own, or the route's default; never over the server's."""
+    value = requested or default
+    if value > server_limit:
+        raise ApiError(
+            422, f"{param}: {value} is over this server's limit of {server_limit}", param=param
+        )
+    return value
+
+
 def start(
     served: ServedModel, prompt: str, params: SamplingParams, ctx: Context, suffix: str = ""
 ) -> AsyncIterator[RequestOutput]:

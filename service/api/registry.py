@@ -72,6 +72,7 @@ class ModelRegistry:
             dtype=settings.dtype,
             num_threads=settings.threads,
             max_input_tokens=settings.max_input_tokens,
+            prepack_weights=settings.prepack_weights,
             scheduler=scheduler,
         )
         models = {}

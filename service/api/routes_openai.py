@@ -14,6 +14,7 @@ from service.api.generation import (
     Context,
     check_finished,
     final_outputs,
+    new_tokens_limit,
     sse_event,
     start,
     with_keepalive,
@@ -44,13 +45,8 @@ async def list_models(request: Request):
 
 def sampling_params(body: CompletionRequest, request: Request, index: int) -> SamplingParams:
     settings = request.app.state.settings
-    max_new = body.max_tokens or settings.max_new_tokens
-    if max_new > settings.max_new_tokens:
-        raise ApiError(
-            422,
-            f"max_tokens: {max_new} is over this server's limit of {settings.max_new_tokens}",
-            param="max_tokens",
-        )
+    limit = settings.max_new_tokens
+    max_new = new_tokens_limit(body.max_tokens, limit, limit, "max_tokens")
     return SamplingParams(
         max_new_tokens=max_new,
         fit_max_new_tokens=body.max_tokens is None,

@@ -13,6 +13,7 @@ from service.api.generation import (
     Context,
     check_finished,
     final_outputs,
+    new_tokens_limit,
     sse_event,
     start,
     with_keepalive,
@@ -30,14 +31,10 @@ TGI_FINISH = {FinishReason.LENGTH: "length", FinishReason.STOP: "eos_token"}
 def sampling_params(body: TgiRequest, request: Request) -> SamplingParams:
     settings = request.app.state.settings
     p = body.parameters
-    max_new = p.max_new_tokens or min(100, settings.max_new_tokens)  # TGI's default is 100
-    if max_new > settings.max_new_tokens:
-        raise ApiError(
-            422,
-            f"parameters.max_new_tokens: {max_new} is over this server's limit of "
-            f"{settings.max_new_tokens}",
-            param="parameters.max_new_tokens",
-        )
+    limit = settings.max_new_tokens  # TGI's default is 100
+    max_new = new_tokens_limit(
+        p.max_new_tokens, min(100, limit), limit, "parameters.max_new_tokens"
+    )
     sampling = p.is_sampling
     seed = p.seed if p.seed is not None else (random.getrandbits(63) if sampling else None)
     return SamplingParams(

@@ -12,6 +12,7 @@ from service.api.generation import (
     Context,
     check_finished,
     final_outputs,
+    new_tokens_limit,
     sse_event,
     start,
     with_keepalive,
@@ -25,14 +26,8 @@ router = APIRouter()
 
 def sampling_params(body: TranslateRequest, request: Request) -> SamplingParams:
     settings = request.app.state.settings
-    max_new_tokens = body.max_new_tokens or settings.max_new_tokens
-    if max_new_tokens > settings.max_new_tokens:
-        raise ApiError(
-            422,
-            f"max_new_tokens: {max_new_tokens} is over this server's limit of "
-            f"{settings.max_new_tokens}",
-            param="max_new_tokens",
-        )
+    limit = settings.max_new_tokens
+    max_new_tokens = new_tokens_limit(body.max_new_tokens, limit, limit, "max_new_tokens")
     assert body.beam_size is not None
     return SamplingParams(
         max_new_tokens=max_new_tokens,

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     device: str = "cpu"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     threads: int | None = Field(None, ge=1, description="torch intra-op threads")
+    prepack_weights: bool = True  # CPU fp32: oneDNN-packed Linear weights (same math, faster)
     max_running_requests: int = Field(32, ge=1)
     max_queued_requests: int = Field(256, ge=1)
     max_tokens_per_step: int = Field(4096, ge=16)
@@ -76,6 +77,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     for flag, kind in flags.items():
         p.add_argument(flag, type=kind, default=None)
     p.add_argument("--batching", choices=["continuous", "static"], default=None)
+    p.add_argument(
+        "--no-prepack-weights", dest="prepack_weights", action="store_false", default=None,
+        help="use plain F.linear instead of oneDNN-packed weights on the CPU",
+    )  # fmt: skip
     p.add_argument(
         "--model", dest="models", action="append", metavar="ID=PATH", default=None,
         help="a model directory to serve (repeatable); default: the bundled en-de and en-lm",

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from model.checkpoint import load_checkpoint
+from model.cpu_kernels import can_prepack, prepacked
 from model.paged import PagedKVCache
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
@@ -45,6 +46,7 @@ class EngineConfig:
     dtype: str = "float32"  # float32 on CPU; float16 / bfloat16 on CUDA
     num_threads: int | None = None  # torch intra-op threads (process-wide); None: leave as is
     max_input_tokens: int | None = None  # longer inputs are refused (RequestTooLong)
+    prepack_weights: bool = False  # CPU fp32: oneDNN-packed Linear weights (model/cpu_kernels.py)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
@@ -84,7 +86,10 @@ class LLMEngine:
         cache = PagedKVCache(model.config, num_blocks, config.block_size, config.device, dtype)
         self.blocks = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(config.scheduler, self.blocks, model.config.is_encoder_decoder)
-        self.runner = ModelRunner(self.model, cache)
+        runner_model = self.model
+        if config.prepack_weights and can_prepack(self.model):
+            runner_model = prepacked(self.model)  # same math, faster CPU matmuls
+        self.runner = ModelRunner(runner_model, cache)
         self.on_step = on_step
         self.last_stats: StepStats | None = None
         self._lock = threading.Lock()  # add_request may come from another thread than step()
