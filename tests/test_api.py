@@ -386,3 +386,14 @@ def test_a_failure_inside_generation_is_a_500_or_an_error_event_and_the_server_l
             runner.decode = decode
             assert c.post("/generate", json=body).status_code == 200
         wait_idle(running, "tiny-lm")
+
+
+def test_a_batch_refused_part_way_leaves_nothing_queued(models):
+    with ServerThread(settings(models, max_running_requests=1, max_queued_requests=2)) as small:
+        body = {"text": [f"Open file {i}" for i in range(6)], "beam_size": 1}
+        r = httpx.post(f"{small.url}/v1/translate", json=body, timeout=60)
+        assert r.status_code == 429
+        wait_idle(small, "tiny-mt")
+        assert small.app.state.registry.models["tiny-mt"].engine._streams == {}
+        ok = httpx.post(f"{small.url}/v1/translate", json=body | {"text": ["a", "b"]}, timeout=60)
+        assert ok.status_code == 200

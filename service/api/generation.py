@@ -74,6 +74,21 @@ def start(
     return _observed(served, outputs, ctx)
 
 
+def start_all(
+    served: ServedModel, jobs: list[tuple[str, SamplingParams]], ctx: Context
+) -> list[AsyncIterator[RequestOutput]]:
+    """`start` for a batch, all or nothing: if one is refused, the ones queued are aborted."""
+    streams = []
+    try:
+        for k, (prompt, params) in enumerate(jobs):
+            streams.append(start(served, prompt, params, ctx, suffix=f"-{k}"))
+    except ApiError:
+        for k in range(len(streams)):
+            served.engine.abort(f"{ctx.request_id}-{k}")
+        raise
+    return streams
+
+
 async def _observed(
     served: ServedModel, outputs: AsyncIterator[RequestOutput], ctx: Context
 ) -> AsyncIterator[RequestOutput]:

@@ -16,7 +16,7 @@ from service.api.generation import (
     final_outputs,
     new_tokens_limit,
     sse_event,
-    start,
+    start_all,
     with_keepalive,
 )
 from service.api.registry import ServedModel
@@ -91,10 +91,7 @@ async def completions(body: CompletionRequest, request: Request):
         )
     ctx = Context.of(request, served, "prompt")
     jobs = [(p, i) for p in prompts for i in range(body.n)]  # choice index = position in jobs
-    streams = [
-        start(served, prompt, sampling_params(body, request, i), ctx, suffix=f"-{k}")
-        for k, (prompt, i) in enumerate(jobs)
-    ]
+    streams = start_all(served, [(p, sampling_params(body, request, i)) for p, i in jobs], ctx)
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if body.stream:

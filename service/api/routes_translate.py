@@ -15,6 +15,7 @@ from service.api.generation import (
     new_tokens_limit,
     sse_event,
     start,
+    start_all,
     with_keepalive,
 )
 from service.api.registry import ServedModel
@@ -67,7 +68,7 @@ async def translate(body: TranslateRequest, request: Request):
         )
         return StreamingResponse(events, media_type="text/event-stream")
     texts = [body.text] if isinstance(body.text, str) else body.text
-    streams = [start(served, t, params, ctx, suffix=f"-{i}") for i, t in enumerate(texts)]
+    streams = start_all(served, [(t, params) for t in texts], ctx)
     finished = [check_finished(o, params.timeout_s) for o in await final_outputs(streams, request)]
     timings = merged_timings(finished)
     response = {

@@ -73,6 +73,8 @@ class AsyncEngine:
                 self.abort(request_id)
 
     def abort(self, request_id: str) -> None:
+        """Cancel a request, whether or not its outputs were ever read."""
+        self._streams.pop(request_id, None)
         self.engine.abort(request_id)
         self._wake.set()
 
