@@ -397,3 +397,20 @@ def test_a_batch_refused_part_way_leaves_nothing_queued(models):
         assert small.app.state.registry.models["tiny-mt"].engine._streams == {}
         ok = httpx.post(f"{small.url}/v1/translate", json=body | {"text": ["a", "b"]}, timeout=60)
         assert ok.status_code == 200
+
+
+def test_the_bundled_models_translate_and_generate_end_to_end():
+    """The shipped checkpoints, served as `make serve` serves them."""
+    with (
+        ServerThread(Settings(port=free_port())) as bundled,
+        httpx.Client(base_url=bundled.url, timeout=60) as c,
+    ):
+        assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["en-de", "en-lm"]
+        r = c.post("/v1/translate", json={"text": ["Open the file", "Delete all selected items?"]})
+        first, second = (t["text"] for t in r.json()["translations"])
+        assert first == "Datei öffnen"
+        assert "löschen" in second
+        generated = c.post(
+            "/generate", json={"model": "en-lm", "inputs": "Click here to", "parameters": {}}
+        ).json()["generated_text"]
+        assert generated.strip()
