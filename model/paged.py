@@ -78,6 +78,20 @@ class PagedBatch:
     read_slots: Tensor | None = None  # (B, Tk) decode: slots of every key of each row
     cross_read_slots: Tensor | None = None  # (B, S) encoder-decoder: the row's cross-attention K/V
     cross_mask: Tensor | None = None  # (B, 1, 1, S)
+    # Cross-attention K/V per layer, 2 × (B, H, S, Dh), already gathered: the engine keeps them
+    # from step to step while the batch's rows stay the same (they never change for a request).
+    cross_kv: list[tuple[Tensor, Tensor]] | None = None
+
+
+def gather_cross_kv(cache: PagedKVCache, read_slots: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """Every layer's cross-attention K/V of the rows whose source sits at `read_slots` (B, S)."""
+    return [
+        (
+            cache.k[layer][read_slots].transpose(1, 2).contiguous(),  # (B, H, S, Dh)
+            cache.v[layer][read_slots].transpose(1, 2).contiguous(),
+        )
+        for layer in range(cache.k.shape[0])
+    ]
 
 
 class PagedLayer:
@@ -85,6 +99,7 @@ class PagedLayer:
 
     def __init__(self, cache: PagedKVCache, layer: int, batch: PagedBatch):
         self.k, self.v = cache.k[layer], cache.v[layer]  # (slots, H, Dh)
+        self.layer = layer
         self.batch = batch
 
     def update(self, start_pos: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -100,6 +115,8 @@ class PagedLayer:
 
     @property
     def cross_kv(self) -> tuple[Tensor, Tensor]:
+        if self.batch.cross_kv is not None:
+            return self.batch.cross_kv[self.layer]
         read = self.batch.cross_read_slots
         assert read is not None, "an encoder-decoder step needs cross_read_slots"
         return self.k[read].transpose(1, 2), self.v[read].transpose(1, 2)  # (B, H, S, Dh)

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from model.decoding import pad_batch
-from model.paged import SCRATCH_BLOCK, PagedBatch, PagedKVCache, slots_of
+from model.paged import SCRATCH_BLOCK, PagedBatch, PagedKVCache, gather_cross_kv, slots_of
 from model.transformer import Transformer, attention_mask
 from service.engine.request import Beam, Request
 
@@ -20,6 +20,8 @@ class ModelRunner:
         self.cache = cache
         self.config = model.config
         self.device = model.embed.tokens.weight.device
+        self._cross_rows: tuple = ()  # the decode rows whose cross-attention K/V is gathered
+        self._cross_kv: list[tuple[Tensor, Tensor]] | None = None
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         for src, dst in copies:
@@ -64,12 +66,23 @@ class ModelRunner:
             read_slots=read_slots.to(self.device),
         )
         self._add_cross(batch, [r for r, _ in beams])
+        self._reuse_cross_kv(batch, [r for r, _ in beams])
         token_ids = torch.tensor([[b.tokens[-1]] for _, b in beams], device=self.device)
         last = torch.zeros(len(beams), dtype=torch.long, device=self.device)
         logits = self.model.forward_paged(token_ids, self.cache, batch, last)
         for _, beam in beams:
             beam.num_cached += 1
         return self._split(logits, requests)
+
+    def _reuse_cross_kv(self, batch: PagedBatch, row_requests: list[Request]) -> None:
+        """Gather the cross-attention K/V once and keep it while the rows stay the same."""
+        if batch.cross_read_slots is None:
+            return
+        rows = tuple((r.request_id, tuple(r.cross_blocks)) for r in row_requests)
+        if rows != self._cross_rows:
+            self._cross_rows = rows
+            self._cross_kv = gather_cross_kv(self.cache, batch.cross_read_slots)
+        batch.cross_kv = self._cross_kv
 
     def _write_memory(self, requests: list[Request]) -> None:
         """Encode the sources once and store every layer's cross-attention K/V in their blocks."""
