@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SRC := $(wildcard model service tests loadtests)  # loadtests/ arrives with the deploy issue
 
-.PHONY: install serve test lint format corpus train evaluate container-test clean
+.PHONY: install serve test lint format corpus train evaluate deploy-check container-test clean
 
 install: $(STAMP)
 
@@ -43,6 +43,10 @@ train: install
 
 evaluate: install
 	$(PY) -m model.evaluate model/checkpoints/en-de --split test
+
+# Static checks of the Dockerfile, k8s manifests, Prometheus config and alert rules (offline).
+deploy-check: install
+	bash deploy/check.sh
 
 # Build the Dockerfile here and check the running image (needs root; installs docker.io).
 container-test:
