@@ -43,7 +43,8 @@ def load_checkpoint(
     if missing or unexpected:
         raise ValueError(f"{directory}: missing weights {missing}, unexpected weights {unexpected}")
     _rebuild_buffers(model, device, dtype)
-    return model.eval(), Tokenizer.from_file(directory / "tokenizer.json")
+    special_ids = (config.pad_token_id, config.bos_token_id, config.eos_token_id)
+    return model.eval(), Tokenizer.from_file(directory / "tokenizer.json", special_ids)
 
 
 def _rebuild_buffers(model: Transformer, device, dtype) -> None:

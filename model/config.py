@@ -39,6 +39,8 @@ class TransformerConfig:
     bos_token_id: int = 1
     eos_token_id: int = 2
     decoder_start_token_id: int = 1  # first decoder input of encoder-decoder models
+    add_bos_token: bool = True  # decoder-only: text prompts start with BOS (GPT-2's do not)
+    suppress_token_ids: tuple[int, ...] = ()  # never generated: Marian's bad_words_ids (its pad)
 
     @property
     def head_dim(self) -> int:
@@ -64,7 +66,9 @@ class TransformerConfig:
     @classmethod
     def from_json(cls, text: str) -> TransformerConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in json.loads(text).items() if k in fields})
+        values = {k: v for k, v in json.loads(text).items() if k in fields}
+        values["suppress_token_ids"] = tuple(values.get("suppress_token_ids", ()))
+        return cls(**values)
 
     @classmethod
     def load(cls, path: str | Path) -> TransformerConfig:

@@ -16,12 +16,17 @@ from model.transformer import Transformer
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """Right-padded ids (B, T) and the valid mask (B, T)."""
+    """Right-padded ids (B, T) and the valid mask (B, T).
+
+    The mask comes from the lengths, not from `pad_id`: GPT-2 has no pad token and pads with
+    its EOS, which may also appear inside a prompt.
+    """
     length = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
     for i, s in enumerate(sequences):
         ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return ids, ids != pad_id
+    lengths = torch.tensor([len(s) for s in sequences])
+    return ids, torch.arange(length)[None, :] < lengths[:, None]
 
 
 @torch.inference_mode()
@@ -111,9 +116,12 @@ class BeamSearch:
     The live beams are rows of the caller's batch. `advance` takes their next-token
     log-probabilities and returns, for each new live beam, the row it continues (its parent), so
     the caller can reorder its cache. A hypothesis ends at EOS; its score is its log-probability
-    divided by length ** α. The search is done when it has `beam_size` finished hypotheses and
-    no live beam can still beat the worst of them (the usual heuristic: the live score at the
-    current length). The engine and `beam_search_batch` both use this class, so they agree.
+    divided by length ** α (the new tokens, EOS included); only the `beam_size` best candidates
+    of a step may end. The search is done when it has `beam_size` finished hypotheses and no live
+    beam can still beat the worst of them (the usual heuristic: the live score at the current
+    length). These are the rules of `transformers`' `generate(num_beams=K)` with its default
+    `early_stopping=False`, so a converted Marian model gives its beams token for token. The
+    engine and `beam_search_batch` both use this class, so they agree.
     """
 
     def __init__(self, beam_size: int, max_new_tokens: int, length_penalty: float, eos_id: int):
@@ -138,11 +146,14 @@ class BeamSearch:
         live_scores: list[float] = []
         live_tokens: list[list[int]] = []
         parents: list[int] = []
-        for score, index in zip(top_scores.tolist(), top_index.tolist(), strict=True):
+        for rank, (score, index) in enumerate(
+            zip(top_scores.tolist(), top_index.tolist(), strict=True)
+        ):
             parent, token = divmod(index, V)
             ids = self.tokens[parent] + [token]
             if token == self.eos_id or step == self.max_new_tokens:
-                self.finished.append(Hypothesis(ids, score / len(ids) ** self.length_penalty))
+                if rank < K:  # only the K best candidates may end (as fairseq and transformers)
+                    self.finished.append(Hypothesis(ids, score / len(ids) ** self.length_penalty))
             else:
                 live_scores.append(score)
                 live_tokens.append(ids)
@@ -154,7 +165,7 @@ class BeamSearch:
         if not parents:
             self.is_done = True
         elif len(self.finished) >= K:
-            best_live = max(live_scores) / (step + 1) ** self.length_penalty
+            best_live = max(live_scores) / step**self.length_penalty
             self.is_done = self.finished[K - 1].score >= best_live
         return parents
 

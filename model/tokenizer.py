@@ -33,11 +33,18 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> HFTokenizer:
 class Tokenizer:
     """Text ↔ token ids, with the ids of the special tokens at hand."""
 
-    def __init__(self, hf: HFTokenizer):
+    def __init__(
+        self,
+        hf: HFTokenizer,
+        pad_id: int | None = None,
+        bos_id: int | None = None,
+        eos_id: int | None = None,
+    ):
+        """Special ids default to our own tokens' ids; converted models pass their config's."""
         self.hf = hf
-        self.pad_id = self._id(PAD)
-        self.bos_id = self._id(BOS)
-        self.eos_id = self._id(EOS)
+        self.pad_id = self._id(PAD) if pad_id is None else pad_id
+        self.bos_id = self._id(BOS) if bos_id is None else bos_id
+        self.eos_id = self._id(EOS) if eos_id is None else eos_id
 
     def _id(self, token: str) -> int:
         token_id = self.hf.token_to_id(token)
@@ -46,8 +53,11 @@ class Tokenizer:
         return token_id
 
     @classmethod
-    def from_file(cls, path: str | Path) -> Tokenizer:
-        return cls(HFTokenizer.from_file(str(path)))
+    def from_file(
+        cls, path: str | Path, special_ids: tuple[int, int, int] | None = None
+    ) -> Tokenizer:
+        """`special_ids`: (pad, bos, eos), as a model's config.json gives them."""
+        return cls(HFTokenizer.from_file(str(path)), *(special_ids or ()))
 
     def save(self, path: str | Path) -> None:
         self.hf.save(str(path))

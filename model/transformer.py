@@ -300,7 +300,11 @@ class Transformer(nn.Module):
         else:
             weight = self.embed.tokens.weight if self.lm_head is None else self.lm_head.weight
             logits = F.linear(x, weight)  # (B, T, V)
-        return logits if self.final_logits_bias is None else logits + self.final_logits_bias
+        if self.final_logits_bias is not None:
+            logits = logits + self.final_logits_bias
+        if self.config.suppress_token_ids:  # as generate(bad_words_ids=...) does for Marian
+            logits[..., list(self.config.suppress_token_ids)] = float("-inf")
+        return logits
 
     def forward(
         self,

@@ -117,7 +117,7 @@ class LLMEngine:
             input_ids = self.tokenizer.encode(prompt)
             if cfg.is_encoder_decoder:
                 input_ids = input_ids + [cfg.eos_token_id]
-            else:
+            elif cfg.add_bos_token:
                 input_ids = [cfg.bos_token_id] + input_ids
         else:
             input_ids = list(prompt)
