@@ -48,8 +48,9 @@ evaluate: install
 deploy-check: install
 	bash deploy/check.sh
 
-# Build the Dockerfile here and check the running image (needs root; installs docker.io).
-container-test:
+# Build the Dockerfile here, check the running image, then compose's server + Prometheus and
+# every dashboard query (needs root; installs docker.io, mmdebstrap, the compose plugin).
+container-test: install
 	bash deploy/container-test.sh
 
 clean:
