@@ -44,7 +44,8 @@ train: install
 evaluate: install
 	$(PY) -m model.evaluate model/checkpoints/en-de --split test
 
-# Static checks of the Dockerfile, k8s manifests, Prometheus config and alert rules (offline).
+# Static checks of the Dockerfile, k8s manifests, compose file, Prometheus config and alert rules,
+# and the Grafana dashboard (offline but for package installs).
 deploy-check: install
 	bash deploy/check.sh
 
