@@ -1,7 +1,8 @@
 """Hugging Face checkpoints in and out: MarianMT (opus-mt) and GPT-2 in, our translators out.
 
-    python -m model.convert from-hf SRC_DIR OUT_DIR    # MarianMTModel or GPT2LMHeadModel → ours
-    python -m model.convert to-hf CHECKPOINT OUT_DIR   # our encoder-decoder model → MarianMTModel
+    python -m model.convert from-hf SRC_DIR OUT_DIR    # MarianMT, Pegasus or GPT-2 → ours
+    python -m model.convert to-hf CHECKPOINT OUT_DIR   # our encoder-decoder model → MarianMT
+    python -m model.convert to-ct2 CHECKPOINT OUT_DIR  # ... → CTranslate2 (through to-hf)
 
 Both read and write local directories only (config.json, model.safetensors or
 pytorch_model.bin, tokenizer files). Every weight is mapped by name with its shape checked, and
@@ -13,6 +14,8 @@ The mapping, by architecture (ours ← theirs):
   scaled by sqrt(d_model), shared embeddings tied to the output, a `final_logits_bias`, and
   `bad_words_ids = [[pad]]` (the pad token is never generated). Separate q/k/v projections are
   fused into our `qkv_proj` (self-attention) and `kv_proj` (cross-attention).
+- Pegasus: MarianMT with pre-norm layers and a final norm after each stack. Our pre-norm
+  translators (the bundled en-de) go out as Pegasus models, since MarianMT is post-norm only.
 - GPT-2: pre-norm layers with a final norm, learned positions, unscaled embeddings, gelu_new;
   its Conv1D weights are stored (in, out), so they are transposed.
 """
@@ -108,6 +111,7 @@ def _build(config: TransformerConfig, state: dict[str, Tensor]) -> Transformer:
 
 
 def marian_config(hf: dict[str, Any], generation: dict[str, Any]) -> TransformerConfig:
+    """The config of a MarianMT model, or of a Pegasus model (the same, with pre-norm layers)."""
     if (
         not hf.get("share_encoder_decoder_embeddings", True)
         or hf.get("decoder_vocab_size", hf["vocab_size"]) != hf["vocab_size"]
@@ -135,7 +139,7 @@ def marian_config(hf: dict[str, Any], generation: dict[str, Any]) -> Transformer
         dropout=hf.get("dropout", 0.1),
         max_positions=hf["max_position_embeddings"],
         positional="sinusoidal",
-        norm_first=False,
+        norm_first=hf.get("model_type") == "pegasus",
         activation=ACTIVATIONS_FROM_HF[hf.get("activation_function", "gelu")],  # type: ignore[arg-type]
         scale_embedding=hf.get("scale_embedding", False),
         tie_embeddings=hf.get("tie_word_embeddings", True),
@@ -192,6 +196,8 @@ def marian_weights(weights: dict[str, Tensor], config: TransformerConfig) -> dic
             state |= _linear(w, f"{hf}.fc1", f"{ours}.ffn.fc1")
             state |= _linear(w, f"{hf}.fc2", f"{ours}.ffn.fc2")
             state |= _linear(w, f"{hf}.final_layer_norm", f"{ours}.ffn_norm")
+        if config.norm_first:  # Pegasus
+            state |= _linear(w, f"{part}.layer_norm", f"{part}_norm")
     lm_head = weights.get("lm_head.weight")
     if config.tie_embeddings:
         w.drop("lm_head.weight", shared)
@@ -336,7 +342,7 @@ def from_hf(src: str | Path, out: str | Path) -> Transformer:
     src, out = Path(src), Path(out)
     hf = _read_json(src / "config.json")
     model_type = hf.get("model_type")
-    if model_type == "marian":
+    if model_type in ("marian", "pegasus"):
         config = marian_config(hf, _read_json(src / "generation_config.json"))
         state = marian_weights(load_hf_weights(src), config)
         if "final_logits_bias" not in state:  # a zero bias is no bias (keeps round trips exact)
@@ -345,11 +351,11 @@ def from_hf(src: str | Path, out: str | Path) -> Transformer:
         config = gpt2_config(hf)
         state = gpt2_weights(load_hf_weights(src), config)
     else:
-        raise ValueError(f"{src}: model_type {model_type!r} is not marian or gpt2")
+        raise ValueError(f"{src}: model_type {model_type!r} is not marian, pegasus or gpt2")
     model = _build(config, state)
     if (src / "tokenizer.json").exists():  # a fast tokenizer (e.g. written by to-hf): as it is
         hf_tokenizer = HFTokenizer.from_file(str(src / "tokenizer.json"))
-    elif model_type == "marian":
+    elif model_type in ("marian", "pegasus"):
         hf_tokenizer = marian_tokenizer(src, config)
     else:
         hf_tokenizer = gpt2_tokenizer(src)
@@ -369,11 +375,16 @@ def from_hf(src: str | Path, out: str | Path) -> Transformer:
 
 
 def to_hf(checkpoint: str | Path, out: str | Path) -> None:
-    """Write our encoder-decoder checkpoint as a MarianMTModel directory `transformers` loads."""
+    """Our encoder-decoder checkpoint as a directory `transformers` and CTranslate2 load.
+
+    A post-norm model becomes a MarianMTModel, a pre-norm one a PegasusForConditionalGeneration
+    (Marian's architecture with pre-norm layers and final norms).
+    """
     checkpoint, out = Path(checkpoint), Path(out)
     config = TransformerConfig.load(checkpoint / "config.json")
-    if not config.is_encoder_decoder or config.norm_first or config.positional != "sinusoidal":
-        raise ValueError("only post-norm, sinusoidal encoder-decoder models are MarianMT models")
+    if not config.is_encoder_decoder or config.positional != "sinusoidal":
+        raise ValueError("only encoder-decoder models with sinusoidal positions can be exported")
+    model_type = "pegasus" if config.norm_first else "marian"
     weights = load_file(str(checkpoint / "model.safetensors"))
     out.mkdir(parents=True, exist_ok=True)
     d = config.d_model
@@ -404,6 +415,9 @@ def to_hf(checkpoint: str | Path, out: str | Path) -> None:
                     }
                 for ours_name, hf_name in pairs.items():
                     state[f"{hf}.{hf_name}.{kind}"] = weights[f"{ours}.{ours_name}.{kind}"]
+        if config.norm_first:
+            for kind in ("weight", "bias"):
+                state[f"model.{part}.layer_norm.{kind}"] = weights[f"{part}_norm.{kind}"]
     bias = weights.get("final_logits_bias", torch.zeros(config.vocab_size, dtype=torch.float32))
     state["final_logits_bias"] = bias.reshape(1, -1)
     if not config.tie_embeddings:
@@ -414,8 +428,10 @@ def to_hf(checkpoint: str | Path, out: str | Path) -> None:
         {"format": "pt"},
     )
     hf_config = {
-        "architectures": ["MarianMTModel"],
-        "model_type": "marian",
+        "architectures": [
+            "PegasusForConditionalGeneration" if config.norm_first else "MarianMTModel"
+        ],
+        "model_type": model_type,
         "vocab_size": config.vocab_size,
         "decoder_vocab_size": config.vocab_size,
         "d_model": d,
@@ -440,6 +456,8 @@ def to_hf(checkpoint: str | Path, out: str | Path) -> None:
         "decoder_start_token_id": config.decoder_start_token_id,
         "torch_dtype": "float32",
     }
+    if config.norm_first:  # transformers ignores these; CTranslate2's Pegasus converter reads them
+        hf_config |= {"normalize_before": True, "normalize_embedding": False}
     (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     generation: dict[str, Any] = {
         key: hf_config[key]
@@ -463,7 +481,27 @@ def to_hf(checkpoint: str | Path, out: str | Path) -> None:
         "bos_token": names[config.bos_token_id],
         "eos_token": names[config.eos_token_id],
     }
+    if tokenizer.token_to_id("<unk>") is not None:
+        tokenizer_config["unk_token"] = "<unk>"
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+
+
+def to_ctranslate2(checkpoint: str | Path, out: str | Path) -> None:
+    """Our encoder-decoder checkpoint as a CTranslate2 model (via `to_hf` and its converter)."""
+    import tempfile
+
+    from ctranslate2.converters import TransformersConverter  # optional: pip install ctranslate2
+
+    config = TransformerConfig.load(Path(checkpoint) / "config.json")
+    with tempfile.TemporaryDirectory() as hf_dir:
+        to_hf(checkpoint, hf_dir)
+        TransformersConverter(hf_dir).convert(str(out), force=True)
+    # Its Marian and Pegasus loaders assume the decoder starts with the pad token; ours may not.
+    tokenizer = HFTokenizer.from_file(str(Path(checkpoint) / "tokenizer.json"))
+    ct2_config = _read_json(Path(out) / "config.json")
+    ct2_config["decoder_start_token"] = tokenizer.id_to_token(config.decoder_start_token_id)
+    ct2_config["bos_token"] = tokenizer.id_to_token(config.bos_token_id)
+    (Path(out) / "config.json").write_text(json.dumps(ct2_config, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -471,10 +509,13 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m model.convert", description=__doc__.split("\n")[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("from-hf", help="a local MarianMT or GPT-2 directory → our checkpoint")
+    p = commands.add_parser("from-hf", help="a local MarianMT, Pegasus or GPT-2 directory → ours")
     p.add_argument("src")
     p.add_argument("out")
-    p = commands.add_parser("to-hf", help="our encoder-decoder checkpoint → a MarianMT directory")
+    p = commands.add_parser("to-hf", help="our encoder-decoder checkpoint → MarianMT or Pegasus")
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    p = commands.add_parser("to-ct2", help="our encoder-decoder checkpoint → CTranslate2")
     p.add_argument("checkpoint")
     p.add_argument("out")
     args = parser.parse_args(argv)
@@ -483,9 +524,14 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"wrote {args.out}: {model.config.architecture}, {model.num_parameters():,} parameters"
         )
+    elif args.command == "to-ct2":
+        to_ctranslate2(args.checkpoint, args.out)
+        print(f"wrote {args.out}: a CTranslate2 model")
     else:
         to_hf(args.checkpoint, args.out)
-        print(f"wrote {args.out}: a MarianMTModel directory")
+        print(
+            f"wrote {args.out}: a {json.loads((Path(args.out) / 'config.json').read_text())['architectures'][0]} directory"
+        )
 
 
 if __name__ == "__main__":

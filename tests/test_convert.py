@@ -10,6 +10,7 @@ import io
 import json
 from pathlib import Path
 
+import ctranslate2
 import pytest
 import sentencepiece
 import torch
@@ -21,6 +22,7 @@ from transformers import (
     MarianConfig,
     MarianMTModel,
     MarianTokenizer,
+    PegasusForConditionalGeneration,
 )
 
 from model.checkpoint import load_checkpoint, save_checkpoint
@@ -264,16 +266,21 @@ def test_gpt2_tokenizer_matches_gpt2_tokenizer(gpt2_dir, converted):
 # -- our model out to Hugging Face, and back -------------------------------------------------------
 
 
-@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize(("norm_first", "bias"), [(False, False), (False, True), (True, False)])
 @torch.inference_mode()
-def test_round_trip_through_marian_is_bit_identical(tmp_path, bias):
+def test_round_trip_through_hugging_face_is_bit_identical(tmp_path, norm_first, bias):
+    """Post-norm models go out as MarianMT, pre-norm ones (as the bundled en-de) as Pegasus."""
     tokenizer = Tokenizer(train_tokenizer(TEXTS, vocab_size=300))
-    model = tiny_model(vocab_size=tokenizer.vocab_size, final_logits_bias=bias, max_positions=64)
+    model = tiny_model(
+        vocab_size=tokenizer.vocab_size, final_logits_bias=bias, norm_first=norm_first,
+        max_positions=64, activation="gelu_tanh",
+    )  # fmt: skip
     if bias:
         model.final_logits_bias.normal_()
     save_checkpoint(model, tokenizer, tmp_path / "ours")
     main(["to-hf", str(tmp_path / "ours"), str(tmp_path / "hf")])
-    theirs = MarianMTModel.from_pretrained(tmp_path / "hf").eval()
+    hf_class = PegasusForConditionalGeneration if norm_first else MarianMTModel
+    theirs = hf_class.from_pretrained(tmp_path / "hf").eval()
     src = torch.randint(4, tokenizer.vocab_size, (2, 7))
     tgt = torch.randint(4, tokenizer.vocab_size, (2, 5))
     expected = theirs(input_ids=src, decoder_input_ids=tgt).logits
@@ -327,3 +334,21 @@ def test_marian_beam_search_equals_generate_on_many_sources(marian_dir, converte
             forced_eos_token_id=None, length_penalty=length_penalty,
         )[0]  # fmt: skip
         assert hypotheses[0].token_ids == hf_new_tokens(output, 1, 0, model.config.pad_token_id)
+
+
+@torch.inference_mode()
+def test_ctranslate2_translates_our_model_as_we_do(tmp_path):
+    """to-hf output is accepted by CTranslate2's converter, and its greedy output equals ours."""
+    tokenizer = Tokenizer(train_tokenizer(TEXTS, vocab_size=300))
+    model = tiny_model(vocab_size=tokenizer.vocab_size, norm_first=True, max_positions=64)
+    save_checkpoint(model, tokenizer, tmp_path / "ours")
+    main(["to-ct2", str(tmp_path / "ours"), str(tmp_path / "ct2")])
+    sources = [tokenizer.encode(text) + [tokenizer.eos_id] for text in TEXTS]
+    translator = ctranslate2.Translator(str(tmp_path / "ct2"), device="cpu")
+    results = translator.translate_batch(
+        [[tokenizer.hf.id_to_token(i) for i in s] for s in sources], beam_size=1,
+        max_decoding_length=MAX_NEW,
+    )  # fmt: skip
+    theirs = [[tokenizer.hf.token_to_id(t) for t in r.hypotheses[0]] for r in results]
+    ours = [greedy_reference(model, s, MAX_NEW) for s in sources]
+    assert theirs == [ids[:-1] if ids[-1] == tokenizer.eos_id else ids for ids in ours]
