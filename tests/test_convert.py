@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import ctranslate2
+import httpx
 import pytest
 import sentencepiece
 import torch
@@ -29,8 +30,10 @@ from model.checkpoint import load_checkpoint, save_checkpoint
 from model.convert import from_hf, main
 from model.decoding import beam_search_batch, greedy_reference, pad_batch
 from model.tokenizer import Tokenizer, train_tokenizer
+from service.api.settings import Settings
 from service.engine import EngineConfig, LLMEngine, SamplingParams
 from tests.conftest import tiny_model
+from tests.server import ServerThread, free_port
 
 TEXTS = [
     "Open the file and save the document.",
@@ -352,3 +355,31 @@ def test_ctranslate2_translates_our_model_as_we_do(tmp_path):
     theirs = [[tokenizer.hf.token_to_id(t) for t in r.hypotheses[0]] for r in results]
     ours = [greedy_reference(model, s, MAX_NEW) for s in sources]
     assert theirs == [ids[:-1] if ids[-1] == tokenizer.eos_id else ids for ids in ours]
+
+
+def test_the_server_serves_a_converted_opus_mt_directory(marian_dir, converted):
+    """`--model ID=PATH` with a converted directory: /v1/translate gives generate()'s text."""
+    tokenizer = MarianTokenizer.from_pretrained(marian_dir)
+    theirs = hf_marian(marian_dir)
+    with torch.inference_mode():
+        expected = [
+            tokenizer.decode(
+                theirs.generate(
+                    torch.tensor([tokenizer(text).input_ids]), num_beams=4,
+                    max_new_tokens=MAX_NEW, forced_eos_token_id=None,
+                )[0],
+                skip_special_tokens=True,
+            )
+            for text in SOURCES
+        ]  # fmt: skip
+    settings = Settings(
+        models=[f"opus-mt-tiny={converted['marian']}"], port=free_port(), max_new_tokens=MAX_NEW
+    )
+    with ServerThread(settings) as server:
+        response = httpx.post(
+            f"{server.url}/v1/translate",
+            json={"model": "opus-mt-tiny", "text": SOURCES, "max_new_tokens": MAX_NEW},
+            timeout=60,
+        )
+    assert response.status_code == 200, response.text
+    assert [t["text"] for t in response.json()["translations"]] == expected
