@@ -5,7 +5,8 @@
 apt_install() {
     local missing=() package
     for package in "$@"; do
-        dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+        dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' ||
+            missing+=("$package")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     echo "installing ${missing[*]}"
