@@ -1,10 +1,12 @@
-"""Offline engine benchmark: KV cache vs recompute, continuous vs static batching, greedy and beam.
+"""Offline engine benchmark: KV cache vs recompute, continuous vs static batching, greedy and beam,
+and the peers (Hugging Face generate() and CTranslate2) on the same weights.
 
-    python -m loadtests.bench_engine [--quick] [--json PATH] [--threads 2]
+    python -m loadtests.bench_engine [--quick] [--json PATH] [--threads 2] [--no-peers]
 
 Same weights and the same requests for every mode, in one run; prints a table of generated
 tokens per second and the ratios `cache_vs_nocache_b1` (128 new tokens, or 32 with --quick)
-and `continuous_vs_static` (greedy, the bundled model).
+and `continuous_vs_static` (greedy, the bundled model). The peers get our weights through
+`model.convert` (to-hf, to-ct2), batches of --max-running requests, fp32, the same threads.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import argparse
 import json
 import random
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from model.checkpoint import load_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import TransformerConfig
 from model.cpu_kernels import prepacked
 from model.tokenizer import Tokenizer
@@ -58,6 +61,7 @@ def engine_run(
     static: bool,
     max_running: int,
     prepack: bool,
+    keep_outputs: bool = False,
 ) -> dict:
     scheduler = SchedulerConfig(
         max_running_requests=max_running, max_waiting_requests=10**6, static_batching=static
@@ -65,8 +69,7 @@ def engine_run(
     config = EngineConfig(kv_cache_mb=1024, scheduler=scheduler, prepack_weights=prepack)
     engine = LLMEngine(model, tokenizer, config)
     start = time.perf_counter()
-    for ids, params in requests:
-        engine.add_request(ids, params)
+    request_ids = [engine.add_request(ids, params).request_id for ids, params in requests]
     steps, outputs = 0, []
     while engine.has_unfinished:
         outputs += [o for o in engine.step() if o.finished]
@@ -74,13 +77,17 @@ def engine_run(
     seconds = time.perf_counter() - start
     num_tokens = sum(len(o.token_ids) for o in outputs)
     latencies = [o.timings_ms["total_ms"] for o in outputs]
-    return {
+    result = {
         "tokens": num_tokens,
         "seconds": round(seconds, 3),
         "tokens_per_s": round(num_tokens / seconds, 1),
         "steps": steps,
         "median_latency_ms": round(statistics.median(latencies), 1),
     }
+    if keep_outputs:  # in request order
+        by_id = {o.request_id: o.token_ids for o in outputs}
+        result["outputs"] = [by_id[i] for i in request_ids]
+    return result
 
 
 def cache_rows(model, tokenizer, lengths: list[int], repeats: int, prepack: bool) -> dict:
@@ -131,6 +138,121 @@ def corpus_requests(n: int, beam: int, tokenizer: Tokenizer, seed: int = 0):
     return [(tokenizer.encode(t) + [tokenizer.eos_id], params) for t in texts]
 
 
+# -- the peers on the same weights: Hugging Face generate() and CTranslate2 --------------------
+
+
+def export_peers(checkpoint: Path, out: Path) -> tuple:
+    """Our checkpoint as a transformers model and a CTranslate2 translator (model.convert)."""
+    import ctranslate2
+    import transformers
+    from transformers import AutoModelForSeq2SeqLM
+
+    from model.convert import to_ctranslate2, to_hf
+
+    transformers.logging.set_verbosity_error()  # the computed sinusoid tables are "missing"
+    to_hf(checkpoint, out / "hf")
+    to_ctranslate2(checkpoint, out / "ct2")
+    hf = AutoModelForSeq2SeqLM.from_pretrained(out / "hf").eval()
+    ct2 = ctranslate2.Translator(str(out / "ct2"), device="cpu", compute_type="float32",
+                                 inter_threads=1, intra_threads=torch.get_num_threads())  # fmt: skip
+    return hf, ct2
+
+
+def _until_eos(ids: list[int], eos: int) -> list[int]:
+    return ids[: ids.index(eos) + 1] if eos in ids else ids
+
+
+def peer_run(
+    kind: str, peer, tokenizer: Tokenizer, requests, batch_size: int, min_new: int = 0
+) -> dict:
+    """Static batches of `batch_size` in request order (these libraries batch per call).
+
+    Every request arrives at the start, so its latency is the time until its batch is done.
+    Tokens are counted as the engine counts them: up to and including EOS.
+    """
+    from model.decoding import pad_batch
+
+    eos = tokenizer.eos_id
+    start = time.perf_counter()
+    outputs, latencies = [], []
+    for i in range(0, len(requests), batch_size):
+        chunk = requests[i : i + batch_size]
+        beam, max_new = chunk[0][1].beam_size, max(p.max_new_tokens for _, p in chunk)
+        if kind == "hf":
+            src, valid = pad_batch([ids for ids, _ in chunk], tokenizer.pad_id)
+            with torch.inference_mode():
+                generated = peer.generate(
+                    input_ids=src, attention_mask=valid.long(), num_beams=beam, do_sample=False,
+                    max_new_tokens=max_new, min_new_tokens=min_new, forced_eos_token_id=None,
+                )  # fmt: skip
+            outputs += [_until_eos(row[1:], eos) for row in generated.tolist()]
+        else:
+            results = peer.translate_batch(
+                [[tokenizer.hf.id_to_token(t) for t in ids] for ids, _ in chunk],
+                beam_size=beam, max_decoding_length=max_new, min_decoding_length=min_new,
+                max_batch_size=batch_size,
+            )  # fmt: skip
+            for r in results:  # CTranslate2 drops the EOS it ended with
+                ids = [tokenizer.hf.token_to_id(t) for t in r.hypotheses[0]]
+                outputs.append(ids + [eos] if len(ids) < max_new else ids)
+        latencies += [time.perf_counter() - start] * len(chunk)
+    seconds = time.perf_counter() - start
+    num_tokens = sum(len(o) for o in outputs)
+    return {
+        "tokens": num_tokens,
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(num_tokens / seconds, 1),
+        "median_latency_ms": round(1000 * statistics.median(latencies), 1),
+        "outputs": outputs,
+    }
+
+
+def peer_rows(model: Transformer, checkpoint: Path, tokenizer: Tokenizer, num_requests: int,
+              max_running: int, prepack: bool, tmp: Path) -> dict:  # fmt: skip
+    """The bundled model: engine (continuous) vs HF generate() vs CTranslate2, same requests."""
+    hf, ct2 = export_peers(checkpoint, tmp)
+    rows: dict = {}
+    for beam in (1, 4):
+        label = "greedy" if beam == 1 else f"beam{beam}"
+        requests = corpus_requests(num_requests, beam, tokenizer)
+        ours = engine_run(
+            model, tokenizer, requests, False, max_running, prepack, keep_outputs=True
+        )
+        row = {"attnserve": ours}
+        for kind, peer in (("hf", hf), ("ctranslate2", ct2)):
+            result = peer_run(kind, peer, tokenizer, requests, max_running)
+            same = sum(a == b for a, b in zip(result.pop("outputs"), ours["outputs"], strict=True))
+            result["same_tokens_as_attnserve"] = f"{same}/{len(requests)}"
+            row[kind] = result
+        ours.pop("outputs")
+        rows[label] = row
+        for kind, result in row.items():
+            print(f"{label:6} {kind:12} {result['tokens_per_s']:8.1f} tok/s, median latency "
+                  f"{result['median_latency_ms']} ms {result.get('same_tokens_as_attnserve', '')}",
+                  flush=True)  # fmt: skip
+    return rows
+
+
+def peer_b1_row(model: Transformer, checkpoint: Path, tokenizer: Tokenizer, n: int, prepack: bool,
+                tmp: Path, repeats: int) -> dict:  # fmt: skip
+    """Batch 1, exactly `n` new tokens (EOS ignored): the latency of one request, three ways."""
+    hf, ct2 = export_peers(checkpoint, tmp)
+    src = list(range(10, 30)) + [tokenizer.eos_id]
+    params = SamplingParams(max_new_tokens=n, ignore_eos=True)
+    runs: dict[str, list[float]] = {"attnserve": [], "hf": [], "ctranslate2": []}
+    for _ in range(repeats):  # interleaved, medians
+        runs["attnserve"].append(
+            engine_run(model, tokenizer, [(src, params)], False, 1, prepack)["tokens_per_s"]
+        )
+        for kind, peer in (("hf", hf), ("ctranslate2", ct2)):
+            runs[kind].append(
+                peer_run(kind, peer, tokenizer, [(src, params)], 1, n)["tokens_per_s"]
+            )
+    row = {kind: round(statistics.median(values), 1) for kind, values in runs.items()}
+    print(f"b1, {n} new tokens: " + ", ".join(f"{k} {v} tok/s" for k, v in row.items()), flush=True)
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="a reduced run of about a minute")
@@ -138,6 +260,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-running", type=int, default=32, help="the batch budget of both modes")
     p.add_argument("--no-prepack", action="store_true", help="plain F.linear weights")
+    p.add_argument("--no-peers", action="store_true", help="skip HF generate() and CTranslate2")
     args = p.parse_args()
     prepack = not args.no_prepack
     torch.set_num_threads(args.threads)
@@ -191,6 +314,24 @@ def main() -> None:
                 / figures[f"{label}_static"]["tokens_per_s"],
                 2,
             )
+        if not args.no_peers:
+            with tempfile.TemporaryDirectory() as tmp:
+                checkpoint = BUNDLED if name == "bundled" else Path(tmp) / "ours"
+                if name != "bundled":
+                    save_checkpoint(model, tokenizer, checkpoint)
+                figures["peers_b1"] = peer_b1_row(
+                    model, checkpoint, tokenizer, max(lengths), prepack, Path(tmp), repeats
+                )
+                if name == "bundled":
+                    figures["peers"] = peer_rows(
+                        model,
+                        checkpoint,
+                        tokenizer,
+                        num_requests,
+                        args.max_running,
+                        prepack,
+                        Path(tmp),
+                    )
         report["models"][name] = figures
     bundled_figures = report["models"]["bundled"]
     report["continuous_vs_static"] = bundled_figures["greedy_continuous_vs_static"]
