@@ -101,8 +101,9 @@ answer=$(curl -sfN "$url/v1/translate" -H 'content-type: application/json' \
     -d '{"text": "Save the document", "stream": true}')
 echo "$answer" | grep -v '^$'
 grep -q 'data: \[DONE\]' <<<"$answer"
-curl -sf "$url/metrics" |
-    grep -q '^attnserve_requests_total{model="en-de",route="/v1/translate",status="200"} 2.0'
+# (into a variable first: `curl | grep -q` fails under pipefail when grep stops reading early)
+metrics=$(curl -sf "$url/metrics")
+grep -q '^attnserve_requests_total{model="en-de",route="/v1/translate",status="200"} 2.0' <<<"$metrics"
 for _ in $(seq 30); do
     [ "$(docker inspect --format '{{.State.Health.Status}}' attnserve-test)" = healthy ] && break
     sleep 1
