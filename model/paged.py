@@ -83,12 +83,22 @@ class PagedBatch:
     cross_kv: list[tuple[Tensor, Tensor]] | None = None
 
 
-def gather_cross_kv(cache: PagedKVCache, read_slots: Tensor) -> list[tuple[Tensor, Tensor]]:
-    """Every layer's cross-attention K/V of the rows whose source sits at `read_slots` (B, S)."""
+def read_slots(pool: Tensor, slots: Tensor) -> Tensor:
+    """One layer's K or V (slots, H, Dh) at `slots` (B, T), as (B, H, T, Dh).
+
+    `index_select` copies whole (H, Dh) rows; it is 7-10x faster on the CPU than the
+    equivalent advanced indexing `pool[slots]`, which dominated the decode step.
+    """
+    B, T = slots.shape
+    return pool.index_select(0, slots.reshape(-1)).view(B, T, *pool.shape[1:]).transpose(1, 2)
+
+
+def gather_cross_kv(cache: PagedKVCache, slots: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """Every layer's cross-attention K/V of the rows whose source sits at `slots` (B, S)."""
     return [
         (
-            cache.k[layer][read_slots].transpose(1, 2).contiguous(),  # (B, H, S, Dh)
-            cache.v[layer][read_slots].transpose(1, 2).contiguous(),
+            read_slots(cache.k[layer], slots).contiguous(),  # (B, H, S, Dh)
+            read_slots(cache.v[layer], slots).contiguous(),
         )
         for layer in range(cache.k.shape[0])
     ]
@@ -111,7 +121,7 @@ class PagedLayer:
         if self.batch.read_slots is None:
             return k, v  # prefill attends to its own tokens
         read = self.batch.read_slots
-        return self.k[read].transpose(1, 2), self.v[read].transpose(1, 2)  # (B, H, Tk, Dh)
+        return read_slots(self.k, read), read_slots(self.v, read)  # (B, H, Tk, Dh)
 
     @property
     def cross_kv(self) -> tuple[Tensor, Tensor]:
@@ -119,4 +129,4 @@ class PagedLayer:
             return self.batch.cross_kv[self.layer]
         read = self.batch.cross_read_slots
         assert read is not None, "an encoder-decoder step needs cross_read_slots"
-        return self.k[read].transpose(1, 2), self.v[read].transpose(1, 2)  # (B, H, S, Dh)
+        return read_slots(self.k, read), read_slots(self.v, read)  # (B, H, S, Dh)

@@ -207,8 +207,7 @@ class LLMEngine:
         ran = plan.prefill + plan.decode
         try:
             self.runner.copy_blocks(plan.copies)
-            logits = self.runner.prefill(plan.prefill) if plan.prefill else []
-            logits += self.runner.decode(plan.decode) if plan.decode else []
+            logits = self.runner.run(plan.prefill, plan.decode)
         except Exception as error:  # never let one bad step take the engine down
             log.exception("engine step failed")
             for request in ran:

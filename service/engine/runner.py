@@ -28,6 +28,26 @@ class ModelRunner:
             self.cache.copy_block(src, dst)
 
     @torch.inference_mode()
+    def run(self, prefill: list[Request], decode: list[Request]) -> list[Tensor]:
+        """One step: next-token logits (beams, V) of every request, `prefill` then `decode`.
+
+        A new translation's decoder input is a single token (the decoder start): once its
+        source is encoded, it is a decode row at position 0, so it joins the decode forward
+        instead of costing a decoder forward of its own. Prompts (decoder-only) and requests
+        being recomputed after preemption (several tokens) are prefilled first.
+        """
+        joining: list[Request] = []
+        if self.config.is_encoder_decoder:
+            joining = [r for r in prefill if all(len(b.tokens) == 1 for b in r.beams)]
+            if joining:
+                self._write_memory(joining)
+        rest = [r for r in prefill if not any(r is j for j in joining)]
+        logits = {id(r): x for r, x in zip(rest, self.prefill(rest) if rest else [], strict=True)}
+        rows = joining + decode
+        logits |= {id(r): x for r, x in zip(rows, self.decode(rows) if rows else [], strict=True)}
+        return [logits[id(r)] for r in prefill + decode]
+
+    @torch.inference_mode()
     def prefill(self, requests: list[Request]) -> list[Tensor]:
         """Run every beam's known tokens; returns each request's next-token logits (beams, V)."""
         if self.config.is_encoder_decoder:
