@@ -110,6 +110,7 @@ for _ in $(seq 30); do
 done
 docker inspect --format 'health: {{.State.Health.Status}}, user: {{.Config.User}}' attnserve-test
 [ "$(docker inspect --format '{{.State.Health.Status}}' attnserve-test)" = healthy ]
+[ "$(docker inspect --format '{{.Config.User}}' attnserve-test)" = 10001 ]  # not root
 docker stop -t 30 attnserve-test >/dev/null
 code=$(docker inspect --format '{{.State.ExitCode}}' attnserve-test)
 echo "exit code after docker stop: $code"
