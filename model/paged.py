@@ -94,12 +94,14 @@ def read_slots(pool: Tensor, slots: Tensor) -> Tensor:
 
 
 def gather_cross_kv(cache: PagedKVCache, slots: Tensor) -> list[tuple[Tensor, Tensor]]:
-    """Every layer's cross-attention K/V of the rows whose source sits at `slots` (B, S)."""
+    """Every layer's cross-attention K/V of the rows whose source sits at `slots` (B, S).
+
+    Left as transposed views (B, H, S, Dh) of (B, S, H, Dh): attention reads the strides as
+    fast, and a contiguous copy cost more than it saved (rows change often under continuous
+    batching, and each change gathers again).
+    """
     return [
-        (
-            read_slots(cache.k[layer], slots).contiguous(),  # (B, H, S, Dh)
-            read_slots(cache.v[layer], slots).contiguous(),
-        )
+        (read_slots(cache.k[layer], slots), read_slots(cache.v[layer], slots))
         for layer in range(cache.k.shape[0])
     ]
 

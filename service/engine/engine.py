@@ -215,20 +215,47 @@ class LLMEngine:
                 outputs.append(self._finished_output(request, "", error=str(error)))
             ran, logits = [], []
         now = time.perf_counter()
-        for request, request_logits in zip(ran, logits, strict=True):
+        logprobs: list[torch.Tensor] = []
+        if logits:  # once for the whole batch: log-probabilities, and the greedy choice
+            all_logits = torch.cat(logits)  # (rows, V)
+            all_logprobs = all_logits.log_softmax(-1)
+            best = all_logits.argmax(-1, keepdim=True)  # as the reference decoder: argmax of logits
+            greedy = list(
+                zip(best[:, 0].tolist(), all_logprobs.gather(1, best)[:, 0].tolist(), strict=True)
+            )
+            logprobs = list(all_logprobs.split([len(x) for x in logits]))
+        row = 0
+        for request, request_logits, request_logprobs in zip(ran, logits, logprobs, strict=True):
             if request.timings.first_token is None:
                 request.timings.first_token = now
             if request.beam_search is not None:
-                outputs.append(self._advance_beams(request, request_logits))
+                outputs.append(self._advance_beams(request, request_logprobs))
             else:
-                outputs.append(self._advance_sample(request, request_logits[0]))
+                outputs.append(
+                    self._advance_sample(
+                        request, request_logits[0], request_logprobs[0], greedy[row]
+                    )
+                )
+            row += len(request_logits)
         self._record_stats(plan, num_prefill_tokens, start)
         return outputs
 
-    def _advance_sample(self, request: Request, logits: torch.Tensor) -> RequestOutput:
+    def _advance_sample(
+        self,
+        request: Request,
+        logits: torch.Tensor,  # (V,)
+        logprobs: torch.Tensor,  # (V,) their log_softmax
+        greedy: tuple[int, float],  # argmax and its log-probability
+    ) -> RequestOutput:
         cfg, params = self.model_config, request.params
-        token = sample(apply_penalties(logits, request, cfg.eos_token_id), request)
-        logprob = float(logits.log_softmax(-1)[token])
+        unchanged = params.repetition_penalty == 1.0 and (
+            request.num_output_tokens >= params.min_new_tokens
+        )  # apply_penalties would return the logits as they are
+        if params.is_greedy and unchanged:
+            token, logprob = greedy
+        else:
+            token = sample(apply_penalties(logits, request, cfg.eos_token_id), request)
+            logprob = float(logprobs[token])
         request.output_ids.append(token)
         request.output_logprobs.append(logprob)
         request.beams[0].tokens.append(token)
@@ -249,10 +276,10 @@ class LLMEngine:
         self.scheduler.finish(request, reason)
         return self._finished_output(request, delta, [token], [logprob])
 
-    def _advance_beams(self, request: Request, logits: torch.Tensor) -> RequestOutput:
+    def _advance_beams(self, request: Request, logprobs: torch.Tensor) -> RequestOutput:
         search = request.beam_search
         assert search is not None
-        parents = search.advance(logits.log_softmax(-1))
+        parents = search.advance(logprobs)
         old_beams = request.beams
         request.beams = [
             Beam(
