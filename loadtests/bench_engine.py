@@ -158,6 +158,16 @@ def export_peers(checkpoint: Path, out: Path) -> tuple:
     return hf, ct2
 
 
+def id_tokenizer(config: TransformerConfig) -> Tokenizer:
+    """A vocabulary of `config.vocab_size` placeholder tokens, for a random model's peers."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models
+
+    names = ["<pad>", "<s>", "</s>", "<unk>"]
+    vocab = {t: i for i, t in enumerate(names + [f"t{i}" for i in range(4, config.vocab_size)])}
+    return Tokenizer(HFTokenizer(models.WordLevel(vocab, unk_token="<unk>")))
+
+
 def _until_eos(ids: list[int], eos: int) -> list[int]:
     return ids[: ids.index(eos) + 1] if eos in ids else ids
 
@@ -316,11 +326,12 @@ def main() -> None:
             )
         if not args.no_peers:
             with tempfile.TemporaryDirectory() as tmp:
-                checkpoint = BUNDLED if name == "bundled" else Path(tmp) / "ours"
-                if name != "bundled":
-                    save_checkpoint(model, tokenizer, checkpoint)
+                checkpoint, peer_tokenizer = BUNDLED, tokenizer
+                if name != "bundled":  # the peers need a vocabulary as large as the model's
+                    checkpoint, peer_tokenizer = Path(tmp) / "ours", id_tokenizer(model.config)
+                    save_checkpoint(model, peer_tokenizer, checkpoint)
                 figures["peers_b1"] = peer_b1_row(
-                    model, checkpoint, tokenizer, max(lengths), prepack, Path(tmp), repeats
+                    model, checkpoint, peer_tokenizer, max(lengths), prepack, Path(tmp), repeats
                 )
                 if name == "bundled":
                     figures["peers"] = peer_rows(
