@@ -344,3 +344,21 @@ def test_prepacked_logits_match_the_plain_model():
     with torch.inference_mode():
         expected, got = model(src, tgt), prepacked(model)(src, tgt)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_compiled_forward_gives_the_reference_tokens(tokenizer, architecture):
+    """`compile=True` (torch.compile, dynamic shapes): the same tokens, joined mid-flight too."""
+    model = tiny_model(architecture, vocab_size=tokenizer.vocab_size, max_positions=256)
+    engine = LLMEngine(model, tokenizer, EngineConfig(kv_cache_mb=4, block_size=4, compile=True))
+    inputs = prompts(tokenizer, 6, seed=9)
+    first = engine.add_request(inputs[0], GREEDY)
+    for _ in range(3):
+        engine.step()
+    late = [engine.add_request(ids, GREEDY) for ids in inputs[1:]]
+    done: dict[str, list[int]] = {}
+    while engine.has_unfinished:
+        done |= {o.request_id: o.token_ids for o in engine.step() if o.finished}
+    for ids, request in zip(inputs, [first, *late], strict=True):
+        assert done[request.request_id] == greedy_reference(model, ids, 24)
+    assert_cache_empty(engine)

@@ -73,6 +73,7 @@ class ModelRegistry:
             num_threads=settings.threads,
             max_input_tokens=settings.max_input_tokens,
             prepack_weights=settings.prepack_weights,
+            compile=settings.compile,
             scheduler=scheduler,
         )
         models = {}

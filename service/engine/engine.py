@@ -47,6 +47,9 @@ class EngineConfig:
     num_threads: int | None = None  # torch intra-op threads (process-wide); None: leave as is
     max_input_tokens: int | None = None  # longer inputs are refused (RequestTooLong)
     prepack_weights: bool = False  # CPU fp32: oneDNN-packed Linear weights (model/cpu_kernels.py)
+    # torch.compile the model's serving forward (dynamic shapes). Same tokens; on the 2-core CPU
+    # of docs/benchmarks.md it ran 3-7x slower than eager, so it is off by default (for CUDA).
+    compile: bool = False
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
@@ -89,7 +92,7 @@ class LLMEngine:
         runner_model = self.model
         if config.prepack_weights and can_prepack(self.model):
             runner_model = prepacked(self.model)  # same math, faster CPU matmuls
-        self.runner = ModelRunner(runner_model, cache)
+        self.runner = ModelRunner(runner_model, cache, compile=config.compile)
         self.on_step = on_step
         self.last_stats: StepStats | None = None
         self._lock = threading.Lock()  # add_request may come from another thread than step()

@@ -15,9 +15,12 @@ from service.engine.request import Beam, Request
 class ModelRunner:
     """Owns the model and the KV cache tensors; knows nothing of scheduling."""
 
-    def __init__(self, model: Transformer, cache: PagedKVCache):
+    def __init__(self, model: Transformer, cache: PagedKVCache, compile: bool = False):
         self.model = model
         self.cache = cache
+        self.forward = model.forward_paged  # prefill and decode both run this
+        if compile:
+            self.forward = torch.compile(model.forward_paged, dynamic=True)
         self.config = model.config
         self.device = model.embed.tokens.weight.device
         self._cross_rows: tuple = ()  # the decode rows whose cross-attention K/V is gathered
@@ -65,7 +68,7 @@ class ModelRunner:
         )
         self._add_cross(batch, [r for r, _ in beams])
         last = torch.tensor(lengths, device=self.device) - 1
-        logits = self.model.forward_paged(token_ids.to(self.device), self.cache, batch, last)
+        logits = self.forward(token_ids.to(self.device), self.cache, batch, last)
         for _, beam in beams:
             beam.num_cached = len(beam.tokens)
         return self._split(logits, requests)
@@ -89,7 +92,7 @@ class ModelRunner:
         self._reuse_cross_kv(batch, [r for r, _ in beams])
         token_ids = torch.tensor([[b.tokens[-1]] for _, b in beams], device=self.device)
         last = torch.zeros(len(beams), dtype=torch.long, device=self.device)
-        logits = self.model.forward_paged(token_ids, self.cache, batch, last)
+        logits = self.forward(token_ids, self.cache, batch, last)
         for _, beam in beams:
             beam.num_cached += 1
         return self._split(logits, requests)
