@@ -123,6 +123,7 @@ class Attention(nn.Module):
         memory: Tensor | None = None,  # (B, S, D), cross-attention only
         cache: LayerCache | PagedLayer | None = None,
         start_pos: int = 0,
+        weights: list[Tensor] | None = None,  # cross-attention: append its weights (B, H, T, S)
     ) -> Tensor:
         if self.is_cross:
             q = self._heads(self.q_proj(x))
@@ -138,6 +139,11 @@ class Attention(nn.Module):
             q, k, v = (self._heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))
             if cache is not None:
                 k, v = cache.update(start_pos, k, v)
+        if weights is not None:  # the alignment: softmax(q·k / sqrt(Dh)) made explicit
+            scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights.append(scores.softmax(-1))
         dropout = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout
@@ -186,6 +192,7 @@ class Layer(nn.Module):
         cross_mask=None,
         cache: LayerCache | PagedLayer | None = None,
         start_pos=0,
+        cross_weights: list[Tensor] | None = None,
     ):
         x = self._sublayer(
             x,
@@ -195,7 +202,9 @@ class Layer(nn.Module):
         if self.cross_attn is not None:
             assert self.cross_attn_norm is not None
             x = self._sublayer(
-                x, self.cross_attn_norm, lambda h: self.cross_attn(h, cross_mask, memory, cache)
+                x,
+                self.cross_attn_norm,
+                lambda h: self.cross_attn(h, cross_mask, memory, cache, weights=cross_weights),
             )
         return self._sublayer(x, self.ffn_norm, self.ffn)
 
@@ -277,6 +286,7 @@ class Transformer(nn.Module):
         memory_valid: Tensor | None = None,  # (B, S)
         cache: KVCache | None = None,
         tgt_valid: Tensor | None = None,  # (B, T) padding of the target, uncached only
+        cross_weights: list[Tensor] | None = None,  # gets each layer's cross-attention weights
     ) -> Tensor:
         """Logits (B, T, V) for the next token after each of `tgt_ids`."""
         start_pos = cache.length if cache is not None else 0
@@ -287,7 +297,7 @@ class Transformer(nn.Module):
         cross_mask = None if memory_valid is None else memory_valid[:, None, None, :]
         for i, layer in enumerate(self.decoder_layers):
             layer_cache = cache.layers[i] if cache is not None else None
-            x = layer(x, self_mask, memory, cross_mask, layer_cache, start_pos)
+            x = layer(x, self_mask, memory, cross_mask, layer_cache, start_pos, cross_weights)
         if cache is not None:
             cache.length += num_new
         if self.decoder_norm is not None:
@@ -319,6 +329,21 @@ class Transformer(nn.Module):
         assert tgt_ids is not None, "an encoder-decoder model needs tgt_ids"
         memory = self.encode(src_or_tokens, src_valid)
         return self.decode(tgt_ids, memory, src_valid, tgt_valid=tgt_valid)
+
+    @torch.inference_mode()
+    def alignment(self, src_ids: list[int], new_ids: list[int]) -> Tensor:
+        """Where the model looked in the source for each generated token: (T, S) weights.
+
+        The last decoder layer's cross-attention, averaged over heads (as CTranslate2's
+        `return_attention`). Row i is the step that chose `new_ids[i]`: the decoder is fed the
+        decoder start and `new_ids[:-1]`, as it was while generating. Each row sums to 1.
+        """
+        device = self.embed.tokens.weight.device
+        memory = self.encode(torch.tensor([src_ids], device=device))
+        tgt = torch.tensor([[self.config.decoder_start_token_id, *new_ids[:-1]]], device=device)
+        weights: list[Tensor] = []
+        self.decode(tgt, memory, cross_weights=weights)
+        return weights[-1][0].mean(0)  # (T, S)
 
     def write_cross_kv(self, memory: Tensor, cache: PagedKVCache, slots: Tensor) -> None:
         """Encoder-decoder prefill: store every decoder layer's cross-attention K/V of `memory`.

@@ -140,6 +140,32 @@ def test_streamed_translation_concatenates_to_the_non_streamed_text(client):
     assert all(isinstance(e["token"]["id"], int) for e in events[:-2])
 
 
+def test_alignments_show_where_each_target_token_looked(server, client):
+    body = {"text": ["Open the file", "Save the document as PDF"], "return_alignments": True}
+    response = client.post("/v1/translate", json=body).json()
+    engine = server.engine("tiny-mt")
+    targets = [t["alignments"]["target_tokens"] for t in response["translations"]]
+    assert sum(map(len, targets)) == response["usage"]["output_tokens"]  # one row per token
+    for text, translation in zip(body["text"], response["translations"], strict=True):
+        alignments = translation["alignments"]
+        src = engine.input_ids(text)
+        assert alignments["source_tokens"] == [engine.tokenizer.decode([i]) or "</s>" for i in src]
+        weights = alignments["weights"]
+        assert len(weights) == len(alignments["target_tokens"])
+        assert all(len(row) == len(src) and abs(sum(row) - 1) < 1e-3 for row in weights)
+        assert alignments["pairs"] == [[i, row.index(max(row))] for i, row in enumerate(weights)]
+    streamed = sse_data(
+        client.post(
+            "/v1/translate",
+            json={"text": "Open the file", "stream": True, "return_alignments": True},
+        )  # fmt: skip
+    )[-2]
+    plain = client.post(
+        "/v1/translate", json={"text": "Open the file", "beam_size": 1, "return_alignments": True}
+    ).json()["translations"][0]
+    assert streamed["alignments"] == plain["alignments"]
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

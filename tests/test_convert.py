@@ -383,3 +383,25 @@ def test_the_server_serves_a_converted_opus_mt_directory(marian_dir, converted):
         )
     assert response.status_code == 200, response.text
     assert [t["text"] for t in response.json()["translations"]] == expected
+
+
+@torch.inference_mode()
+def test_alignment_equals_transformers_cross_attentions(marian_dir, converted):
+    """Our alignment (last decoder layer's cross-attention, mean over heads) is what
+    `transformers` returns with output_attentions=True for the same tokens."""
+    theirs = MarianMTModel.from_pretrained(marian_dir, attn_implementation="eager").eval()
+    ours, _ = load_checkpoint(converted["marian"])
+    pad = ours.config.pad_token_id
+    for source in marian_ids(marian_dir):
+        new_ids = greedy_reference(ours, source, 8)
+        expected = (
+            theirs(
+                input_ids=torch.tensor([source]),
+                decoder_input_ids=torch.tensor([[pad, *new_ids[:-1]]]),
+                output_attentions=True,
+            )
+            .cross_attentions[-1][0]
+            .mean(0)
+        )  # (T, S)
+        got = ours.alignment(source, new_ids)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)

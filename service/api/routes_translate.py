@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -62,18 +63,24 @@ async def translate(body: TranslateRequest, request: Request):
     ctx = Context.of(request, served, "text")
     if body.stream:
         assert isinstance(body.text, str)
-        outputs = start(served, body.text, params, ctx)
+        text: str = body.text
+        outputs = start(served, text, params, ctx)
+        alignment_of = (lambda o: alignment(served, text, o)) if body.return_alignments else None
         events = with_keepalive(
-            _stream_events(outputs, params), request.app.state.settings.keepalive_s
+            _stream_events(outputs, params, alignment_of), request.app.state.settings.keepalive_s
         )
         return StreamingResponse(events, media_type="text/event-stream")
     texts = [body.text] if isinstance(body.text, str) else body.text
     streams = start_all(served, [(t, params) for t in texts], ctx)
     finished = [check_finished(o, params.timeout_s) for o in await final_outputs(streams, request)]
     timings = merged_timings(finished)
+    translations = [_translation(o, body) for o in finished]
+    if body.return_alignments:
+        for text, output, translation in zip(texts, finished, translations, strict=True):
+            translation["alignments"] = await alignment(served, text, output)
     response = {
         "model": served.model_id,
-        "translations": [_translation(o, body) for o in finished],
+        "translations": translations,
         "usage": {
             "input_tokens": sum(o.num_input_tokens for o in finished),
             "output_tokens": sum(len(o.token_ids) for o in finished),
@@ -94,8 +101,30 @@ def _translation(output: RequestOutput, body: TranslateRequest) -> dict:
     return translation
 
 
+async def alignment(served: ServedModel, text: str, output: RequestOutput) -> dict:
+    """The translation's tokens and where each looked in the source (the last decoder layer's
+    cross-attention, mean over heads): `weights[i][j]` for target token i and source token j,
+    and `pairs` [i, j] of each target token's most attended source token."""
+    if not output.token_ids:
+        return {"source_tokens": [], "target_tokens": [], "weights": [], "pairs": []}
+    src, weights = await asyncio.to_thread(served.llm.alignment, text, output.token_ids)
+    tokenizer = served.llm.tokenizer
+
+    def pieces(ids: list[int]) -> list[str]:
+        return [tokenizer.decode([i]) or (tokenizer.hf.id_to_token(i) or "") for i in ids]
+
+    return {
+        "source_tokens": pieces(src),
+        "target_tokens": pieces(output.token_ids),
+        "weights": [[round(w, 4) for w in row] for row in weights.tolist()],
+        "pairs": [[i, j] for i, j in enumerate(weights.argmax(-1).tolist())],
+    }
+
+
 async def _stream_events(
-    outputs: AsyncIterator[RequestOutput], params: SamplingParams
+    outputs: AsyncIterator[RequestOutput],
+    params: SamplingParams,
+    alignment_of: Callable[[RequestOutput], Awaitable[dict]] | None = None,
 ) -> AsyncIterator[str]:
     try:
         async for output in outputs:
@@ -109,18 +138,19 @@ async def _stream_events(
                 )
             if output.finished:
                 check_finished(output, params.timeout_s)
-                yield sse_event(
-                    {
-                        "index": 0,
-                        "finish_reason": output.finish_reason.value,  # type: ignore[union-attr]
-                        "text": output.text,
-                        "usage": {
-                            "input_tokens": output.num_input_tokens,
-                            "output_tokens": len(output.token_ids),
-                        },
-                        "timings": {k: round(v, 2) for k, v in output.timings_ms.items()},
-                    }
-                )
+                final = {
+                    "index": 0,
+                    "finish_reason": output.finish_reason.value,  # type: ignore[union-attr]
+                    "text": output.text,
+                    "usage": {
+                        "input_tokens": output.num_input_tokens,
+                        "output_tokens": len(output.token_ids),
+                    },
+                    "timings": {k: round(v, 2) for k, v in output.timings_ms.items()},
+                }
+                if alignment_of is not None:
+                    final["alignments"] = await alignment_of(output)
+                yield sse_event(final)
     except ApiError as error:
         yield sse_event({"error": error.message, "error_type": error.error_type})
     yield sse_event("[DONE]")

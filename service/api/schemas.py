@@ -28,7 +28,7 @@ class TranslateRequest(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=0)
     return_scores: bool = False
-    return_alignments: bool = False
+    return_alignments: bool = False  # each translation's cross-attention over the source
     stream: bool = False
     timeout_s: float | None = Field(None, gt=0)
 
@@ -45,8 +45,6 @@ class TranslateRequest(BaseModel):
             )
         if self.stream and (isinstance(self.text, list) or self.beam_size > 1):
             raise ValueError("stream needs a single text and beam_size 1")
-        if self.return_alignments:
-            raise ValueError("return_alignments is not supported yet")
         return self
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from model.checkpoint import load_checkpoint
 from model.cpu_kernels import can_prepack, prepacked
@@ -116,14 +117,7 @@ class LLMEngine:
         """Queue a request (text, or token ids). Raises RequestTooLong or EngineOverloaded."""
         params = params or SamplingParams()
         cfg = self.model_config
-        if isinstance(prompt, str):  # text gets the special tokens training used
-            input_ids = self.tokenizer.encode(prompt)
-            if cfg.is_encoder_decoder:
-                input_ids = input_ids + [cfg.eos_token_id]
-            elif cfg.add_bos_token:
-                input_ids = [cfg.bos_token_id] + input_ids
-        else:
-            input_ids = list(prompt)
+        input_ids = self.input_ids(prompt)
         if cfg.is_encoder_decoder:
             decoder_start = [cfg.decoder_start_token_id]
         else:
@@ -200,6 +194,27 @@ class LLMEngine:
         return self.scheduler.has_work
 
     # -- one step -------------------------------------------------------------------------------
+
+    def input_ids(self, prompt: str | list[int]) -> list[int]:
+        """The model's input for a prompt: text gets the special tokens training used."""
+        cfg = self.model_config
+        if not isinstance(prompt, str):
+            return list(prompt)
+        ids = self.tokenizer.encode(prompt)
+        if cfg.is_encoder_decoder:
+            return ids + [cfg.eos_token_id]
+        return [cfg.bos_token_id] + ids if cfg.add_bos_token else ids
+
+    def alignment(self, prompt: str | list[int], new_ids: list[int]) -> tuple[list[int], Tensor]:
+        """A translation's source ids and its (new tokens × source) cross-attention weights.
+
+        Recomputed with the plain model (`Transformer.alignment`), outside the engine loop, so
+        it may run on another thread; it costs one forward pass over the finished translation.
+        """
+        if not self.is_encoder_decoder:
+            raise ValueError("alignments exist only for encoder-decoder (translation) models")
+        src = self.input_ids(prompt)
+        return src, self.model.alignment(src, new_ids)
 
     def step(self) -> list[RequestOutput]:
         start = time.perf_counter()
