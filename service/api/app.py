@@ -9,6 +9,7 @@ import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -151,14 +152,12 @@ def _add_operations(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
             "models": models,
         }
 
+    playground = (Path(__file__).parent / "playground.html").read_text(encoding="utf-8")
+
     @app.get("/", response_class=HTMLResponse)
     async def index():
-        return (
-            "<!doctype html><title>attnserve</title><h1>attnserve</h1>"
-            "<p>Translation and generation over HTTP. The API: <a href='/docs'>/docs</a>; "
-            "<a href='/info'>/info</a>, <a href='/v1/models'>/v1/models</a>, "
-            "<a href='/metrics'>/metrics</a>.</p>"
-        )
+        """The playground: run a model, see the tokens stream, the timings and the alignment."""
+        return playground
 
 
 class BodySizeLimit:

@@ -1,0 +1,82 @@
+"""The playground page (`GET /`) in a real headless Chromium, against a real server.
+
+Needs Debian's chromium (`apt-get install chromium`; `.ci/run` installs it). Without it these
+tests are skipped, with the reason printed.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.server import ServerThread, free_port, tiny_checkpoints
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(
+    shutil.which(CHROMIUM) is None, reason="no chromium (apt-get install chromium)"
+)
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    from service.api.settings import Settings
+
+    settings = Settings(
+        models=tiny_checkpoints(tmp_path_factory.mktemp("models")), port=free_port(),
+        max_new_tokens=32, kv_cache_mb=16, block_size=4,
+    )  # fmt: skip
+    with ServerThread(settings) as server, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"],
+        )  # fmt: skip
+        page = browser.new_page()
+        page.goto(server.url)
+        page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+        yield page
+        browser.close()
+
+
+def run(page, model: str, text: str, *, stream: bool = False, beam: int = 1) -> None:
+    for selector in ("#error", "#output", "#timings", "#alignment"):
+        page.eval_on_selector(selector, "e => e.replaceChildren()")
+    page.select_option("#model", model)
+    page.fill("#text", text)
+    page.fill("#beam", str(beam))
+    page.set_checked("#stream", stream)
+    page.click("#go")
+    page.wait_for_function(
+        "document.querySelector('#timings').children.length > 0"
+        " || document.querySelector('#error').textContent !== ''"
+    )
+    assert page.inner_text("#error") == ""
+
+
+def test_translation_shows_text_timings_and_the_alignment_heat_map(page):
+    run(page, "tiny-mt", "Open the file", beam=2)
+    timings = page.inner_text("#timings")
+    assert all(name in timings for name in ("queue", "prefill", "decode", "total"))
+    # One heat-map row per generated token, one column per source token (+ the row labels).
+    rows = page.locator("table.alignment tbody tr")
+    assert rows.count() > 0
+    source_columns = page.locator("table.alignment thead th").count() - 1
+    assert source_columns >= 3  # "Open the file" and its EOS, at least
+    assert page.locator("table.alignment tbody tr:first-child td").count() == source_columns
+
+
+def test_streamed_translation_equals_the_whole_one(page):
+    run(page, "tiny-mt", "Save the document as PDF", beam=1)
+    whole = page.inner_text("#output")
+    run(page, "tiny-mt", "Save the document as PDF", stream=True)
+    assert page.inner_text("#output") == whole
+    assert page.locator("table.alignment tbody tr").count() > 0
+
+
+def test_generation_model_streams_completions(page):
+    run(page, "tiny-lm", "Open the", stream=True)
+    assert page.inner_text("#output") != ""
