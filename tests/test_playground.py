@@ -80,3 +80,10 @@ def test_streamed_translation_equals_the_whole_one(page):
 def test_generation_model_streams_completions(page):
     run(page, "tiny-lm", "Open the", stream=True)
     assert page.inner_text("#output") != ""
+
+
+def test_generation_model_whole_completion_shows_the_server_timing(page):
+    run(page, "tiny-lm", "Open the")
+    assert page.inner_text("#output").startswith("Open the")
+    timings = page.inner_text("#timings")
+    assert all(name in timings for name in ("queue", "prefill", "decode", "total"))
