@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +88,20 @@ class WeightMap:
                 raise ValueError(f"{name} is not the copy of the shared weight it should be")
             self.unused.discard(name)
 
+    def take_if_present(self, name: str) -> Tensor | None:
+        return self.take(name) if name in self.weights else None
+
     def check(self) -> None:
         if self.unused:
             raise ValueError(f"weights this converter does not understand: {sorted(self.unused)}")
+
+
+def _output_head(w: WeightMap, config: TransformerConfig, embedding: Tensor) -> dict:
+    """Tied: `lm_head.weight`, if the file has it at all, must be the embedding. Untied: ours."""
+    if config.tie_embeddings:
+        w.drop("lm_head.weight", embedding)
+        return {}
+    return {"lm_head.weight": w.take("lm_head.weight")}
 
 
 def _build(config: TransformerConfig, state: dict[str, Tensor]) -> Transformer:
@@ -198,18 +208,10 @@ def marian_weights(weights: dict[str, Tensor], config: TransformerConfig) -> dic
             state |= _linear(w, f"{hf}.final_layer_norm", f"{ours}.ffn_norm")
         if config.norm_first:  # Pegasus
             state |= _linear(w, f"{part}.layer_norm", f"{part}_norm")
-    lm_head = weights.get("lm_head.weight")
-    if config.tie_embeddings:
-        w.drop("lm_head.weight", shared)
-    else:
-        assert lm_head is not None, "an untied Marian model needs lm_head.weight"
-        w.unused.discard("lm_head.weight")
-        state["lm_head.weight"] = lm_head.float()
-    # final_logits_bias lives outside the `model.` prefix, shape (1, V).
-    bias = weights.get("final_logits_bias")
-    w.unused.discard("final_logits_bias")
+    state |= _output_head(w, config, shared)
+    bias = w.take_if_present("final_logits_bias")  # (1, V)
     if bias is not None and bias.any():
-        state["final_logits_bias"] = bias.float().reshape(-1)
+        state["final_logits_bias"] = bias.reshape(-1)
     w.check()
     return state
 
@@ -299,7 +301,8 @@ def gpt2_weights(weights: dict[str, Tensor], config: TransformerConfig) -> dict[
     state = {"embed.tokens.weight": wte, "embed.positions.weight": w.take("wpe.weight")}
     for i in range(config.num_decoder_layers):
         hf, ours = f"h.{i}", f"decoder_layers.{i}"
-        w.unused -= {f"{hf}.attn.bias", f"{hf}.attn.masked_bias"}  # causal-mask buffers
+        w.drop(f"{hf}.attn.bias")  # causal-mask buffers of older checkpoints
+        w.drop(f"{hf}.attn.masked_bias")
         state |= _linear(w, f"{hf}.ln_1", f"{ours}.self_attn_norm")
         state |= _linear(w, f"{hf}.attn.c_attn", f"{ours}.self_attn.qkv_proj", transpose=True)
         state |= _linear(w, f"{hf}.attn.c_proj", f"{ours}.self_attn.out_proj", transpose=True)
@@ -307,13 +310,7 @@ def gpt2_weights(weights: dict[str, Tensor], config: TransformerConfig) -> dict[
         state |= _linear(w, f"{hf}.mlp.c_fc", f"{ours}.ffn.fc1", transpose=True)
         state |= _linear(w, f"{hf}.mlp.c_proj", f"{ours}.ffn.fc2", transpose=True)
     state |= _linear(w, "ln_f", "decoder_norm")
-    if config.tie_embeddings:
-        w.unused.discard("lm_head.weight")
-        if "lm_head.weight" in weights:
-            assert torch.equal(weights["lm_head.weight"].float(), wte), "lm_head is not tied"
-    else:
-        w.unused.discard("lm_head.weight")
-        state["lm_head.weight"] = weights["lm_head.weight"].float()
+    state |= _output_head(w, config, wte)
     w.check()
     return state
 
@@ -330,11 +327,6 @@ def gpt2_tokenizer(directory: Path) -> HFTokenizer:
 
 
 # -- the commands -------------------------------------------------------------------------------
-
-CONVERTERS: dict[str, tuple[Callable, Callable]] = {
-    "marian": (marian_config, marian_weights),
-    "gpt2": (gpt2_config, gpt2_weights),
-}
 
 
 def from_hf(src: str | Path, out: str | Path) -> Transformer:

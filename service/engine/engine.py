@@ -33,7 +33,7 @@ from service.engine.request import (
     SamplingParams,
 )
 from service.engine.runner import ModelRunner
-from service.engine.sampler import apply_penalties, sample
+from service.engine.sampler import apply_penalties, penalties_apply, sample
 from service.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 
 log = logging.getLogger(__name__)
@@ -266,10 +266,7 @@ class LLMEngine:
         greedy: tuple[int, float],  # argmax and its log-probability
     ) -> RequestOutput:
         cfg, params = self.model_config, request.params
-        unchanged = params.repetition_penalty == 1.0 and (
-            request.num_output_tokens >= params.min_new_tokens
-        )  # apply_penalties would return the logits as they are
-        if params.is_greedy and unchanged:
+        if params.is_greedy and not penalties_apply(request):
             token, logprob = greedy
         else:
             token = sample(apply_penalties(logits, request, cfg.eos_token_id), request)

@@ -44,7 +44,8 @@ class ModelRunner:
             joining = [r for r in prefill if all(len(b.tokens) == 1 for b in r.beams)]
             if joining:
                 self._write_memory(joining)
-        rest = [r for r in prefill if not any(r is j for j in joining)]
+        joined = {id(r) for r in joining}
+        rest = [r for r in prefill if id(r) not in joined]
         logits = {id(r): x for r, x in zip(rest, self.prefill(rest) if rest else [], strict=True)}
         rows = joining + decode
         logits |= {id(r): x for r, x in zip(rows, self.decode(rows) if rows else [], strict=True)}

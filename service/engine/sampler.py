@@ -9,6 +9,12 @@ from torch import Tensor
 from service.engine.request import Request
 
 
+def penalties_apply(request: Request) -> bool:
+    """Whether `apply_penalties` would change this request's logits now."""
+    params = request.params
+    return params.repetition_penalty != 1.0 or request.num_output_tokens < params.min_new_tokens
+
+
 def apply_penalties(logits: Tensor, request: Request, eos_id: int) -> Tensor:
     """Logits (V,) of one request's next token after repetition penalty and min_new_tokens."""
     params = request.params
