@@ -20,6 +20,17 @@ def can_prepack(model: Transformer) -> bool:
     )
 
 
+@torch.library.custom_op("attnserve::packed_linear", mutates_args=())
+def packed_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """`_linear_pointwise` as an opaque op for torch.compile, which cannot lower it itself."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+@packed_linear.register_fake
+def _(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
 class PackedLinear(nn.Module):
     """An inference-only `nn.Linear` whose weight is kept in oneDNN's blocked layout."""
 
@@ -30,6 +41,8 @@ class PackedLinear(nn.Module):
         self.bias = None if bias is None else bias.detach()
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            return packed_linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
 

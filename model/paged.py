@@ -28,14 +28,12 @@ class PagedKVCache:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
-        shape = (
-            config.num_decoder_layers,
-            num_blocks * block_size,
-            config.num_heads,
-            config.head_dim,
-        )
-        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, slots, H, Dh)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (num_blocks * block_size, config.num_heads, config.head_dim)
+        layers = range(config.num_decoder_layers)
+        # One tensor per layer, not one stacked tensor: torch.compile updates a graph input in
+        # place, but a write into a view of one (pool[layer]) became a copy of the whole pool.
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in layers]  # (slots, H, Dh)
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in layers]
         self.num_blocks = num_blocks
         self.block_size = block_size
 
@@ -47,8 +45,8 @@ class PagedKVCache:
     def copy_block(self, src: int, dst: int) -> None:
         """Copy-on-write: block `dst` becomes a copy of block `src`, in every layer."""
         bs = self.block_size
-        self.k[:, dst * bs : (dst + 1) * bs] = self.k[:, src * bs : (src + 1) * bs]
-        self.v[:, dst * bs : (dst + 1) * bs] = self.v[:, src * bs : (src + 1) * bs]
+        for pool in self.k + self.v:  # (slots, H, Dh) each
+            pool[dst * bs : (dst + 1) * bs] = pool[src * bs : (src + 1) * bs]
 
 
 def slots_of(block_tables: list[list[int]], lengths: list[int], block_size: int) -> Tensor:
@@ -102,7 +100,7 @@ def gather_cross_kv(cache: PagedKVCache, slots: Tensor) -> list[tuple[Tensor, Te
     """
     return [
         (read_slots(cache.k[layer], slots), read_slots(cache.v[layer], slots))
-        for layer in range(cache.k.shape[0])
+        for layer in range(len(cache.k))
     ]
 
 

@@ -346,11 +346,15 @@ def test_prepacked_logits_match_the_plain_model():
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_compiled_forward_gives_the_reference_tokens(tokenizer, architecture):
-    """`compile=True` (torch.compile, dynamic shapes): the same tokens, joined mid-flight too."""
+@pytest.mark.parametrize(
+    ("architecture", "prepack"), [("encoder-decoder", True), ("decoder-only", False)]
+)
+def test_compiled_forward_gives_the_reference_tokens(tokenizer, architecture, prepack):
+    """`compile=True` (torch.compile, dynamic shapes): the same tokens, joined mid-flight too,
+    with the server's default oneDNN-packed weights and with plain ones."""
     model = tiny_model(architecture, vocab_size=tokenizer.vocab_size, max_positions=256)
-    engine = LLMEngine(model, tokenizer, EngineConfig(kv_cache_mb=4, block_size=4, compile=True))
+    config = EngineConfig(kv_cache_mb=4, block_size=4, compile=True, prepack_weights=prepack)
+    engine = LLMEngine(model, tokenizer, config)
     inputs = prompts(tokenizer, 6, seed=9)
     first = engine.add_request(inputs[0], GREEDY)
     for _ in range(3):

@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     threads: int | None = Field(None, ge=1, description="torch intra-op threads")
     prepack_weights: bool = True  # CPU fp32: oneDNN-packed Linear weights (same math, faster)
-    compile: bool = False  # torch.compile the model's forward (slower on CPU: for CUDA)
+    compile: bool = False  # torch.compile the model's forward (no faster on CPU: for CUDA)
     max_running_requests: int = Field(32, ge=1)
     max_queued_requests: int = Field(256, ge=1)
     max_tokens_per_step: int = Field(4096, ge=16)
@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )  # fmt: skip
     p.add_argument(
         "--compile", action="store_true", default=None,
-        help="torch.compile the model's forward (same tokens; slower on the CPU, meant for CUDA)",
+        help="torch.compile the model's forward (same tokens; no faster on the CPU, meant for CUDA)",
     )  # fmt: skip
     p.add_argument(
         "--model", dest="models", action="append", metavar="ID=PATH", default=None,

@@ -49,7 +49,8 @@ class EngineConfig:
     max_input_tokens: int | None = None  # longer inputs are refused (RequestTooLong)
     prepack_weights: bool = False  # CPU fp32: oneDNN-packed Linear weights (model/cpu_kernels.py)
     # torch.compile the model's serving forward (dynamic shapes). Same tokens; on the 2-core CPU
-    # of docs/benchmarks.md it ran 3-7x slower than eager, so it is off by default (for CUDA).
+    # of docs/benchmarks.md it is no faster than eager and compiles for 5-25 s, so it is off by
+    # default (for CUDA).
     compile: bool = False
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
