@@ -1,6 +1,7 @@
 """A paged KV cache: one pool of fixed-size blocks per decoder layer, addressed by slot (vLLM-style).
 
-Slot `s` is position `s % block_size` of block `s // block_size`. Whoever owns the cache (the
+Slot `s` is position `s % block_size` of block `s // block_size`; it holds that position's K and
+V side by side, so a step writes and gathers both with one op. Whoever owns the cache (the
 engine) hands out blocks and builds a `PagedBatch` per step saying which slots each row writes
 and reads; the model only follows it. Block 0 is scratch: padding writes land there.
 """
@@ -18,7 +19,10 @@ SCRATCH_BLOCK = 0
 
 
 class PagedKVCache:
-    """K and V of every decoder layer, self-attention and cross-attention alike, in blocks."""
+    """K and V of every decoder layer, self-attention and cross-attention alike, in blocks.
+
+    `kv[layer]` is (slots, 2, H, Dh): [slot, 0] is a key, [slot, 1] its value.
+    """
 
     def __init__(
         self,
@@ -28,12 +32,12 @@ class PagedKVCache:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
-        shape = (num_blocks * block_size, config.num_heads, config.head_dim)
-        layers = range(config.num_decoder_layers)
+        shape = (num_blocks * block_size, 2, config.num_heads, config.head_dim)
         # One tensor per layer, not one stacked tensor: torch.compile updates a graph input in
         # place, but a write into a view of one (pool[layer]) became a copy of the whole pool.
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in layers]  # (slots, H, Dh)
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in layers]
+        self.kv = [
+            torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_decoder_layers)
+        ]
         self.num_blocks = num_blocks
         self.block_size = block_size
 
@@ -45,7 +49,7 @@ class PagedKVCache:
     def copy_block(self, src: int, dst: int) -> None:
         """Copy-on-write: block `dst` becomes a copy of block `src`, in every layer."""
         bs = self.block_size
-        for pool in self.k + self.v:  # (slots, H, Dh) each
+        for pool in self.kv:
             pool[dst * bs : (dst + 1) * bs] = pool[src * bs : (src + 1) * bs]
 
 
@@ -56,9 +60,11 @@ def slots_of(block_tables: list[list[int]], lengths: list[int], block_size: int)
     table = torch.tensor(
         [t[:num_cols] + [SCRATCH_BLOCK] * (num_cols - len(t[:num_cols])) for t in block_tables]
     )  # (B, num_cols)
-    positions = torch.arange(width)
-    slots = table[:, positions // block_size] * block_size + positions % block_size  # (B, W)
-    beyond = positions[None, :] >= torch.tensor(lengths)[:, None]
+    offsets = torch.arange(block_size)
+    slots = (table[:, :, None] * block_size + offsets).view(len(block_tables), -1)[:, :width]
+    if min(lengths) == width:
+        return slots
+    beyond = torch.arange(width)[None, :] >= torch.tensor(lengths)[:, None]
     return slots.masked_fill(beyond, SCRATCH_BLOCK * block_size)
 
 
@@ -81,47 +87,47 @@ class PagedBatch:
     cross_kv: list[tuple[Tensor, Tensor]] | None = None
 
 
-def read_slots(pool: Tensor, slots: Tensor) -> Tensor:
-    """One layer's K or V (slots, H, Dh) at `slots` (B, T), as (B, H, T, Dh).
+def split_kv(kv: Tensor) -> tuple[Tensor, Tensor]:
+    """K and V (B, H, T, Dh) each, as views of `kv` (B, T, 2, H, Dh)."""
+    return kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
 
-    `index_select` copies whole (H, Dh) rows; it is 7-10x faster on the CPU than the
-    equivalent advanced indexing `pool[slots]`, which dominated the decode step.
+
+def read_slots(pool: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
+    """One layer's K and V at `slots` (B, T) of its pool (slots, 2, H, Dh): (B, H, T, Dh) each.
+
+    `index_select` copies whole (2, H, Dh) rows; it is 7-10x faster on the CPU than the
+    equivalent advanced indexing `pool[slots]`, which dominated the decode step. K and V are
+    left as strided views: attention reads them as fast as contiguous ones.
     """
     B, T = slots.shape
-    return pool.index_select(0, slots.reshape(-1)).view(B, T, *pool.shape[1:]).transpose(1, 2)
+    return split_kv(pool.index_select(0, slots.reshape(-1)).view(B, T, *pool.shape[1:]))
 
 
 def gather_cross_kv(cache: PagedKVCache, slots: Tensor) -> list[tuple[Tensor, Tensor]]:
     """Every layer's cross-attention K/V of the rows whose source sits at `slots` (B, S).
 
-    Left as transposed views (B, H, S, Dh) of (B, S, H, Dh): attention reads the strides as
-    fast, and a contiguous copy cost more than it saved (rows change often under continuous
-    batching, and each change gathers again).
+    Not copied to contiguous tensors: a copy cost more than it saved (rows change often under
+    continuous batching, and each change gathers again).
     """
-    return [
-        (read_slots(cache.k[layer], slots), read_slots(cache.v[layer], slots))
-        for layer in range(len(cache.k))
-    ]
+    return [read_slots(pool, slots) for pool in cache.kv]
 
 
 class PagedLayer:
     """The per-layer view of the paged cache that `Attention` reads and writes."""
 
     def __init__(self, cache: PagedKVCache, layer: int, batch: PagedBatch):
-        self.k, self.v = cache.k[layer], cache.v[layer]  # (slots, H, Dh)
+        self.pool = cache.kv[layer]  # (slots, 2, H, Dh)
         self.layer = layer
         self.batch = batch
 
-    def update(self, start_pos: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write the new K/V (B, H, T, Dh) to their slots; return the K/V this step attends to."""
-        B, H, T, Dh = k.shape
-        slots = self.batch.write_slots
-        self.k.index_copy_(0, slots, k.transpose(1, 2).reshape(B * T, H, Dh))
-        self.v.index_copy_(0, slots, v.transpose(1, 2).reshape(B * T, H, Dh))
+    def update(self, start_pos: int, kv: Tensor) -> tuple[Tensor, Tensor]:
+        """Write the new K/V (B, T, 2, H, Dh) to their slots; return the K/V this step attends to,
+        (B, H, Tk, Dh) each."""
+        B, T = kv.shape[:2]
+        self.pool.index_copy_(0, self.batch.write_slots, kv.reshape(B * T, *kv.shape[2:]))
         if self.batch.read_slots is None:
-            return k, v  # prefill attends to its own tokens
-        read = self.batch.read_slots
-        return read_slots(self.k, read), read_slots(self.v, read)  # (B, H, Tk, Dh)
+            return split_kv(kv)  # prefill attends to its own tokens
+        return read_slots(self.pool, self.batch.read_slots)
 
     @property
     def cross_kv(self) -> tuple[Tensor, Tensor]:
@@ -129,4 +135,4 @@ class PagedLayer:
             return self.batch.cross_kv[self.layer]
         read = self.batch.cross_read_slots
         assert read is not None, "an encoder-decoder step needs cross_read_slots"
-        return read_slots(self.k, read), read_slots(self.v, read)  # (B, H, S, Dh)
+        return read_slots(self.pool, read)  # (B, H, S, Dh) each

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import TransformerConfig
-from model.paged import PagedBatch, PagedKVCache, PagedLayer
+from model.paged import PagedBatch, PagedKVCache, PagedLayer, split_kv
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
@@ -60,8 +60,9 @@ class LayerCache:
     v: Tensor  # (B, H, max_len, Dh)
     cross_kv: tuple[Tensor, Tensor] | None = None  # 2 × (B, H, S, Dh), written at the first step
 
-    def update(self, start_pos: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write the new positions' K/V and return K/V of every position so far."""
+    def update(self, start_pos: int, kv: Tensor) -> tuple[Tensor, Tensor]:
+        """Write the new positions' K/V (B, T, 2, H, Dh); return K/V of every position so far."""
+        k, v = split_kv(kv)
         end = start_pos + k.shape[2]
         self.k[:, :, start_pos:end] = k
         self.v[:, :, start_pos:end] = v
@@ -112,9 +113,10 @@ class Attention(nn.Module):
             self.qkv_proj = nn.Linear(d, 3 * d)
         self.out_proj = nn.Linear(d, d)
 
-    def _heads(self, x: Tensor) -> Tensor:
-        B, T, D = x.shape
-        return x.view(B, T, self.num_heads, D // self.num_heads).transpose(1, 2)  # (B, H, T, Dh)
+    def _heads(self, x: Tensor, n: int) -> Tensor:
+        """(B, T, n·D) → (B, T, n, H, Dh): n projections (Q, K, V), each split into heads."""
+        B, T, _ = x.shape
+        return x.view(B, T, n, self.num_heads, -1)
 
     def forward(
         self,
@@ -126,19 +128,22 @@ class Attention(nn.Module):
         weights: list[Tensor] | None = None,  # cross-attention: append its weights (B, H, T, S)
     ) -> Tensor:
         if self.is_cross:
-            q = self._heads(self.q_proj(x))
+            q = self._heads(self.q_proj(x), 1)[:, :, 0].transpose(1, 2)  # (B, H, T, Dh)
             cross_kv = cache.cross_kv if cache is not None else None
             if cross_kv is not None:
                 k, v = cross_kv
             else:
                 assert memory is not None, "cross-attention needs the encoder memory"
-                k, v = (self._heads(t) for t in self.kv_proj(memory).chunk(2, dim=-1))
+                k, v = split_kv(self._heads(self.kv_proj(memory), 2))
                 if isinstance(cache, LayerCache):
                     cache.cross_kv = (k, v)  # computed once per sequence
         else:
-            q, k, v = (self._heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))
+            qkv = self._heads(self.qkv_proj(x), 3)  # (B, T, 3, H, Dh)
+            q = qkv[:, :, 0].transpose(1, 2)  # (B, H, T, Dh)
             if cache is not None:
-                k, v = cache.update(start_pos, k, v)
+                k, v = cache.update(start_pos, qkv[:, :, 1:])
+            else:
+                k, v = split_kv(qkv[:, :, 1:])
         if weights is not None:  # the alignment: softmax(q·k / sqrt(Dh)) made explicit
             scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
             if mask is not None:
@@ -179,10 +184,13 @@ class Layer(nn.Module):
         self.ffn_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.drop = nn.Dropout(config.dropout)
 
-    def _sublayer(self, x: Tensor, norm: nn.Module, fn) -> Tensor:
-        if self.norm_first:
-            return x + self.drop(fn(norm(x)))
-        return norm(x + self.drop(fn(x)))
+    # A sublayer f with its residual: pre-norm x + f(norm(x)), post-norm norm(x + f(x)).
+    def _input(self, x: Tensor, norm: nn.Module) -> Tensor:
+        return norm(x) if self.norm_first else x
+
+    def _residual(self, x: Tensor, y: Tensor, norm: nn.Module) -> Tensor:
+        x = x + (self.drop(y) if self.training else y)  # eval: not even the call
+        return x if self.norm_first else norm(x)
 
     def forward(
         self,
@@ -194,19 +202,15 @@ class Layer(nn.Module):
         start_pos=0,
         cross_weights: list[Tensor] | None = None,
     ):
-        x = self._sublayer(
-            x,
-            self.self_attn_norm,
-            lambda h: self.self_attn(h, self_mask, cache=cache, start_pos=start_pos),
-        )
+        h = self._input(x, self.self_attn_norm)
+        y = self.self_attn(h, self_mask, cache=cache, start_pos=start_pos)
+        x = self._residual(x, y, self.self_attn_norm)
         if self.cross_attn is not None:
             assert self.cross_attn_norm is not None
-            x = self._sublayer(
-                x,
-                self.cross_attn_norm,
-                lambda h: self.cross_attn(h, cross_mask, memory, cache, weights=cross_weights),
-            )
-        return self._sublayer(x, self.ffn_norm, self.ffn)
+            h = self._input(x, self.cross_attn_norm)
+            y = self.cross_attn(h, cross_mask, memory, cache, weights=cross_weights)
+            x = self._residual(x, y, self.cross_attn_norm)
+        return self._residual(x, self.ffn(self._input(x, self.ffn_norm)), self.ffn_norm)
 
 
 class Embeddings(nn.Module):
@@ -352,17 +356,16 @@ class Transformer(nn.Module):
         written once per request and read by every step and every beam of it.
         """
         B, S, D = memory.shape
-        H = self.config.num_heads
-        for i, layer in enumerate(self.decoder_layers):
+        for layer, pool in zip(self.decoder_layers, cache.kv, strict=True):
             assert isinstance(layer, Layer) and layer.cross_attn is not None
-            k, v = layer.cross_attn.kv_proj(memory).chunk(2, dim=-1)  # (B, S, D) each
-            cache.k[i].index_copy_(0, slots, k.reshape(B * S, H, D // H))
-            cache.v[i].index_copy_(0, slots, v.reshape(B * S, H, D // H))
+            kv = layer.cross_attn.kv_proj(memory)  # (B, S, 2·D): K then V
+            pool.index_copy_(0, slots, kv.reshape(B * S, *pool.shape[1:]))
 
     def forward_paged(
-        self, token_ids: Tensor, cache: PagedKVCache, batch: PagedBatch, last: Tensor
+        self, token_ids: Tensor, cache: PagedKVCache, batch: PagedBatch, last: Tensor | None = None
     ) -> Tensor:
-        """The serving step over a paged cache: logits (B, V) after position `last` (B,) of each row.
+        """The serving step over a paged cache: logits (B, V) after position `last` (B,) of each row
+        (None: a decode step's one token per row).
 
         `token_ids` (B, T) are the rows' new tokens (a prompt at prefill, one token at decode);
         `batch` says where their K/V go and what each row attends to.
@@ -370,7 +373,7 @@ class Transformer(nn.Module):
         x = self.embed(token_ids, batch.positions)  # (B, T, D)
         for i, layer in enumerate(self.decoder_layers):
             x = layer(x, batch.self_mask, None, batch.cross_mask, PagedLayer(cache, i, batch))
-        x = x[torch.arange(x.shape[0], device=x.device), last]  # (B, D)
+        x = x[:, 0] if last is None else x[torch.arange(x.shape[0], device=x.device), last]
         if self.decoder_norm is not None:
             x = self.decoder_norm(x)
         return self.project(x)

@@ -25,6 +25,7 @@ class ModelRunner:
         self.device = model.embed.tokens.weight.device
         self._cross_rows: tuple = ()  # the decode rows whose cross-attention K/V is gathered
         self._cross_kv: list[tuple[Tensor, Tensor]] | None = None
+        self._cross_mask: Tensor | None = None
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         for src, dst in copies:
@@ -78,35 +79,39 @@ class ModelRunner:
     def decode(self, requests: list[Request]) -> list[Tensor]:
         """One new token per beam, attending to the beam's cached positions."""
         beams: list[tuple[Request, Beam]] = [(r, b) for r in requests for b in r.beams]
-        positions = torch.tensor([b.num_cached for _, b in beams])  # (B,) of the new tokens
-        lengths = [b.num_cached + 1 for _, b in beams]
+        positions = [b.num_cached for _, b in beams]  # of the new tokens
+        lengths = [p + 1 for p in positions]
         read_slots = slots_of([b.block_table for _, b in beams], lengths, self.cache.block_size)
-        write_slots = read_slots.gather(1, positions[:, None])[:, 0]  # (B,)
-        valid = torch.arange(max(lengths))[None, :] <= positions[:, None]  # (B, Tk)
+        position = torch.tensor(positions)[:, None]  # (B, 1)
+        self_mask = None  # rows of one length see all their keys, and SDPA is faster without
+        if min(lengths) != max(lengths):
+            valid = torch.arange(max(lengths))[None, :] <= position  # (B, Tk)
+            self_mask = valid[:, None, None, :].to(self.device)
         batch = PagedBatch(
-            positions=positions[:, None].to(self.device),
-            write_slots=write_slots.to(self.device),
-            self_mask=valid[:, None, None, :].to(self.device),
+            positions=position.to(self.device),
+            write_slots=read_slots.gather(1, position)[:, 0].to(self.device),  # (B,)
+            self_mask=self_mask,
             read_slots=read_slots.to(self.device),
         )
-        self._add_cross(batch, [r for r, _ in beams])
         self._reuse_cross_kv(batch, [r for r, _ in beams])
         token_ids = torch.tensor([[b.tokens[-1]] for _, b in beams], device=self.device)
-        last = torch.zeros(len(beams), dtype=torch.long, device=self.device)
-        logits = self.forward(token_ids, self.cache, batch, last)
+        logits = self.forward(token_ids, self.cache, batch)
         for _, beam in beams:
             beam.num_cached += 1
         return self._split(logits, requests)
 
     def _reuse_cross_kv(self, batch: PagedBatch, row_requests: list[Request]) -> None:
         """Gather the cross-attention K/V once and keep it while the rows stay the same."""
-        if batch.cross_read_slots is None:
+        if not self.config.is_encoder_decoder:
             return
         rows = tuple((r.request_id, tuple(r.cross_blocks)) for r in row_requests)
         if rows != self._cross_rows:
+            self._add_cross(batch, row_requests)
+            assert batch.cross_read_slots is not None
             self._cross_rows = rows
             self._cross_kv = gather_cross_kv(self.cache, batch.cross_read_slots)
-        batch.cross_kv = self._cross_kv
+            self._cross_mask = batch.cross_mask
+        batch.cross_kv, batch.cross_mask = self._cross_kv, self._cross_mask
 
     def _write_memory(self, requests: list[Request]) -> None:
         """Encode the sources once and store every layer's cross-attention K/V in their blocks."""
@@ -127,6 +132,9 @@ class ModelRunner:
         batch.cross_read_slots = slots_of(
             [r.cross_blocks for r in row_requests], lengths, self.cache.block_size
         ).to(self.device)
+        if min(lengths) == max(lengths):  # no padding (one request, or its beams): no mask
+            batch.cross_mask = None
+            return
         valid = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]  # (B, S)
         batch.cross_mask = valid[:, None, None, :].to(self.device)
 
