@@ -80,8 +80,10 @@ class PagedBatch:
     write_slots: Tensor  # (B*T,) slot for each new token's K/V; padding tokens write to scratch
     self_mask: Tensor | None  # (B, 1, T, Tk) True = may attend
     read_slots: Tensor | None = None  # (B, Tk) decode: slots of every key of each row
-    cross_read_slots: Tensor | None = None  # (B, S) encoder-decoder: the row's cross-attention K/V
-    cross_mask: Tensor | None = None  # (B, 1, 1, S)
+    # Encoder-decoder: where each row's cross-attention K/V is, (B, S). Or (R, S) with R < B: then
+    # consecutive groups of B // R rows (one request's beams) share a row of it.
+    cross_read_slots: Tensor | None = None
+    cross_mask: Tensor | None = None  # (B or R, 1, 1, S)
     # Cross-attention K/V per layer, 2 × (B, H, S, Dh), already gathered: the engine keeps them
     # from step to step while the batch's rows stay the same (they never change for a request).
     cross_kv: list[tuple[Tensor, Tensor]] | None = None

@@ -52,6 +52,19 @@ def attention_mask(start_pos: int, num_new: int, key_valid: Tensor | None, devic
     return (mask[None] & (key_valid[:, None, :] | diagonal[None]))[:, None]  # (B, 1, T, Tk)
 
 
+def grouped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Attention of q (B, H, T, Dh) over k, v (R, H, S, Dh) where consecutive groups of B // R
+    rows share one row of K/V (the beams of one request, in cross-attention): each group's
+    queries become one row's queries, so the shared K/V is gathered and read once, not per beam.
+    `mask` is (R, 1, 1, S) or None."""
+    B, H, T, Dh = q.shape
+    R = k.shape[0]
+    n = B // R
+    grouped = q.view(R, n, H, T, Dh).transpose(1, 2).reshape(R, H, n * T, Dh)
+    y = F.scaled_dot_product_attention(grouped, k, v, attn_mask=mask)  # (R, H, n·T, Dh)
+    return y.view(R, H, n, T, Dh).transpose(1, 2).reshape(B, H, T, Dh)
+
+
 @dataclass
 class LayerCache:
     """One decoder layer's cached self-attention K/V, and its cross-attention K/V once computed."""
@@ -150,11 +163,12 @@ class Attention(nn.Module):
                 scores = scores.masked_fill(~mask, float("-inf"))
             weights.append(scores.softmax(-1))
         dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=dropout
-        )  # (B, H, T, Dh)
-        B, H, T, Dh = y.shape
-        return self.out_proj(y.transpose(1, 2).reshape(B, T, H * Dh))
+        B, H, T, Dh = q.shape
+        if k.shape[0] != B:  # cross-attention K/V shared by groups of consecutive rows (beams)
+            y = grouped_attention(q, k, v, mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, H * Dh))  # y: (B, H, T, Dh)
 
 
 class FeedForward(nn.Module):

@@ -173,6 +173,29 @@ def test_beam_search_in_the_batcher_equals_beam_search_alone(tokenizer):
     assert_cache_empty(engine)
 
 
+def test_mixed_beam_sizes_and_greedy_in_one_batch_equal_each_alone(tokenizer):
+    """Rows of requests with 4, 2 and 1 beams (cross-attention K/V per beam row), which turn
+    into batches of one beam count (K/V shared by each request's beams) as requests finish."""
+    engine = make_engine(tokenizer, "encoder-decoder")
+    sources = prompts(tokenizer, 6, seed=12)
+    sizes = [4, 2, 1, 4, 1, 2]
+    params = [SamplingParams(max_new_tokens=8 + 3 * i, beam_size=n) for i, n in enumerate(sizes)]
+    first = [engine.add_request(src, p) for src, p in zip(sources[:3], params[:3], strict=True)]
+    engine.step()
+    late = [engine.add_request(src, p) for src, p in zip(sources[3:], params[3:], strict=True)]
+    done: dict[str, list[int]] = {}
+    while engine.has_unfinished:
+        done |= {o.request_id: o.token_ids for o in engine.step() if o.finished}
+    for src, p, request in zip(sources, params, first + late, strict=True):
+        if p.beam_size == 1:
+            expected = greedy_reference(engine.model, src, p.max_new_tokens)
+        else:
+            (best,) = beam_search_batch(engine.model, [src], p.beam_size, p.max_new_tokens, 1.0)[0]
+            expected = best.token_ids
+        assert done[request.request_id] == expected
+    assert_cache_empty(engine)
+
+
 def test_beams_share_blocks_until_they_diverge(tokenizer):
     engine = make_engine(tokenizer, "encoder-decoder", block_size=8)
     engine.add_request([5, 6, 7, 8], SamplingParams(max_new_tokens=30, beam_size=4))

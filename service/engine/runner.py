@@ -93,17 +93,23 @@ class ModelRunner:
             self_mask=self_mask,
             read_slots=read_slots.to(self.device),
         )
-        self._reuse_cross_kv(batch, [r for r, _ in beams])
+        self._reuse_cross_kv(batch, requests)
         token_ids = torch.tensor([[b.tokens[-1]] for _, b in beams], device=self.device)
         logits = self.forward(token_ids, self.cache, batch)
         for _, beam in beams:
             beam.num_cached += 1
         return self._split(logits, requests)
 
-    def _reuse_cross_kv(self, batch: PagedBatch, row_requests: list[Request]) -> None:
-        """Gather the cross-attention K/V once and keep it while the rows stay the same."""
+    def _reuse_cross_kv(self, batch: PagedBatch, requests: list[Request]) -> None:
+        """Gather the cross-attention K/V once and keep it while the rows stay the same.
+
+        When every request has the same number of beams, its beams share one gathered row
+        (`grouped_attention`): beam search gathers and reads the source K/V once per request.
+        """
         if not self.config.is_encoder_decoder:
             return
+        one_row_each = len({len(r.beams) for r in requests}) == 1
+        row_requests = requests if one_row_each else [r for r in requests for _ in r.beams]
         rows = tuple((r.request_id, tuple(r.cross_blocks)) for r in row_requests)
         if rows != self._cross_rows:
             self._add_cross(batch, row_requests)
