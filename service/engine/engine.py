@@ -235,13 +235,19 @@ class LLMEngine:
             ran, logits = [], []
         now = time.perf_counter()
         logprobs: list[torch.Tensor] = []
+        greedy: list[tuple[int, float]] = []
         if logits:  # once for the whole batch: log-probabilities, and the greedy choice
             all_logits = torch.cat(logits)  # (rows, V)
             all_logprobs = all_logits.log_softmax(-1)
-            best = all_logits.argmax(-1, keepdim=True)  # as the reference decoder: argmax of logits
-            greedy = list(
-                zip(best[:, 0].tolist(), all_logprobs.gather(1, best)[:, 0].tolist(), strict=True)
-            )
+            if any(r.beam_search is None for r in ran):  # beams choose their own
+                best = all_logits.argmax(-1, keepdim=True)  # as the reference: argmax of logits
+                greedy = list(
+                    zip(
+                        best[:, 0].tolist(),
+                        all_logprobs.gather(1, best)[:, 0].tolist(),
+                        strict=True,
+                    )
+                )
             logprobs = list(all_logprobs.split([len(x) for x in logits]))
         row = 0
         for request, request_logits, request_logprobs in zip(ran, logits, logprobs, strict=True):
