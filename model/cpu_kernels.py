@@ -11,8 +11,8 @@ from torch import Tensor, nn
 
 from model.transformer import FeedForward, Transformer
 
-# Weights smaller than this stay plain `F.linear`: a probe at batch 1-8 ran 256x256 2-3x and
-# 256x768 1.3-1.6x slower packed, while 512x2048 and the output projections ran 1.5-3x faster.
+# Weights smaller than this stay plain `F.linear`: a probe at batch 1-8 ran 256x256 2.3-3x and
+# 256x768 1.3-1.6x slower packed, 512x2048 1.1-1.7x and the output projections 2.2-3.4x faster.
 MIN_PACKED_ELEMENTS = 1 << 18
 
 # Our activation names -> oneDNN's post-op (attr, algorithm) for `_linear_pointwise`.
