@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SRC := $(wildcard model service tests loadtests)  # loadtests/ arrives with the deploy issue
+SRC := model service tests loadtests
 
-.PHONY: install serve test lint format corpus train evaluate deploy-check container-test clean
+.PHONY: install serve test lint format loadtest corpus train evaluate deploy-check container-test clean
 
 install: $(STAMP)
 
@@ -33,6 +33,14 @@ lint: install
 format: install
 	$(VENV)/bin/ruff check --fix $(SRC)
 	$(VENV)/bin/ruff format $(SRC)
+
+# locust against a running server (`make serve` in another terminal): USERS for DURATION, headless.
+HOST ?= http://127.0.0.1:8000
+USERS ?= 16
+DURATION ?= 60s
+loadtest: install
+	$(VENV)/bin/locust -f loadtests/locustfile.py --host $(HOST) --headless \
+		--users $(USERS) --spawn-rate $(USERS) --run-time $(DURATION) --only-summary
 
 # The corpus and the bundled model (run once, never in CI; see model/checkpoints/en-de/MODEL_CARD.md).
 corpus: install

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +19,7 @@ from service.api.app import create_app
 from service.api.settings import Settings
 from tests.conftest import tiny_model
 
+ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["Open the file", "Save the document as PDF", "Größe ändern", "Datei öffnen €"] * 20
 
 
@@ -64,3 +68,24 @@ class ServerThread:
 
     def engine(self, model_id: str):
         return self.app.state.registry.models[model_id].llm
+
+
+def start_server(models: list[str], *flags: str) -> tuple[subprocess.Popen, str]:
+    """`python -m service` as a process of its own on a free port; returns it and its URL once
+    /ready says so."""
+    port = free_port()
+    args = [sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning"]
+    for spec in models:
+        args += ["--model", spec]
+    env = os.environ | {"ATTNSERVE_MAX_NEW_TOKENS": "64"}  # an env var, overridden by no flag
+    process = subprocess.Popen([*args, *flags], cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/ready").status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("the server did not start")

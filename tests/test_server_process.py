@@ -2,44 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.server import free_port, tiny_checkpoints
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.server import start_server, tiny_checkpoints
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> list[str]:
     return tiny_checkpoints(tmp_path_factory.mktemp("models"))
-
-
-def start_server(models: list[str], *flags: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    args = [sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning"]
-    for spec in models:
-        args += ["--model", spec]
-    env = os.environ | {"ATTNSERVE_MAX_NEW_TOKENS": "64"}  # an env var, overridden by no flag
-    process = subprocess.Popen([*args, *flags], cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/ready").status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("the server did not start")
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_cleanly(models):

@@ -1,0 +1,45 @@
+"""The locust load test (`loadtests/locustfile.py`) against the real server process: its users
+find both models in /info, every kind of request they send succeeds (or is a 429 with
+Retry-After), and streams report their time to first token."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.server import ROOT, start_server, tiny_checkpoints
+
+LOCUST = Path(sys.executable).with_name("locust")
+
+EXPECTED = [
+    "/v1/translate beam 4",
+    "/v1/translate greedy",
+    "/v1/translate batch of 4",
+    "/v1/translate stream",
+    "/v1/translate stream [first token]",
+    "/generate",
+    "/v1/completions stream",
+    "/v1/completions stream [first token]",
+]
+
+
+def test_locust_load_test_runs_clean_against_the_server(tmp_path):
+    process, url = start_server(tiny_checkpoints(tmp_path), "--threads", "1")
+    try:
+        run = subprocess.run(
+            [str(LOCUST), "-f", "loadtests/locustfile.py", "--host", url, "--headless",
+             "--users", "8", "--spawn-rate", "8", "--run-time", "8s", "--json", "--loglevel",
+             "WARNING"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    stats = {entry["name"]: entry for entry in json.loads(run.stdout)}
+    assert not [s for s in stats.values() if s["num_failures"]], run.stderr[-2000:]
+    missing = [name for name in EXPECTED if not stats.get(name, {}).get("num_requests")]
+    assert not missing, f"no successful requests of {missing}: {sorted(stats)}"
