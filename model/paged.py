@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from model.config import TransformerConfig
@@ -69,6 +70,17 @@ def slots_of(block_tables: list[list[int]], lengths: list[int], block_size: int)
 
 
 @dataclass
+class ReadGroup:
+    """Decode rows `start:end` and the keys they attend to: `slots` (rows, Tk), padded only to
+    the group's longest row, and `mask` (rows, 1, 1, Tk), None when the rows have one length."""
+
+    start: int
+    end: int
+    slots: Tensor
+    mask: Tensor | None
+
+
+@dataclass
 class PagedBatch:
     """Where one step's rows write and read their keys and values; built by the engine.
 
@@ -78,8 +90,10 @@ class PagedBatch:
 
     positions: Tensor  # (B, T) position of each new token
     write_slots: Tensor  # (B*T,) slot for each new token's K/V; padding tokens write to scratch
-    self_mask: Tensor | None  # (B, 1, T, Tk) True = may attend
-    read_slots: Tensor | None = None  # (B, Tk) decode: slots of every key of each row
+    self_mask: Tensor | None  # prefill: (B, 1, T, T) True = may attend
+    # Decode: the rows in groups of similar length (consecutive rows), each with the slots of
+    # all of its rows' keys. One group reads like one padded batch; more pad less.
+    read_groups: list[ReadGroup] | None = None
     # Encoder-decoder: where each row's cross-attention K/V is, (B, S). Or (R, S) with R < B: then
     # consecutive groups of B // R rows (one request's beams) share a row of it.
     cross_read_slots: Tensor | None = None
@@ -123,13 +137,23 @@ class PagedLayer:
         self.batch = batch
 
     def update(self, start_pos: int, kv: Tensor) -> tuple[Tensor, Tensor]:
-        """Write the new K/V (B, T, 2, H, Dh) to their slots; return the K/V this step attends to,
-        (B, H, Tk, Dh) each."""
+        """Prefill: write the new K/V (B, T, 2, H, Dh) to their slots; the tokens attend to
+        themselves, (B, H, T, Dh) each."""
         B, T = kv.shape[:2]
         self.pool.index_copy_(0, self.batch.write_slots, kv.reshape(B * T, *kv.shape[2:]))
-        if self.batch.read_slots is None:
-            return split_kv(kv)  # prefill attends to its own tokens
-        return read_slots(self.pool, self.batch.read_slots)
+        return split_kv(kv)
+
+    def decode_attention(self, q: Tensor, kv: Tensor) -> Tensor:
+        """Decode: write each row's new K/V (B, 1, 2, H, Dh), then attend with q (B, H, 1, Dh) to
+        all of the row's cached keys, group by group (`PagedBatch.read_groups`); (B, H, 1, Dh)."""
+        assert self.batch.read_groups is not None, "a decode step needs read_groups"
+        self.pool.index_copy_(0, self.batch.write_slots, kv[:, 0])
+        out = []
+        for group in self.batch.read_groups:
+            k, v = read_slots(self.pool, group.slots)
+            rows = q[group.start : group.end]
+            out.append(F.scaled_dot_product_attention(rows, k, v, attn_mask=group.mask))
+        return out[0] if len(out) == 1 else torch.cat(out)
 
     @property
     def cross_kv(self) -> tuple[Tensor, Tensor]:

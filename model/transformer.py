@@ -153,6 +153,8 @@ class Attention(nn.Module):
         else:
             qkv = self._heads(self.qkv_proj(x), 3)  # (B, T, 3, H, Dh)
             q = qkv[:, :, 0].transpose(1, 2)  # (B, H, T, Dh)
+            if isinstance(cache, PagedLayer) and cache.batch.read_groups is not None:
+                return self._out(cache.decode_attention(q, qkv[:, :, 1:]))
             if cache is not None:
                 k, v = cache.update(start_pos, qkv[:, :, 1:])
             else:
@@ -163,12 +165,16 @@ class Attention(nn.Module):
                 scores = scores.masked_fill(~mask, float("-inf"))
             weights.append(scores.softmax(-1))
         dropout = self.dropout if self.training else 0.0
-        B, H, T, Dh = q.shape
-        if k.shape[0] != B:  # cross-attention K/V shared by groups of consecutive rows (beams)
+        if k.shape[0] != q.shape[0]:  # cross-attention K/V shared by consecutive rows (beams)
             y = grouped_attention(q, k, v, mask)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        return self.out_proj(y.transpose(1, 2).reshape(B, T, H * Dh))  # y: (B, H, T, Dh)
+        return self._out(y)
+
+    def _out(self, y: Tensor) -> Tensor:
+        """The heads' outputs (B, H, T, Dh) merged and projected: (B, T, D)."""
+        B, H, T, Dh = y.shape
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, H * Dh))
 
 
 class FeedForward(nn.Module):

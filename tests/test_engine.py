@@ -20,6 +20,7 @@ from service.engine import (
     SamplingParams,
     SchedulerConfig,
 )
+from service.engine.runner import split_by_length
 from tests.conftest import ARCHITECTURES, tiny_config, tiny_model
 
 TEXTS = ["Open the file", "Save the document as PDF", "Größe ändern", "Datei öffnen"] * 20
@@ -193,6 +194,53 @@ def test_mixed_beam_sizes_and_greedy_in_one_batch_equal_each_alone(tokenizer):
             (best,) = beam_search_batch(engine.model, [src], p.beam_size, p.max_new_tokens, 1.0)[0]
             expected = best.token_ids
         assert done[request.request_id] == expected
+    assert_cache_empty(engine)
+
+
+def test_split_by_length_cuts_where_padding_is_wasted():
+    """Requests longest first, `rows` beams each: runs padded to their own longest row."""
+    assert split_by_length([100, 90, 10, 9], [1, 1, 1, 1], 0, 2) == [(0, 2), (2, 4)]
+    assert split_by_length([100, 90, 10, 9], [1, 1, 1, 1], 10**6, 4) == [(0, 4)]  # not worth it
+    assert split_by_length([50, 50, 50], [4, 4, 4], 0, 4) == [(0, 3)]  # nothing to save
+    assert split_by_length([30, 20, 10], [1, 1, 4], 0, 2) == [(0, 2), (2, 3)]  # beams weigh
+    runs = split_by_length(list(range(64, 0, -1)), [1] * 64, 0, 4)
+    assert len(runs) == 4 and runs[0][0] == 0 and runs[-1][1] == 64
+    assert all(a < b == c for (a, b), (c, _) in zip(runs, runs[1:], strict=False))  # in order
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_rows_read_in_length_groups_give_the_same_tokens(tokenizer, architecture, monkeypatch):
+    """Every split taken (a saving of 1 is enough): requests joining at different steps, so of
+    different lengths, greedy and (translation) beam 4, each equal to the request alone."""
+    engine = make_engine(tokenizer, architecture)
+    engine.runner.min_split_saving = 1
+    num_runs: list[int] = []
+
+    def spy(*args):
+        runs = split_by_length(*args)
+        num_runs.append(len(runs))
+        return runs
+
+    monkeypatch.setattr("service.engine.runner.split_by_length", spy)
+    sources = prompts(tokenizer, 9, seed=21)
+    beams = [4, 1, 1] * 3 if architecture == "encoder-decoder" else [1] * 9
+    params = [SamplingParams(max_new_tokens=12 + 2 * i, beam_size=n) for i, n in enumerate(beams)]
+    requests, done = [], {}
+    for wave in range(3):
+        for src, p in zip(sources[wave::3], params[wave::3], strict=True):
+            requests.append((engine.add_request(src, p).request_id, src, p))
+        for _ in range(4):
+            done |= {o.request_id: o.token_ids for o in engine.step() if o.finished}
+    while engine.has_unfinished:
+        done |= {o.request_id: o.token_ids for o in engine.step() if o.finished}
+    assert max(num_runs) >= 3, "three waves of requests: rows of three lengths, read apart"
+    for request_id, src, p in requests:
+        if p.beam_size == 1:
+            expected = greedy_reference(engine.model, src, p.max_new_tokens)
+        else:
+            (best,) = beam_search_batch(engine.model, [src], p.beam_size, p.max_new_tokens, 1.0)[0]
+            expected = best.token_ids
+        assert done[request_id] == expected, request_id
     assert_cache_empty(engine)
 
 

@@ -7,13 +7,26 @@ import torch
 from torch import Tensor
 
 from model.decoding import pad_batch
-from model.paged import SCRATCH_BLOCK, PagedBatch, PagedKVCache, gather_cross_kv, slots_of
+from model.paged import (
+    SCRATCH_BLOCK,
+    PagedBatch,
+    PagedKVCache,
+    ReadGroup,
+    gather_cross_kv,
+    slots_of,
+)
 from model.transformer import Transformer, attention_mask
 from service.engine.request import Beam, Request
 
 
 class ModelRunner:
     """Owns the model and the KV cache tensors; knows nothing of scheduling."""
+
+    # Decode rows are read in groups of similar length (`split_by_length`): a split must save at
+    # least this many padded key positions (rows × keys), about the cost of one more gather and
+    # attention call per layer.
+    min_split_saving = 256
+    max_read_groups = 4
 
     def __init__(self, model: Transformer, cache: PagedKVCache, compile: bool = False):
         self.model = model
@@ -48,7 +61,7 @@ class ModelRunner:
         joined = {id(r) for r in joining}
         rest = [r for r in prefill if id(r) not in joined]
         logits = {id(r): x for r, x in zip(rest, self.prefill(rest) if rest else [], strict=True)}
-        rows = joining + decode
+        rows = sorted(joining + decode, key=lambda r: -r.beams[0].num_cached)  # longest first
         logits |= {id(r): x for r, x in zip(rows, self.decode(rows) if rows else [], strict=True)}
         return [logits[id(r)] for r in prefill + decode]
 
@@ -77,21 +90,36 @@ class ModelRunner:
 
     @torch.inference_mode()
     def decode(self, requests: list[Request]) -> list[Tensor]:
-        """One new token per beam, attending to the beam's cached positions."""
+        """One new token per beam, attending to the beam's cached positions. `requests` longest
+        first: their rows are read in groups of similar length."""
         beams: list[tuple[Request, Beam]] = [(r, b) for r in requests for b in r.beams]
         positions = [b.num_cached for _, b in beams]  # of the new tokens
-        lengths = [p + 1 for p in positions]
-        read_slots = slots_of([b.block_table for _, b in beams], lengths, self.cache.block_size)
-        position = torch.tensor(positions)[:, None]  # (B, 1)
-        self_mask = None  # rows of one length see all their keys, and SDPA is faster without
-        if min(lengths) != max(lengths):
-            valid = torch.arange(max(lengths))[None, :] <= position  # (B, Tk)
-            self_mask = valid[:, None, None, :].to(self.device)
+        first_row = [0]
+        for r in requests:
+            first_row.append(first_row[-1] + len(r.beams))
+        runs = split_by_length(
+            [r.beams[0].num_cached + 1 for r in requests],
+            [len(r.beams) for r in requests],
+            self.min_split_saving,
+            self.max_read_groups,
+        )
+        groups, write_slots = [], []
+        for a, b in runs:
+            start, end = first_row[a], first_row[b]
+            lengths = [p + 1 for p in positions[start:end]]
+            tables = [beam.block_table for _, beam in beams[start:end]]
+            slots = slots_of(tables, lengths, self.cache.block_size)  # (rows, Tk)
+            write_slots.append(slots.gather(1, torch.tensor(lengths)[:, None] - 1)[:, 0])
+            mask = None  # rows of one length see all their keys, and SDPA is faster without
+            if min(lengths) != max(lengths):
+                valid = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
+                mask = valid[:, None, None, :].to(self.device)
+            groups.append(ReadGroup(start, end, slots.to(self.device), mask))
         batch = PagedBatch(
-            positions=position.to(self.device),
-            write_slots=read_slots.gather(1, position)[:, 0].to(self.device),  # (B,)
-            self_mask=self_mask,
-            read_slots=read_slots.to(self.device),
+            positions=torch.tensor(positions, device=self.device)[:, None],  # (B, 1)
+            write_slots=torch.cat(write_slots).to(self.device),  # (B,)
+            self_mask=None,
+            read_groups=groups,
         )
         self._reuse_cross_kv(batch, requests)
         token_ids = torch.tensor([[b.tokens[-1]] for _, b in beams], device=self.device)
@@ -149,3 +177,27 @@ class ModelRunner:
         """(num_beams_total, V) → per request (num_beams, V), in fp32 on the CPU."""
         logits = logits.float().cpu()
         return list(logits.split([len(r.beams) for r in requests]))
+
+
+def split_by_length(
+    lengths: list[int], rows: list[int], min_saving: int, max_groups: int
+) -> list[tuple[int, int]]:
+    """Runs `(start, end)` of requests (sorted longest first; `rows` beams each) that read their
+    keys together, each padded to its own longest: the split that saves the most padded key
+    positions first, while one saves at least `min_saving` and there are fewer than `max_groups`.
+    """
+    runs = [(0, len(lengths))]
+    while len(runs) < max_groups:
+        best_saving, best_run, best_split = max(min_saving, 1) - 1, -1, -1  # saving nothing: no
+        for i, (a, b) in enumerate(runs):
+            below = 0  # rows of requests s..b-1
+            for s in range(b - 1, a, -1):
+                below += rows[s]
+                saving = below * (lengths[a] - lengths[s])
+                if saving > best_saving:
+                    best_saving, best_run, best_split = saving, i, s
+        if best_run < 0:
+            break
+        a, b = runs[best_run]
+        runs[best_run : best_run + 1] = [(a, best_split), (best_split, b)]
+    return runs
