@@ -34,6 +34,11 @@ class ModelRunner:
         self.forward = model.forward_paged  # prefill and decode both run this
         if compile:
             self.forward = torch.compile(model.forward_paged, dynamic=True)
+            # Prefill and decode, batch 1 and more, with and without masks are graphs of their
+            # own: past dynamo's default limit of 8 the step silently ran eager. One read group
+            # keeps the variants few (each number of groups would be another).
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+            self.max_read_groups = 1
         self.config = model.config
         self.device = model.embed.tokens.weight.device
         self._cross_rows: tuple = ()  # the decode rows whose cross-attention K/V is gathered
