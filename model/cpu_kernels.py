@@ -76,16 +76,16 @@ def prepacked(model: Transformer) -> Transformer:
     packed = copy.deepcopy(model).eval()
     head = packed.embed.tokens.weight if packed.lm_head is None else packed.lm_head.weight
     packed.packed_head = PackedLinear(head, None)
-    activation, min_elements = model.config.activation, MIN_PACKED_ELEMENTS
+    activation = model.config.activation
     for module in list(packed.modules()):
         if (
             isinstance(module, FeedForward)
             and activation in FUSED_ACTIVATIONS
-            and module.fc1.weight.numel() >= min_elements
+            and module.fc1.weight.numel() >= MIN_PACKED_ELEMENTS
         ):
             module.fc1 = PackedLinear(module.fc1.weight, module.fc1.bias, activation)  # type: ignore[assignment]
             module.activation = _identity
         for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear) and child.weight.numel() >= min_elements:
+            if isinstance(child, nn.Linear) and child.weight.numel() >= MIN_PACKED_ELEMENTS:
                 setattr(module, name, PackedLinear(child.weight, child.bias))
     return packed

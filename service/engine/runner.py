@@ -114,10 +114,11 @@ class ModelRunner:
             lengths = [p + 1 for p in positions[start:end]]
             tables = [beam.block_table for _, beam in beams[start:end]]
             slots = slots_of(tables, lengths, self.cache.block_size)  # (rows, Tk)
-            write_slots.append(slots.gather(1, torch.tensor(lengths)[:, None] - 1)[:, 0])
+            position = torch.tensor(positions[start:end])[:, None]  # (rows, 1) of the new tokens
+            write_slots.append(slots.gather(1, position)[:, 0])
             mask = None  # rows of one length see all their keys, and SDPA is faster without
             if min(lengths) != max(lengths):
-                valid = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
+                valid = torch.arange(max(lengths))[None, :] <= position  # (rows, Tk)
                 mask = valid[:, None, None, :].to(self.device)
             groups.append(ReadGroup(start, end, slots.to(self.device), mask))
         batch = PagedBatch(
