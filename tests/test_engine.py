@@ -395,16 +395,8 @@ def test_fit_max_new_tokens_lowers_the_limit_to_the_positions_left(tokenizer):
     assert_cache_empty(engine)
 
 
-@pytest.fixture
-def pack_every_linear(monkeypatch):
-    """Tiny models' weights are below the packing threshold: pack them all, to test the path."""
-    monkeypatch.setattr("model.cpu_kernels.MIN_PACKED_ELEMENTS", 0)
-
-
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_prepacked_cpu_weights_give_the_reference_tokens(
-    tokenizer, architecture, pack_every_linear
-):
+def test_prepacked_cpu_weights_give_the_reference_tokens(tokenizer, architecture):
     model = tiny_model(architecture, vocab_size=tokenizer.vocab_size, max_positions=256)
     config = EngineConfig(kv_cache_mb=4, block_size=4, prepack_weights=True)
     engine = LLMEngine(model, tokenizer, config)
@@ -416,7 +408,7 @@ def test_prepacked_cpu_weights_give_the_reference_tokens(
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh", "swish"])
-def test_prepacked_logits_match_the_plain_model(activation, pack_every_linear):
+def test_prepacked_logits_match_the_plain_model(activation):
     """Packed weights and the activation fused into fc1 compute the plain model's logits."""
     from model.cpu_kernels import PackedLinear, prepacked
 
@@ -424,29 +416,17 @@ def test_prepacked_logits_match_the_plain_model(activation, pack_every_linear):
     packed = prepacked(model)
     fc1 = packed.decoder_layers[0].ffn.fc1
     assert isinstance(fc1, PackedLinear) and fc1.attr != "none", "the activation should be fused"
+    assert not any(isinstance(m, torch.nn.Linear) for m in packed.modules()), "all packed"
     src, tgt = torch.randint(4, 64, (3, 9)), torch.randint(4, 64, (3, 7))
     with torch.inference_mode():
         expected, got = model(src, tgt), packed(src, tgt)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_only_large_weights_are_packed():
-    from model.cpu_kernels import MIN_PACKED_ELEMENTS, PackedLinear, prepacked
-
-    packed = prepacked(tiny_model("encoder-decoder"))
-    for module in packed.modules():
-        if isinstance(module, PackedLinear):
-            assert module is packed.packed_head, "tiny weights should stay plain"
-        elif isinstance(module, torch.nn.Linear):
-            assert module.weight.numel() < MIN_PACKED_ELEMENTS
-
-
 @pytest.mark.parametrize(
     ("architecture", "prepack"), [("encoder-decoder", True), ("decoder-only", False)]
 )
-def test_compiled_forward_gives_the_reference_tokens(
-    tokenizer, architecture, prepack, pack_every_linear
-):
+def test_compiled_forward_gives_the_reference_tokens(tokenizer, architecture, prepack):
     """`compile=True` (torch.compile, dynamic shapes): the same tokens, joined mid-flight too,
     with the server's default oneDNN-packed weights and with plain ones."""
     model = tiny_model(architecture, vocab_size=tokenizer.vocab_size, max_positions=256)
