@@ -95,8 +95,10 @@ class PagedBatch:
     # all of its rows' keys. One group reads like one padded batch; more pad less.
     read_groups: list[ReadGroup] | None = None
     # Encoder-decoder: where each row's cross-attention K/V is, (B, S). Or (R, S) with R < B: then
-    # consecutive groups of B // R rows (one request's beams) share a row of it.
+    # each request's rows (its beams) share a row of it, consecutive groups of B // R rows, or as
+    # `cross_groups` says when requests have different numbers of rows (`grouped_attention`).
     cross_read_slots: Tensor | None = None
+    cross_groups: tuple[Tensor, int] | None = None
     cross_mask: Tensor | None = None  # (B or R, 1, 1, S)
     # Cross-attention K/V per layer, 2 × (B, H, S, Dh), already gathered: the engine keeps them
     # from step to step while the batch's rows stay the same (they never change for a request).

@@ -52,17 +52,38 @@ def attention_mask(start_pos: int, num_new: int, key_valid: Tensor | None, devic
     return (mask[None] & (key_valid[:, None, :] | diagonal[None]))[:, None]  # (B, 1, T, Tk)
 
 
-def grouped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-    """Attention of q (B, H, T, Dh) over k, v (R, H, S, Dh) where consecutive groups of B // R
-    rows share one row of K/V (the beams of one request, in cross-attention): each group's
-    queries become one row's queries, so the shared K/V is gathered and read once, not per beam.
-    `mask` is (R, 1, 1, S) or None."""
+def grouped_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, groups: tuple[Tensor, int] | None = None
+) -> Tensor:
+    """Attention of q (B, H, T, Dh) over k, v (R, H, S, Dh) where each request's rows (its beams,
+    in cross-attention) share one row of K/V: each group's queries become one row's queries, so
+    the shared K/V is gathered and read once, not per beam. `mask` is (R, 1, 1, S) or None.
+
+    `groups` None: consecutive groups of B // R rows. Else `(index, n)`: groups of up to n rows,
+    row b going to place index[b] of an (R·n) layout whose unused places are zero queries.
+    """
+    if groups is not None:
+        index, n = groups
+        padded = q.new_zeros(k.shape[0] * n, *q.shape[1:]).index_copy_(0, index, q)
+        return grouped_attention(padded, k, v, mask).index_select(0, index)
     B, H, T, Dh = q.shape
     R = k.shape[0]
     n = B // R
     grouped = q.view(R, n, H, T, Dh).transpose(1, 2).reshape(R, H, n * T, Dh)
     y = F.scaled_dot_product_attention(grouped, k, v, attn_mask=mask)  # (R, H, n·T, Dh)
     return y.view(R, H, n, T, Dh).transpose(1, 2).reshape(B, H, T, Dh)
+
+
+def row_groups(
+    counts: list[int], device: torch.device | str | None = None
+) -> tuple[Tensor, int] | None:
+    """`grouped_attention`'s `groups` for requests of `counts` rows each, in order: None when
+    every request has as many rows (consecutive groups then), else `(index, max(counts))`."""
+    n = max(counts)
+    if min(counts) == n:
+        return None
+    index = [i * n + j for i, count in enumerate(counts) for j in range(count)]
+    return torch.tensor(index, device=device), n
 
 
 @dataclass
@@ -165,8 +186,9 @@ class Attention(nn.Module):
                 scores = scores.masked_fill(~mask, float("-inf"))
             weights.append(scores.softmax(-1))
         dropout = self.dropout if self.training else 0.0
-        if k.shape[0] != q.shape[0]:  # cross-attention K/V shared by consecutive rows (beams)
-            y = grouped_attention(q, k, v, mask)
+        if k.shape[0] != q.shape[0]:  # cross-attention K/V shared by a request's rows (beams)
+            assert isinstance(cache, PagedLayer)
+            y = grouped_attention(q, k, v, mask, cache.batch.cross_groups)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self._out(y)

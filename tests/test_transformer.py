@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model.config import TransformerConfig
 from model.decoding import greedy_batch, greedy_cached, greedy_reference, pad_batch
@@ -121,3 +122,20 @@ def test_config_round_trips_through_json_and_rejects_bad_shapes():
         TransformerConfig(d_model=30, num_heads=4)
     with pytest.raises(ValueError, match="encoder"):
         TransformerConfig(architecture="decoder-only", num_encoder_layers=2)
+
+
+@pytest.mark.parametrize("counts", [[3, 3], [1, 4, 2, 4]])
+def test_grouped_attention_equals_attention_over_repeated_rows(counts):
+    """A request's rows (beams) share one row of K/V: the same as giving each row its own copy."""
+    from model.transformer import grouped_attention, row_groups
+
+    torch.manual_seed(0)
+    R, H, S, Dh = len(counts), 2, 5, 8
+    q = torch.randn(sum(counts), H, 1, Dh)
+    k, v = torch.randn(R, H, S, Dh), torch.randn(R, H, S, Dh)
+    valid = torch.arange(S)[None, :] < torch.tensor([5, 3, 4, 1][:R])[:, None]
+    mask = valid[:, None, None, :]  # (R, 1, 1, S)
+    owner = torch.repeat_interleave(torch.arange(R), torch.tensor(counts))
+    expected = F.scaled_dot_product_attention(q, k[owner], v[owner], attn_mask=mask[owner])
+    got = grouped_attention(q, k, v, mask, row_groups(counts))
+    torch.testing.assert_close(got, expected)

@@ -15,7 +15,7 @@ from model.paged import (
     gather_cross_kv,
     slots_of,
 )
-from model.transformer import Transformer, attention_mask
+from model.transformer import Transformer, attention_mask, row_groups
 from service.engine.request import Beam, Request
 
 
@@ -135,23 +135,23 @@ class ModelRunner:
         return self._split(logits, requests)
 
     def _reuse_cross_kv(self, batch: PagedBatch, requests: list[Request]) -> None:
-        """Gather the cross-attention K/V once and keep it while the rows stay the same.
+        """Gather the cross-attention K/V once and keep it while the requests stay the same.
 
-        When every request has the same number of beams, its beams share one gathered row
-        (`grouped_attention`): beam search gathers and reads the source K/V once per request.
+        A request's beams share one gathered row (`grouped_attention`): beam search gathers and
+        reads the source K/V once per request, even while requests that have just joined (one
+        beam) and older ones (several) share the step.
         """
         if not self.config.is_encoder_decoder:
             return
-        one_row_each = len({len(r.beams) for r in requests}) == 1
-        row_requests = requests if one_row_each else [r for r in requests for _ in r.beams]
-        rows = tuple((r.request_id, tuple(r.cross_blocks)) for r in row_requests)
+        rows = tuple((r.request_id, tuple(r.cross_blocks)) for r in requests)
         if rows != self._cross_rows:
-            self._add_cross(batch, row_requests)
+            self._add_cross(batch, requests)
             assert batch.cross_read_slots is not None
             self._cross_rows = rows
             self._cross_kv = gather_cross_kv(self.cache, batch.cross_read_slots)
             self._cross_mask = batch.cross_mask
         batch.cross_kv, batch.cross_mask = self._cross_kv, self._cross_mask
+        batch.cross_groups = row_groups([len(r.beams) for r in requests], self.device)
 
     def _write_memory(self, requests: list[Request]) -> None:
         """Encode the sources once and store every layer's cross-attention K/V in their blocks."""
