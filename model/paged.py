@@ -100,8 +100,8 @@ class PagedBatch:
     cross_read_slots: Tensor | None = None
     cross_groups: tuple[Tensor, int] | None = None
     cross_mask: Tensor | None = None  # (B or R, 1, 1, S)
-    # Cross-attention K/V per layer, 2 × (B, H, S, Dh), already gathered: the engine keeps them
-    # from step to step while the batch's rows stay the same (they never change for a request).
+    # Cross-attention K/V per layer, 2 × (B or R, H, S, Dh), already gathered: the engine keeps
+    # them from step to step while the batch's requests stay the same (they never change for one).
     cross_kv: list[tuple[Tensor, Tensor]] | None = None
 
 
