@@ -41,7 +41,7 @@ class ModelRunner:
             self.max_read_groups = 1
         self.config = model.config
         self.device = model.embed.tokens.weight.device
-        self._cross_rows: tuple = ()  # the decode rows whose cross-attention K/V is gathered
+        self._cross_rows: tuple = ()  # the requests whose cross-attention K/V is gathered
         self._cross_kv: list[tuple[Tensor, Tensor]] | None = None
         self._cross_mask: Tensor | None = None
 
