@@ -86,6 +86,7 @@ def start_server(models: list[str], *flags: str) -> tuple[subprocess.Popen, str]
             if httpx.get(f"{url}/ready").status_code == 200:
                 return process, url
         except httpx.TransportError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     process.kill()
     raise RuntimeError("the server did not start")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 
 import httpx
@@ -191,6 +192,32 @@ def test_bad_translation_requests_get_422_naming_the_field(client, body, field):
     assert field in error["error"]
 
 
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"prompt": []}, "prompt"),
+        ({"prompt": ["a", ""]}, "prompt"),
+        ({"prompt": None}, "prompt"),
+        ({"prompt": "a", "echo": True}, "echo"),
+        ({"prompt": "a", "seed": 2**64}, "seed"),
+        ({"prompt": ["a"] * 64, "n": 16}, "n"),  # 1,024 generations: more than the queue holds
+        ({"prompt": "a", "model": "gpt-4"}, "model"),
+    ],
+)
+def test_bad_completions_get_400_with_the_field_as_param(client, body, param):
+    r = client.post("/v1/completions", json={"model": "tiny-lm"} | body)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+    assert "Value error" not in error["message"] and "constrained" not in error["message"]
+
+
+def test_a_body_that_is_not_json_says_so(client):
+    r = client.post("/v1/translate", content=b"text=hi")  # curl -d's default content type
+    assert r.status_code == 422
+    assert "Content-Type: application/json" in r.json()["error"]
+
+
 def test_malformed_json_and_oversized_bodies(client):
     r = client.post(
         "/v1/translate", content=b"{not json", headers={"content-type": "application/json"}
@@ -198,7 +225,24 @@ def test_malformed_json_and_oversized_bodies(client):
     assert r.status_code == 422
     r = client.post("/v1/translate", json={"text": "x" * 30_000})
     assert r.status_code == 413
+
+    def chunked():  # no Content-Length: the server counts the bytes
+        yield b'{"text": "'
+        for _ in range(30):
+            yield b"x" * 1_000
+        yield b'"}'
+
+    r = client.post(
+        "/v1/translate", content=chunked(), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413
+    r = client.post(
+        "/v1/completions", content=chunked(), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413 and "error" in r.json()
     assert client.get("/no/such/route").status_code == 404
+    unknown = client.get("/v1/no/such/route")
+    assert unknown.status_code == 404 and "message" in unknown.json()["error"]  # OpenAI's shape
 
 
 # -- TGI --------------------------------------------------------------------------------------
@@ -214,6 +258,19 @@ def test_tgi_generate_and_compat_route(client):
     assert result["details"]["finish_reason"] in ("length", "eos_token", "stop_sequence")
     listed = client.post("/", json=body).json()
     assert listed[0]["generated_text"] == result["generated_text"]
+    plain = sse_data(client.post("/generate_stream", json={"inputs": "Open"}))
+    assert all(e["details"] is None for e in plain[:-1] if e != "[DONE]")  # details: not asked
+
+
+def test_tgi_generated_text_keeps_the_stop_sequence_as_tgi_does(client):
+    body = {"model": "tiny-lm", "inputs": "Open", "parameters": {"max_new_tokens": 30}}
+    text = client.post("/generate", json=body).json()["generated_text"]
+    stop = text[len(text) // 2 :][:2].strip() or text[-1]
+    body["parameters"] |= {"stop": [stop], "details": True}
+    result = client.post("/generate", json=body).json()
+    assert result["details"]["finish_reason"] == "stop_sequence"
+    assert stop in result["generated_text"]
+    assert text.startswith(result["generated_text"].split(stop)[0] + stop)
 
 
 def test_huggingface_hub_client_streams_with_details(server):
@@ -265,8 +322,13 @@ def test_openai_errors_have_the_openai_shape(server):
     with pytest.raises(openai.BadRequestError) as bad:
         client.completions.create(model="tiny-lm", prompt="Open", temperature=5)
     assert bad.value.body["param"] == "temperature"
+    assert client.models.retrieve("tiny-lm").id == "tiny-lm"
     with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")
+    with pytest.raises(openai.BadRequestError) as unknown:  # API.md: unknown model is a 400
         client.completions.create(model="gpt-4", prompt="Open")
+    assert unknown.value.body["param"] == "model"
+    assert unknown.value.body["code"] == "model_not_found"
 
 
 # -- concurrency, overload, cancellation ----------------------------------------------------------
@@ -285,6 +347,41 @@ def test_64_concurrent_identical_greedy_requests_equal_the_request_alone(server)
         return [r.json()["translations"][0]["text"] for r in responses]
 
     assert asyncio.run(flood()) == [alone] * 64
+
+
+def test_two_requests_sent_with_one_request_id_both_get_answers(server):
+    body = {"text": "Save the document as PDF", "beam_size": 1, "max_new_tokens": 30}
+
+    async def twice() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
+            headers = {"X-Request-Id": "retried"}
+            return await asyncio.gather(
+                *(c.post("/v1/translate", json=body, headers=headers) for _ in range(2))
+            )
+
+    first, second = asyncio.run(twice())
+    assert first.status_code == second.status_code == 200
+    assert first.json()["translations"] == second.json()["translations"]
+    assert first.headers["x-request-id"] == second.headers["x-request-id"] == "retried"
+
+
+def test_extreme_sampling_values_answer_and_leave_other_requests_alone(server):
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    greedy = client.completions.create(model="tiny-lm", prompt="Open", max_tokens=8, temperature=0)
+    for extreme in [
+        dict(temperature=1e-300),
+        dict(temperature=1.0, top_p=1e-300),
+        dict(temperature=1.0, seed=2**64 - 1, n=2),  # seed + index wraps around
+    ]:
+        response = client.completions.create(
+            model="tiny-lm", prompt="Open", max_tokens=8, **extreme
+        )
+        assert all(c.finish_reason in ("length", "stop") for c in response.choices)
+    hf = InferenceClient(base_url=server.url)
+    hf.text_generation("Open", max_new_tokens=8, do_sample=True, repetition_penalty=1e-300)
+    again = client.completions.create(model="tiny-lm", prompt="Open", max_tokens=8, temperature=0)
+    assert again.choices[0].text == greedy.choices[0].text
+    wait_idle(server, "tiny-lm")
 
 
 def test_a_flood_beyond_the_queue_gets_429_with_retry_after_and_no_5xx(models):
@@ -391,6 +488,12 @@ def test_deadline_in_the_queue_is_504_and_while_running_keeps_partial_text(slow_
     (partial,) = r.json()["translations"]
     assert partial["finish_reason"] == "timeout"
     assert 0 < r.json()["usage"]["output_tokens"] < 40
+    cut = {"model": "tiny-mt", "prompt": "Open", "max_tokens": 40}
+    slow_server.app.state.settings.request_timeout_s = 0.2  # the OpenAI route's deadline
+    r = httpx.post(f"{slow_server.url}/v1/completions", json=cut, timeout=30)
+    (choice,) = r.json()["choices"]
+    assert choice["finish_reason"] == "length"  # OpenAI has no "timeout": cut short
+    assert 0 < r.json()["usage"]["completion_tokens"] < 40
     wait_idle(slow_server, "tiny-mt")
 
 
@@ -418,11 +521,49 @@ def test_a_batch_refused_part_way_leaves_nothing_queued(models):
     with ServerThread(settings(models, max_running_requests=1, max_queued_requests=2)) as small:
         body = {"text": [f"Open file {i}" for i in range(6)], "beam_size": 1}
         r = httpx.post(f"{small.url}/v1/translate", json=body, timeout=60)
-        assert r.status_code == 429
+        assert r.status_code == 422 and "text" in r.json()["error"]  # can never fit the queue
+        too_long = {"text": ["Open file", "word " * 200], "beam_size": 1}  # the first is queued
+        r = httpx.post(f"{small.url}/v1/translate", json=too_long, timeout=60)
+        assert r.status_code == 422
         wait_idle(small, "tiny-mt")
         assert small.app.state.registry.models["tiny-mt"].engine._streams == {}
         ok = httpx.post(f"{small.url}/v1/translate", json=body | {"text": ["a", "b"]}, timeout=60)
         assert ok.status_code == 200
+
+
+def test_health_and_ready_answer_while_the_models_load(models, monkeypatch):
+    from service.api.registry import ModelRegistry
+
+    loading, load = threading.Event(), ModelRegistry.load
+
+    def slow_load(*args):
+        loading.wait(30)
+        return load(*args)
+
+    monkeypatch.setattr(ModelRegistry, "load", staticmethod(slow_load))
+    server = ServerThread(settings(models))
+    server.thread.start()
+    try:
+        for _ in range(200):  # until it listens
+            try:
+                health = httpx.get(f"{server.url}/health")
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert health.status_code == 200
+        assert httpx.get(f"{server.url}/ready").status_code == 503
+        r = httpx.post(f"{server.url}/v1/translate", json={"text": "Open"})
+        assert r.status_code == 503 and r.json()["error_type"] == "not_ready"
+        assert httpx.get(f"{server.url}/v1/models").status_code == 503
+        loading.set()
+        for _ in range(600):
+            if httpx.get(f"{server.url}/ready").status_code == 200:
+                break
+            time.sleep(0.05)
+        assert httpx.post(f"{server.url}/v1/translate", json={"text": "Open"}).status_code == 200
+    finally:
+        loading.set()
+        server.__exit__()
 
 
 def test_the_bundled_models_translate_and_generate_end_to_end():

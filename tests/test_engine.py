@@ -157,6 +157,49 @@ def test_seeded_sampling_is_identical_alone_and_in_a_batch(tokenizer, architectu
     assert_cache_empty(engine)
 
 
+@pytest.mark.parametrize(
+    "extreme",
+    [
+        dict(temperature=1e-300),
+        dict(temperature=1.0, top_p=1e-300),
+        dict(temperature=1.0, repetition_penalty=1e-300),
+        dict(temperature=1.0, repetition_penalty=1e300),
+        dict(temperature=1e300, seed=2**64 + 5),
+    ],
+)
+def test_extreme_sampling_values_sample_without_failing(tokenizer, extreme):
+    engine = make_engine(tokenizer, "decoder-only")
+    params = SamplingParams(max_new_tokens=8, ignore_eos=True, **({"seed": 3} | extreme))
+    (output,) = engine.generate([[5, 6, 7]], params)
+    assert output.finish_reason == FinishReason.LENGTH
+    assert len(output.token_ids) == 8
+    if extreme.get("temperature") == 1e-300:  # as good as greedy
+        greedy = engine.generate([[5, 6, 7]], SamplingParams(max_new_tokens=8, ignore_eos=True))
+        assert output.token_ids == greedy[0].token_ids
+    assert_cache_empty(engine)
+
+
+def test_a_request_that_fails_finishes_alone_and_the_batch_goes_on(tokenizer, monkeypatch):
+    engine = make_engine(tokenizer, "encoder-decoder")
+    greedy = SamplingParams(max_new_tokens=10, ignore_eos=True)
+    alone = engine.generate([[5, 6, 7]], greedy)[0].token_ids
+    sampled = SamplingParams(max_new_tokens=10, ignore_eos=True, temperature=1.0)
+
+    def broken(logits, request):
+        raise RuntimeError("sampler broke")
+
+    monkeypatch.setattr("service.engine.engine.sample", broken)
+    first = engine.add_request([5, 6, 7], greedy)
+    second = engine.add_request([8, 9], sampled)
+    finished = {}
+    while engine.has_unfinished:
+        finished |= {o.request_id: o for o in engine.step() if o.finished}
+    assert finished[first.request_id].token_ids == alone
+    failed = finished[second.request_id]
+    assert failed.finish_reason == FinishReason.ERROR and "sampler broke" in (failed.error or "")
+    assert_cache_empty(engine)
+
+
 def test_beam_search_in_the_batcher_equals_beam_search_alone(tokenizer):
     engine = make_engine(tokenizer, "encoder-decoder")
     sources = prompts(tokenizer, 8, seed=5)

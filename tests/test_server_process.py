@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import threading
 import time
 
 import httpx
 import pytest
 
-from tests.server import start_server, tiny_checkpoints
+from tests.server import ROOT, free_port, start_server, tiny_checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +29,25 @@ def test_sigterm_drains_in_flight_requests_then_exits_cleanly(models):
         def in_flight() -> None:
             result["response"] = httpx.post(f"{url}/v1/translate", json=slow, timeout=120)
 
-        thread = threading.Thread(target=in_flight)
-        thread.start()
+        def streaming() -> None:  # its handler returns at once; its body is sent while it runs
+            body = {"text": "Open file", "stream": True, "max_new_tokens": 64}
+            with httpx.stream("POST", f"{url}/v1/translate", json=body, timeout=120) as r:
+                result["stream"] = [line for line in r.iter_lines() if line]
+
+        threads = [threading.Thread(target=in_flight), threading.Thread(target=streaming)]
+        for thread in threads:
+            thread.start()
         time.sleep(0.5)  # the batch is running
         process.send_signal(signal.SIGTERM)
         time.sleep(0.2)
         assert httpx.get(f"{url}/ready").status_code == 503  # draining: out of the load balancer
         refused = httpx.post(f"{url}/v1/translate", json={"text": "Open"})
         assert refused.status_code == 503
-        thread.join(120)
+        for thread in threads:
+            thread.join(120)
         assert result["response"].status_code == 200  # nothing accepted is lost
         assert len(result["response"].json()["translations"]) == 48
+        assert result["stream"][-1] == "data: [DONE]"
         assert process.wait(30) == 0
     finally:
         process.kill()
@@ -56,3 +66,15 @@ def test_api_key_is_required_when_configured(models):
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
+
+
+def test_a_model_that_cannot_load_makes_the_process_exit_with_an_error(tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    args = [sys.executable, "-m", "service", "--port", str(free_port()), "--log-level", "error"]
+    process = subprocess.Popen([*args, "--model", f"broken={broken}"], cwd=ROOT)
+    try:
+        assert process.wait(60) != 0
+    finally:
+        process.kill()

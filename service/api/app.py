@@ -11,7 +11,7 @@ import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,17 +33,32 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     """The app; models load at startup unless a registry is given (tests)."""
     metrics = Metrics()
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        if app.state.registry is None:
-            app.state.registry = await asyncio.to_thread(ModelRegistry.load, settings, metrics)
-        await asyncio.to_thread(app.state.registry.warm_up)
+    async def load() -> None:
+        """Models load after the server listens, so /health and /ready answer meanwhile."""
+        try:
+            if app.state.registry is None:
+                app.state.registry = await asyncio.to_thread(ModelRegistry.load, settings, metrics)
+            await asyncio.to_thread(app.state.registry.warm_up)
+        except Exception:
+            log.exception("the models could not be loaded")
+            app.state.status = "failed"
+            app.state.on_failure()
+            return
+        if app.state.status != "starting":  # stopped while loading
+            return
         app.state.registry.start()
         app.state.status = "ready"
         log.info("ready: %s", ", ".join(app.state.registry.models))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loading = asyncio.create_task(load())
         yield
-        app.state.status = "stopped"
-        app.state.registry.shutdown()
+        if app.state.status != "failed":  # the process's exit status says so
+            app.state.status = "stopped"
+        await loading
+        if app.state.registry is not None:
+            app.state.registry.shutdown()
 
     app = FastAPI(title="attnserve", version=service.__version__, lifespan=lifespan)
     app.state.settings = settings
@@ -52,7 +67,8 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     if registry is not None:
         for model_id, served in registry.models.items():
             served.llm.on_step = lambda stats, m=model_id: metrics.observe_step(m, stats)
-    app.state.status = "starting"  # → "ready" → "draining" → "stopped"
+    app.state.status = "starting"  # → "ready" → "draining" → "stopped"; or "failed" to load
+    app.state.on_failure = lambda: None  # the server sets how to exit when loading fails
     app.state.num_in_flight = 0
     install_error_handlers(app)
 
@@ -88,6 +104,11 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
             return error_response(error, path)
         except ClientDisconnected:
             return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+        except Exception as error:  # answered here, so the connection stays usable
+            log.exception("unexpected error on %s", path)
+            return error_response(
+                ApiError(500, f"internal error: {type(error).__name__}", "generation"), path
+            )
 
     def _log_and_count(request: Request, response: Response) -> None:
         model = getattr(request.state, "model_id", "")
@@ -116,6 +137,8 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
 def _add_operations(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     @app.get("/health")
     async def health():
+        if app.state.status == "failed":  # the models could not load: restart me
+            return JSONResponse({"status": "failed"}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/ready")
@@ -161,7 +184,8 @@ def _add_operations(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
 
 
 class BodySizeLimit:
-    """413 for bodies over the limit, by Content-Length or by counting a chunked body."""
+    """413 for bodies over the limit, by Content-Length or, for a chunked body, by reading it
+    here first (an error raised while the app reads it would turn into a 400)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app = app
@@ -174,17 +198,26 @@ class BodySizeLimit:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await self._too_large(scope, receive, send)
-        received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
+        if length is not None:  # the server stops reading at Content-Length
+            return await self.app(scope, receive, send)
+        body, message = b"", await receive()
+        while message["type"] == "http.request":
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                return await self._too_large(scope, receive, send)
+            if not message.get("more_body", False):
+                break
             message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise HTTPException(413, f"the body is over {self.max_bytes} bytes")
-            return message
+        replay: list[Message] = [
+            message
+            if message["type"] != "http.request"
+            else {"type": "http.request", "body": body, "more_body": False}
+        ]
 
-        await self.app(scope, counting_receive, send)
+        async def replaying_receive() -> Message:
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, replaying_receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = ApiError(413, f"the body is over {self.max_bytes} bytes", "validation")

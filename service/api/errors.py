@@ -7,7 +7,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-OPENAI_PATHS = ("/v1/completions", "/v1/models", "/v1/chat/completions")
+from service.api.schemas import FieldError
+
+NATIVE_V1_PATHS = ("/v1/translate",)  # every other /v1/ path answers in OpenAI's shape
 OPENAI_TYPES = {
     "validation": "invalid_request_error",
     "overloaded": "server_overloaded",
@@ -42,7 +44,7 @@ class ApiError(Exception):
 
 
 def is_openai_route(path: str) -> bool:
-    return path.startswith(OPENAI_PATHS)
+    return path.startswith("/v1/") and not path.startswith(NATIVE_V1_PATHS)
 
 
 def error_body(error: ApiError, openai: bool) -> dict:
@@ -67,15 +69,27 @@ def error_response(error: ApiError, path: str) -> JSONResponse:
     )
 
 
-def _validation_error(exc: RequestValidationError) -> ApiError:
-    first = exc.errors()[0]
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = ".".join(location) or None
-    message = first.get("msg", "invalid request")
-    if param:
+def _validation_error(exc: RequestValidationError, content_type: str) -> ApiError:
+    errors = exc.errors()
+    first = errors[0]
+    # The field's path: names and list indices, without pydantic's tags for union members
+    # ("constrained-str", "list[...]") or the leading "body".
+    location = [
+        str(part)
+        for part in first.get("loc", ())
+        if part != "body" and (isinstance(part, int) or str(part).isidentifier())
+    ]
+    cause = (first.get("ctx") or {}).get("error")
+    param = cause.field if isinstance(cause, FieldError) else ".".join(location) or None
+    message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    if first.get("type") == "json_invalid":
+        param, message = None, f"the body is not valid JSON ({first.get('ctx', {}).get('error')})"
+    elif first.get("type") == "model_attributes_type" and "json" not in content_type:
+        message = "the body must be a JSON object, sent with Content-Type: application/json"
+    elif param and not message.startswith(param):
         message = f"{param}: {message}"
-    if len(exc.errors()) > 1:
-        message += f" (and {len(exc.errors()) - 1} more problems)"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problems)"
     return ApiError(422, message, param=param)
 
 
@@ -86,7 +100,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(_validation_error(exc), request.url.path)
+        content_type = request.headers.get("content-type", "")
+        return error_response(_validation_error(exc, content_type), request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request as HttpRequest
@@ -23,6 +25,8 @@ from service.engine import (
     SamplingParams,
 )
 
+log = logging.getLogger("attnserve")
+
 
 class ClientDisconnected(Exception):
     """The client went away before its answer was ready; the request was aborted."""
@@ -34,13 +38,15 @@ class Context:
 
     metrics: Metrics
     arrival: float  # time.perf_counter() when the HTTP request arrived
-    request_id: str
     input_param: str  # the body field holding the input ("text", "inputs", "prompt")
+    # The engine's request ids are ours, never the client's X-Request-Id: two requests sent with
+    # one id (a client's retry) must not share a stream.
+    engine_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @classmethod
     def of(cls, http: HttpRequest, served: ServedModel, input_param: str) -> Context:
         http.state.model_id = served.model_id  # for the request counter and the log line
-        return cls(http.app.state.metrics, http.state.arrival, http.state.request_id, input_param)
+        return cls(http.app.state.metrics, http.state.arrival, input_param)
 
 
 def new_tokens_limit(requested: int | None, default: int, server_limit: int, param: str) -> int:
@@ -60,31 +66,49 @@ def start(
     if not served.engine.is_running:
         raise ApiError(503, "the server is shutting down", "not_ready")
     try:
-        outputs = served.engine.generate(prompt, params, ctx.request_id + suffix, ctx.arrival)
+        outputs = served.engine.generate(prompt, params, ctx.engine_id + suffix, ctx.arrival)
     except RequestTooLong as error:
         raise ApiError(422, f"{ctx.input_param}: {error}", param=ctx.input_param) from None
     except EngineOverloaded as error:
-        raise ApiError(
-            429,
-            f"the server is overloaded ({error}); retry later",
-            "overloaded",
-            headers={"Retry-After": str(served.retry_after_s())},
-            code="overloaded",
-        ) from None
+        raise _overloaded(served, str(error)) from None
+    except Exception as error:
+        log.exception("could not queue a request")
+        raise ApiError(500, f"could not queue the request: {error}", "generation") from None
     return _observed(served, outputs, ctx)
 
 
+def _overloaded(served: ServedModel, why: str) -> ApiError:
+    return ApiError(
+        429,
+        f"the server is overloaded ({why}); retry later",
+        "overloaded",
+        headers={"Retry-After": str(served.retry_after_s())},
+        code="overloaded",
+    )
+
+
 def start_all(
-    served: ServedModel, jobs: list[tuple[str, SamplingParams]], ctx: Context
+    served: ServedModel, jobs: list[tuple[str, SamplingParams]], ctx: Context, param: str
 ) -> list[AsyncIterator[RequestOutput]]:
-    """`start` for a batch, all or nothing: if one is refused, the ones queued are aborted."""
+    """`start` for a batch, all or nothing: refused before anything is queued when the queue
+    cannot take all of it; if one is refused later, the ones queued are aborted."""
+    capacity = served.llm.config.scheduler.max_waiting_requests
+    if len(jobs) > capacity:  # never fits: a 429 would only make the client retry forever
+        raise ApiError(
+            422,
+            f"{param}: {len(jobs)} generations in one request, over the queue's {capacity}",
+            param=param,
+        )
+    num_waiting = len(served.llm.scheduler.waiting)
+    if num_waiting + len(jobs) > capacity:
+        raise _overloaded(served, f"{num_waiting} requests are already waiting")
     streams = []
     try:
         for k, (prompt, params) in enumerate(jobs):
             streams.append(start(served, prompt, params, ctx, suffix=f"-{k}"))
     except ApiError:
         for k in range(len(streams)):
-            served.engine.abort(f"{ctx.request_id}-{k}")
+            served.engine.abort(f"{ctx.engine_id}-{k}")
         raise
     return streams
 

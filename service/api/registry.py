@@ -43,13 +43,14 @@ class ServedModel:
         self._finish_times.append(time.monotonic())
 
     def retry_after_s(self) -> int:
-        """Seconds until the queue has likely drained, from the recent finish rate."""
+        """Seconds until the queue has likely drained, at the rate of the last finishes (the
+        last 32 in the last 10 s: earlier ones, from quieter times, would make it too slow)."""
         now = time.monotonic()
-        recent = [t for t in self._finish_times if now - t < 60]
+        recent = [t for t in list(self._finish_times)[-32:] if now - t < 10]
         num_waiting = len(self.llm.scheduler.waiting)
         if len(recent) < 2:
             return 1
-        rate = len(recent) / max(now - recent[0], 1e-3)  # requests per second
+        rate = (len(recent) - 1) / max(recent[-1] - recent[0], 1e-3)  # requests per second
         return max(1, min(60, math.ceil(num_waiting / rate)))
 
 
@@ -108,8 +109,7 @@ class ModelRegistry:
                 422,
                 f"unknown model {model_id!r}; this server has {sorted(self.models)}",
                 param="model",
-                status_openai=404,
-                code="model_not_found",
+                code="model_not_found",  # a 400 on /v1 routes, as API.md's error table says
             )
         served = self.models[model_id]
         if translation and not served.is_translation:
@@ -118,4 +118,8 @@ class ModelRegistry:
 
     @property
     def num_in_flight(self) -> int:
-        return sum(m.llm.scheduler.has_work for m in self.models.values())
+        """Engine requests queued or running, over every model."""
+        return sum(
+            len(m.llm.scheduler.waiting) + len(m.llm.scheduler.running)
+            for m in self.models.values()
+        )

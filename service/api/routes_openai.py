@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from service.api.errors import ApiError
+from service.api.errors import ApiError, error_body
 from service.api.generation import (
     Context,
     check_finished,
@@ -19,7 +19,7 @@ from service.api.generation import (
     start_all,
     with_keepalive,
 )
-from service.api.registry import ServedModel
+from service.api.registry import ModelRegistry, ServedModel
 from service.api.routes_translate import merged_timings, timings_header
 from service.api.schemas import CompletionRequest
 from service.engine import FinishReason, RequestOutput, SamplingParams
@@ -27,20 +27,37 @@ from service.engine import FinishReason, RequestOutput, SamplingParams
 router = APIRouter()
 
 
+def _registry(request: Request) -> ModelRegistry:
+    registry = request.app.state.registry
+    if registry is None:
+        raise ApiError(503, "the server is starting: the models are loading", "not_ready")
+    return registry
+
+
+def _model_card(served: ServedModel) -> dict:
+    return {
+        "id": served.model_id,
+        "object": "model",
+        "created": served.created,
+        "owned_by": "attnserve",
+        "task": "translation" if served.is_translation else "generation",
+    }
+
+
 @router.get("/v1/models")
 async def list_models(request: Request):
-    registry = request.app.state.registry
-    data = [
-        {
-            "id": served.model_id,
-            "object": "model",
-            "created": served.created,
-            "owned_by": "attnserve",
-            "task": "translation" if served.is_translation else "generation",
-        }
-        for served in registry.models.values()
-    ]
-    return {"object": "list", "data": data}
+    models = _registry(request).models.values()
+    return {"object": "list", "data": [_model_card(served) for served in models]}
+
+
+@router.get("/v1/models/{model_id}")
+async def retrieve_model(model_id: str, request: Request):
+    registry = _registry(request)
+    if model_id not in registry.models:
+        raise ApiError(
+            404, f"unknown model {model_id!r}", "not_found", param="model", code="model_not_found"
+        )
+    return _model_card(registry.models[model_id])
 
 
 def sampling_params(body: CompletionRequest, request: Request, index: int) -> SamplingParams:
@@ -61,15 +78,18 @@ def sampling_params(body: CompletionRequest, request: Request, index: int) -> Sa
 
 
 def _finish(output: RequestOutput) -> str:
-    return "length" if output.finish_reason == FinishReason.LENGTH else "stop"
+    """OpenAI's reasons: a deadline cut the text short, as max_tokens would ("length")."""
+    cut_short = output.finish_reason in (FinishReason.LENGTH, FinishReason.TIMEOUT)
+    return "length" if cut_short else "stop"
 
 
 def _logprobs(
-    served: ServedModel, output: RequestOutput, token_ids: list[int], logprobs: list[float]
+    served: ServedModel, token_ids: list[int], logprobs: list[float], offset: int = 0
 ) -> dict:
+    """OpenAI's `logprobs` of these tokens; `offset`: where the first one starts in the text."""
     tokenizer = served.llm.tokenizer
     tokens = [tokenizer.decode([i]) for i in token_ids]
-    offsets, offset = [], 0
+    offsets = []
     for token in tokens:
         offsets.append(offset)
         offset += len(token)
@@ -91,7 +111,10 @@ async def completions(body: CompletionRequest, request: Request):
         )
     ctx = Context.of(request, served, "prompt")
     jobs = [(p, i) for p in prompts for i in range(body.n)]  # choice index = position in jobs
-    streams = start_all(served, [(p, sampling_params(body, request, i)) for p, i in jobs], ctx)
+    too_many = "n" if body.n > 1 else "prompt"  # the field to blame if the jobs cannot fit
+    streams = start_all(
+        served, [(p, sampling_params(body, request, i)) for p, i in jobs], ctx, too_many
+    )
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if body.stream:
@@ -108,7 +131,7 @@ async def completions(body: CompletionRequest, request: Request):
             "index": k,
             "logprobs": None
             if body.logprobs is None
-            else _logprobs(served, o, o.token_ids, o.logprobs),
+            else _logprobs(served, o.token_ids, o.logprobs),
             "finish_reason": _finish(o),
         }
         for k, o in enumerate(outputs)
@@ -159,6 +182,7 @@ async def _stream_events(
     finished: list[RequestOutput] = []
     try:
         for k, stream in enumerate(streams):
+            text_offset = 0  # of this choice's next token
             async for output in stream:
                 if output.finished:
                     check_finished(output, timeout_s)
@@ -167,7 +191,10 @@ async def _stream_events(
                     continue
                 logprobs = None
                 if body.logprobs is not None and output.new_token_ids:
-                    logprobs = _logprobs(served, output, output.new_token_ids, output.new_logprobs)
+                    logprobs = _logprobs(
+                        served, output.new_token_ids, output.new_logprobs, text_offset
+                    )
+                    text_offset = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
                 yield chunk(
                     [
                         {
@@ -181,16 +208,7 @@ async def _stream_events(
         if body.stream_options is not None and body.stream_options.include_usage:
             yield chunk([], _usage(finished, prompts_counted_once=body.n))
     except ApiError as error:
-        yield sse_event(
-            {
-                "error": {
-                    "message": error.message,
-                    "type": error.error_type,
-                    "param": None,
-                    "code": None,
-                }
-            }
-        )
+        yield sse_event(error_body(error, openai=True))
     finally:
         for stream in streams:
             await stream.aclose()  # type: ignore[attr-defined]

@@ -25,7 +25,12 @@ from service.engine import FinishReason, RequestOutput, SamplingParams
 
 router = APIRouter()
 
-TGI_FINISH = {FinishReason.LENGTH: "length", FinishReason.STOP: "eos_token"}
+# TGI's reasons: a deadline cut the text short, as max_new_tokens would ("length").
+TGI_FINISH = {
+    FinishReason.LENGTH: "length",
+    FinishReason.TIMEOUT: "length",
+    FinishReason.STOP: "eos_token",
+}
 
 
 def sampling_params(body: TgiRequest, request: Request) -> SamplingParams:
@@ -67,12 +72,14 @@ def _details(output: RequestOutput, params: SamplingParams, stopped_on_string: b
     }
 
 
-def _full_text(body: TgiRequest, served: ServedModel, text: str) -> str:
-    return (
-        body.inputs + text
-        if body.parameters.return_full_text and not served.is_translation
-        else text
-    )
+def _generated_text(body: TgiRequest, served: ServedModel, output: RequestOutput) -> str:
+    """As TGI: the decoded tokens, the stop sequence included; the prompt first if asked."""
+    text = output.text
+    if output.stopped_on is not None:
+        text = served.llm.tokenizer.decode(output.token_ids)
+    if body.parameters.return_full_text and not served.is_translation:
+        return body.inputs + text
+    return text
 
 
 async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str, str]]:
@@ -81,7 +88,7 @@ async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str,
     outputs = start(served, body.inputs, params, Context.of(request, served, "inputs"))
     (output,) = await final_outputs([outputs], request)
     check_finished(output, params.timeout_s)
-    result: dict = {"generated_text": _full_text(body, served, output.text)}
+    result: dict = {"generated_text": _generated_text(body, served, output)}
     if body.parameters.details:
         result["details"] = _details(output, params, output.stopped_on is not None) | {
             "prefill": [],
@@ -153,8 +160,9 @@ async def _stream_events(
                     "top_tokens": None,
                 }
                 if is_last:
-                    event["generated_text"] = _full_text(body, served, output.text)
-                    event["details"] = _details(output, params, output.stopped_on is not None)
+                    event["generated_text"] = _generated_text(body, served, output)
+                    if body.parameters.details:
+                        event["details"] = _details(output, params, output.stopped_on is not None)
                 yield sse_event(event)
     except ApiError as error:
         yield sse_event({"error": error.message, "error_type": error.error_type})

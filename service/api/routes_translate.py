@@ -71,7 +71,7 @@ async def translate(body: TranslateRequest, request: Request):
         )
         return StreamingResponse(events, media_type="text/event-stream")
     texts = [body.text] if isinstance(body.text, str) else body.text
-    streams = start_all(served, [(t, params) for t in texts], ctx)
+    streams = start_all(served, [(t, params) for t in texts], ctx, "text")
     finished = [check_finished(o, params.timeout_s) for o in await final_outputs(streams, request)]
     timings = merged_timings(finished)
     translations = [_translation(o, body) for o in finished]

@@ -7,16 +7,50 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 NonEmptyText = Annotated[str, Field(min_length=1)]
+MAX_BATCH = 64  # texts or prompts in one request
+# Seeds: any 64-bit value (n > 1 completions use seed + index).
+Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
+
+
+class FieldError(ValueError):
+    """A check across fields that blames one of them (the error's `param`)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def _one_or_many(value: object) -> object:
+    """One clear error for the string-or-list inputs, instead of one per union member."""
+    if isinstance(value, str) and value:
+        return value
+    if (
+        isinstance(value, list)
+        and 1 <= len(value) <= MAX_BATCH
+        and all(isinstance(v, str) and v for v in value)
+    ):
+        return value
+    raise ValueError(f"must be a non-empty string or a list of 1 to {MAX_BATCH} non-empty strings")
+
+
+TextOrTexts = Annotated[str | list[str], BeforeValidator(_one_or_many)]
 
 
 class TranslateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = None
-    text: NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1, max_length=64)]
+    text: TextOrTexts
     beam_size: int | None = Field(
         None, ge=1, le=16, description="default 4; 1 when streaming or sampling"
     )
@@ -26,7 +60,7 @@ class TranslateRequest(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=10.0)
     top_k: int = Field(0, ge=0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = Field(None, ge=0)
+    seed: Seed | None = None
     return_scores: bool = False
     return_alignments: bool = False  # each translation's cross-attention over the source
     stream: bool = False
@@ -38,13 +72,14 @@ class TranslateRequest(BaseModel):
         if self.beam_size is None:
             self.beam_size = 1 if (self.stream or sampling) else 4
         if sampling and self.beam_size > 1:
-            raise ValueError("beam_size must be 1 when temperature > 0 (sampling)")
+            raise FieldError("beam_size", "beam_size must be 1 when temperature > 0 (sampling)")
         if self.num_hypotheses > self.beam_size:
-            raise ValueError(
-                f"num_hypotheses ({self.num_hypotheses}) must be ≤ beam_size ({self.beam_size})"
+            raise FieldError(
+                "num_hypotheses",
+                f"num_hypotheses ({self.num_hypotheses}) must be ≤ beam_size ({self.beam_size})",
             )
         if self.stream and (isinstance(self.text, list) or self.beam_size > 1):
-            raise ValueError("stream needs a single text and beam_size 1")
+            raise FieldError("stream", "stream needs a single text and beam_size 1")
         return self
 
 
@@ -59,7 +94,7 @@ class TgiParameters(BaseModel):
     top_p: float | None = Field(None, gt=0.0, lt=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0)
     do_sample: bool = False
-    seed: int | None = Field(None, ge=0)
+    seed: Seed | None = None
     stop: list[str] = Field(default_factory=list, max_length=8)
     details: bool = False
     return_full_text: bool | None = False
@@ -103,13 +138,13 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    prompt: NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1, max_length=64)]
+    prompt: TextOrTexts
     max_tokens: int | None = Field(16, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     logprobs: int | None = Field(None, ge=0, le=5)
@@ -134,9 +169,11 @@ class CompletionRequest(BaseModel):
     @model_validator(mode="after")
     def _supported(self) -> CompletionRequest:
         if self.echo:
-            raise ValueError("echo is not supported")
+            raise FieldError("echo", "echo is not supported")
         if self.best_of not in (None, 1, self.n):
-            raise ValueError("best_of is not supported")
-        if self.presence_penalty or self.frequency_penalty:
-            raise ValueError("presence_penalty and frequency_penalty are not supported")
+            raise FieldError("best_of", "best_of is not supported")
+        if self.presence_penalty:
+            raise FieldError("presence_penalty", "presence_penalty is not supported")
+        if self.frequency_penalty:
+            raise FieldError("frequency_penalty", "frequency_penalty is not supported")
         return self

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import time
 from types import FrameType
 
@@ -35,11 +36,16 @@ class DrainingServer(uvicorn.Server):
             lambda: asyncio.ensure_future(self._drain_then_exit(sig, frame))
         )
 
+    def _num_in_flight(self) -> int:
+        """Requests not answered yet: handlers running, and engine requests still generating
+        (a stream's handler returns at once; its body is sent while its request runs)."""
+        return self.app.state.num_in_flight + self.app.state.registry.num_in_flight
+
     async def _drain_then_exit(self, sig: int, frame: FrameType | None) -> None:
         deadline = time.monotonic() + self.drain_timeout_s
-        while self.app.state.num_in_flight > 0 and time.monotonic() < deadline:
+        while self._num_in_flight() > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        log.info("drained (%d still in flight); exiting", self.app.state.num_in_flight)
+        log.info("drained (%d still in flight); exiting", self._num_in_flight())
         self.should_exit = (
             True  # not super().handle_exit: uvicorn would re-raise the signal (exit ≠ 0)
         )
@@ -56,4 +62,12 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=5,
         workers=1,  # one process, one engine per model: scale out with replicas
     )
-    DrainingServer(config, app, settings.drain_timeout_s).run()
+    server = DrainingServer(config, app, settings.drain_timeout_s)
+
+    def stop() -> None:
+        server.should_exit = True
+
+    app.state.on_failure = stop
+    server.run()
+    if app.state.status == "failed":
+        sys.exit("the models could not be loaded (see the log above)")

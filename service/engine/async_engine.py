@@ -29,7 +29,8 @@ class AsyncEngine:
     def shutdown(self, timeout: float = 10.0) -> None:
         self._stopping = True
         self._wake.set()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     @property
     def is_running(self) -> bool:
@@ -48,6 +49,8 @@ class AsyncEngine:
         Closing the iterator early (or cancelling the task reading it) aborts the request.
         """
         request_id = request_id if request_id is not None else uuid.uuid4().hex
+        if request_id in self._streams:  # not replaced: its consumer would wait forever
+            raise ValueError(f"request id {request_id!r} is already in use")
         queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
         self._streams[request_id] = (asyncio.get_running_loop(), queue)  # before the engine sees it
         try:

@@ -253,14 +253,19 @@ class LLMEngine:
         for request, request_logits, request_logprobs in zip(ran, logits, logprobs, strict=True):
             if request.timings.first_token is None:
                 request.timings.first_token = now
-            if request.beam_search is not None:
-                outputs.append(self._advance_beams(request, request_logprobs))
-            else:
-                outputs.append(
-                    self._advance_sample(
-                        request, request_logits[0], request_logprobs[0], greedy[row]
+            try:
+                if request.beam_search is not None:
+                    outputs.append(self._advance_beams(request, request_logprobs))
+                else:
+                    outputs.append(
+                        self._advance_sample(
+                            request, request_logits[0], request_logprobs[0], greedy[row]
+                        )
                     )
-                )
+            except Exception as error:  # one request's failure is its own, not the batch's
+                log.exception("request %s failed", request.request_id)
+                self.scheduler.finish(request, FinishReason.ERROR)
+                outputs.append(self._finished_output(request, "", error=str(error)))
             row += len(request_logits)
         self._record_stats(plan, num_prefill_tokens, start)
         return outputs

@@ -158,9 +158,8 @@ class Request:
             else None
         )
         self.generator = torch.Generator()
-        self.generator.manual_seed(
-            params.seed if params.seed is not None else random.getrandbits(63)
-        )
+        seed = params.seed if params.seed is not None else random.getrandbits(63)
+        self.generator.manual_seed(seed % 2**64)  # any int: torch takes 64 bits
         self.num_preemptions = 0
         self.is_aborted = False
         self.finish_reason: FinishReason | None = None

@@ -36,7 +36,11 @@ def sample(logits: Tensor, request: Request) -> int:
     params = request.params
     if params.is_greedy:
         return int(logits.argmax())
-    logits = logits / params.temperature
+    # Extreme settings (a temperature near 0, a tiny repetition penalty) overflow a plain
+    # `logits / temperature`: keep the logits finite (or -inf) and scale them in float64 after
+    # subtracting the best, so that it ends at 0 and every other at <= 0.
+    logits = logits.double().nan_to_num(nan=float("-inf"), posinf=torch.finfo(torch.float64).max)
+    logits = (logits - logits.max()) / params.temperature
     if params.top_k > 0:
         kth = logits.topk(min(params.top_k, logits.numel())).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -44,6 +48,7 @@ def sample(logits: Tensor, request: Request) -> int:
         sorted_logits, order = logits.sort(descending=True)
         cumulative = sorted_logits.softmax(-1).cumsum(-1)
         drop = cumulative - sorted_logits.softmax(-1) >= params.top_p  # keep the first over top_p
-        logits = logits.index_put((order[drop],), torch.tensor(float("-inf")))
+        drop[0] = False  # and the best token, whatever rounding does to a tiny top_p
+        logits = logits.index_put((order[drop],), logits.new_tensor(float("-inf")))
     probs = logits.softmax(-1)
     return int(torch.multinomial(probs.cpu(), 1, generator=request.generator))
