@@ -262,6 +262,21 @@ def test_tgi_generate_and_compat_route(client):
     assert all(e["details"] is None for e in plain[:-1] if e != "[DONE]")  # details: not asked
 
 
+def test_tgi_top_n_tokens_lists_the_likeliest_tokens_best_first(server, client):
+    ask = dict(max_new_tokens=6, details=True, top_n_tokens=3)
+    details = client.post("/generate", json={"inputs": "Open the", "parameters": ask}).json()[
+        "details"
+    ]
+    assert len(details["top_tokens"]) == len(details["tokens"])
+    for chosen, top in zip(details["tokens"], details["top_tokens"], strict=True):
+        assert [t["logprob"] for t in top] == sorted((t["logprob"] for t in top), reverse=True)
+        assert len(top) == 3 and top[0]["id"] == chosen["id"]  # greedy: the likeliest is chosen
+    hf = InferenceClient(base_url=server.url)
+    events = list(hf.text_generation("Open the", stream=True, **ask))
+    streamed = [[t.id for t in e.top_tokens] for e in events if e.top_tokens]
+    assert streamed == [[t["id"] for t in top] for top in details["top_tokens"]]
+
+
 def test_tgi_generated_text_keeps_the_stop_sequence_as_tgi_does(client):
     body = {"model": "tiny-lm", "inputs": "Open", "parameters": {"max_new_tokens": 30}}
     text = client.post("/generate", json=body).json()["generated_text"]
@@ -315,6 +330,23 @@ def test_openai_completions_plain_and_streamed(server):
     assert len(several.choices[0].logprobs.token_logprobs) == len(
         several.choices[0].logprobs.tokens
     )
+
+
+def test_openai_logprobs_list_the_top_tokens_and_streamed_offsets_run_on(server):
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    ask = dict(model="tiny-lm", prompt="Open", max_tokens=8, temperature=0, logprobs=3)
+    logprobs = client.completions.create(**ask).choices[0].logprobs
+    for chosen, lp, top in zip(
+        logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs, strict=True
+    ):
+        assert len(top) <= 4  # the 3 most likely, and the chosen one if it is not among them
+        assert top[chosen] == pytest.approx(lp) == pytest.approx(max(top.values()))  # greedy
+    assert max(len(top) for top in logprobs.top_logprobs) >= 3
+    streamed = [
+        c.choices[0].logprobs for c in client.completions.create(**ask, stream=True) if c.choices
+    ]
+    offsets = [o for lp in streamed if lp is not None for o in lp.text_offset]
+    assert offsets == logprobs.text_offset
 
 
 def test_openai_errors_have_the_openai_shape(server):

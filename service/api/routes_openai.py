@@ -70,6 +70,7 @@ def sampling_params(body: CompletionRequest, request: Request, index: int) -> Sa
         temperature=body.temperature,
         top_p=body.top_p,
         seed=None if body.seed is None else body.seed + index,  # n choices differ, reproducibly
+        num_top_logprobs=body.logprobs or 0,
         stop=tuple(body.stop or ()),
         ignore_eos=body.ignore_eos,
         min_new_tokens=body.min_tokens,
@@ -84,11 +85,17 @@ def _finish(output: RequestOutput) -> str:
 
 
 def _logprobs(
-    served: ServedModel, token_ids: list[int], logprobs: list[float], offset: int = 0
+    served: ServedModel,
+    token_ids: list[int],
+    logprobs: list[float],
+    top: list[dict[int, float]],
+    offset: int = 0,
 ) -> dict:
-    """OpenAI's `logprobs` of these tokens; `offset`: where the first one starts in the text."""
+    """OpenAI's `logprobs` of these tokens: each one's, the most likely tokens of each step
+    (`top`, the chosen one included) and where each starts in the text (from `offset`)."""
     tokenizer = served.llm.tokenizer
     tokens = [tokenizer.decode([i]) for i in token_ids]
+    top = top or [{i: lp} for i, lp in zip(token_ids, logprobs, strict=True)]  # logprobs=0
     offsets = []
     for token in tokens:
         offsets.append(offset)
@@ -96,9 +103,19 @@ def _logprobs(
     return {
         "tokens": tokens,
         "token_logprobs": logprobs,
-        "top_logprobs": [{t: lp} for t, lp in zip(tokens, logprobs, strict=True)],
+        "top_logprobs": [_by_text(tokenizer, step) for step in top],
         "text_offset": offsets,
     }
+
+
+def _by_text(tokenizer, step: dict[int, float]) -> dict[str, float]:
+    """Tokens → log-probability keyed by text, as OpenAI's format is; tokens that decode to the
+    same text (byte pieces) keep the likeliest."""
+    by_text: dict[str, float] = {}
+    for token_id, logprob in step.items():
+        text = tokenizer.decode([token_id])
+        by_text[text] = max(logprob, by_text.get(text, float("-inf")))
+    return by_text
 
 
 @router.post("/v1/completions")
@@ -131,7 +148,7 @@ async def completions(body: CompletionRequest, request: Request):
             "index": k,
             "logprobs": None
             if body.logprobs is None
-            else _logprobs(served, o.token_ids, o.logprobs),
+            else _logprobs(served, o.token_ids, o.logprobs, o.top_logprobs),
             "finish_reason": _finish(o),
         }
         for k, o in enumerate(outputs)
@@ -192,7 +209,11 @@ async def _stream_events(
                 logprobs = None
                 if body.logprobs is not None and output.new_token_ids:
                     logprobs = _logprobs(
-                        served, output.new_token_ids, output.new_logprobs, text_offset
+                        served,
+                        output.new_token_ids,
+                        output.new_logprobs,
+                        output.new_top_logprobs,
+                        text_offset,
                     )
                     text_offset = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
                 yield chunk(

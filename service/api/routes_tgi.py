@@ -52,6 +52,7 @@ def sampling_params(body: TgiRequest, request: Request) -> SamplingParams:
         seed=seed,
         stop=tuple(p.stop),
         timeout_s=settings.request_timeout_s,
+        num_top_logprobs=p.top_n_tokens or 0,
     )
 
 
@@ -94,6 +95,10 @@ async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str,
             "prefill": [],
             "tokens": _tokens(served, output.token_ids, output.logprobs),
         }
+        if params.num_top_logprobs:
+            result["details"]["top_tokens"] = [
+                _top_tokens(served, step, params.num_top_logprobs) for step in output.top_logprobs
+            ]
     return result, timings_header(output.timings_ms)
 
 
@@ -103,6 +108,12 @@ def _tokens(served: ServedModel, ids: list[int], logprobs: list[float]) -> list[
         {"id": i, "text": tokenizer.decode([i]), "logprob": lp, "special": i in served.special_ids}
         for i, lp in zip(ids, logprobs, strict=False)
     ]
+
+
+def _top_tokens(served: ServedModel, step: dict[int, float], n: int) -> list[dict]:
+    """TGI's `top_tokens` of one step: the `n` likeliest, best first."""
+    best = sorted(step.items(), key=lambda item: -item[1])[:n]
+    return _tokens(served, [i for i, _ in best], [lp for _, lp in best])
 
 
 @router.post("/generate")
@@ -159,6 +170,9 @@ async def _stream_events(
                     "details": None,
                     "top_tokens": None,
                 }
+                if params.num_top_logprobs and n < len(output.new_top_logprobs):
+                    step = output.new_top_logprobs[n]
+                    event["top_tokens"] = _top_tokens(served, step, params.num_top_logprobs)
                 if is_last:
                     event["generated_text"] = _generated_text(body, served, output)
                     if body.parameters.details:

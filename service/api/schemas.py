@@ -99,7 +99,7 @@ class TgiParameters(BaseModel):
     details: bool = False
     return_full_text: bool | None = False
     decoder_input_details: bool = False
-    top_n_tokens: int | None = None
+    top_n_tokens: int | None = Field(None, ge=0, le=10)  # also the likeliest tokens per step
 
     @field_validator("stop")
     @classmethod

@@ -285,6 +285,10 @@ class LLMEngine:
             logprob = float(logprobs[token])
         request.output_ids.append(token)
         request.output_logprobs.append(logprob)
+        if params.num_top_logprobs:
+            values, ids = logprobs.topk(min(params.num_top_logprobs, len(logprobs)))
+            top = dict(zip(ids.tolist(), values.tolist(), strict=True))
+            request.output_top_logprobs.append(top | {token: logprob})
         request.beams[0].tokens.append(token)
         is_stop_token = (token == cfg.eos_token_id and not params.ignore_eos) or (
             token in params.stop_token_ids
@@ -332,7 +336,7 @@ class LLMEngine:
     def _output(
         self, request: Request, new_ids: list[int], logprobs: list[float], delta: str
     ) -> RequestOutput:
-        return RequestOutput(
+        output = RequestOutput(
             request.request_id,
             new_ids,
             logprobs,
@@ -341,6 +345,9 @@ class LLMEngine:
             request.detokenizer.text,
             len(request.input_ids),
         )
+        if request.output_top_logprobs and new_ids:
+            output.new_top_logprobs = request.output_top_logprobs[-len(new_ids) :]
+        return output
 
     def _finished_output(
         self,
@@ -367,6 +374,7 @@ class LLMEngine:
         output.finish_reason = request.finish_reason
         output.was_scheduled = request.timings.scheduled is not None
         output.logprobs = list(request.output_logprobs)
+        output.top_logprobs = list(request.output_top_logprobs)
         output.stopped_on = request.detokenizer.stopped_on
         output.timings_ms = request.timings.durations_ms()
         output.error = error

@@ -28,6 +28,7 @@ class SamplingParams:
         1.0  # 1: off (CTRL-style: divide positive logits, multiply negative)
     )
     seed: int | None = None  # sampling is reproducible per request, whatever else is in the batch
+    num_top_logprobs: int = 0  # also report this many most likely tokens of each step (sampling)
     stop_token_ids: tuple[int, ...] = ()
     stop: tuple[str, ...] = ()  # stop strings; the text ends before the first one
     ignore_eos: bool = False
@@ -118,6 +119,10 @@ class RequestOutput:
     timings_ms: dict[str, float] = field(default_factory=dict)  # set when finished
     error: str | None = None
     logprobs: list[float] = field(default_factory=list)  # of every token in token_ids (sampling)
+    # SamplingParams.num_top_logprobs: per new token, the most likely tokens → log-probability
+    # (the chosen one included); every token's when finished.
+    new_top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
     stopped_on: str | None = None  # the stop string that ended the text
     was_scheduled: bool = True  # False: finished (timeout, cancelled) before it ever ran
 
@@ -152,6 +157,7 @@ class Request:
         self.cross_blocks: list[int] = []  # encoder-decoder: the cross-attention K/V, all beams
         self.output_ids: list[int] = []  # generated tokens (sampling / greedy)
         self.output_logprobs: list[float] = []
+        self.output_top_logprobs: list[dict[int, float]] = []  # params.num_top_logprobs > 0
         self.beam_search = (
             BeamSearch(params.beam_size, params.max_new_tokens, params.length_penalty, eos_id)
             if params.beam_size > 1
