@@ -51,3 +51,17 @@ def test_beam_score_is_the_length_normalized_log_probability_of_its_tokens():
     logprobs = model(torch.tensor([src]), tgt)[0].log_softmax(-1)
     total = logprobs[torch.arange(len(best.token_ids)), torch.tensor(best.token_ids)].sum().item()
     assert abs(best.score - total / len(best.token_ids) ** 0.6) < 1e-4
+
+
+def test_only_the_beam_size_best_candidates_may_end_a_hypothesis():
+    from model.decoding import BeamSearch
+
+    eos, never = 2, -99.0
+    search = BeamSearch(beam_size=2, max_new_tokens=10, length_penalty=1.0, eos_id=eos)
+    search.advance(torch.tensor([[never, never, never, -0.5, -1.0]]))  # live: [3], [4]
+    # Candidates, best first: [3, EOS] ends; [3, 3] lives; [4, EOS] ranks third, beyond the
+    # beam size, so it may not end; [4, 3] lives.
+    logprobs = torch.tensor([[never, never, -0.1, -2.0, never], [never, never, -2.0, -2.5, never]])
+    assert search.advance(logprobs) == [0, 1]
+    assert [h.token_ids for h in search.finished] == [[3, eos]]
+    assert search.tokens == [[3, 3], [4, 3]]

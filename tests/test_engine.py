@@ -2,6 +2,7 @@
 paged cache, preemption, beams, sampling, stops, cancellation and deadlines (tiny random models)."""
 
 import asyncio
+import dataclasses
 import random
 
 import pytest
@@ -200,13 +201,18 @@ def test_a_request_that_fails_finishes_alone_and_the_batch_goes_on(tokenizer, mo
     assert_cache_empty(engine)
 
 
-def test_beam_search_in_the_batcher_equals_beam_search_alone(tokenizer):
+@pytest.mark.parametrize("length_penalty", [1.0, 0.6])
+def test_beam_search_in_the_batcher_equals_beam_search_alone(tokenizer, length_penalty):
     engine = make_engine(tokenizer, "encoder-decoder")
     sources = prompts(tokenizer, 8, seed=5)
-    params = SamplingParams(max_new_tokens=16, beam_size=4, num_hypotheses=3)
+    params = SamplingParams(
+        max_new_tokens=16, beam_size=4, num_hypotheses=3, length_penalty=length_penalty
+    )
     outputs = engine.generate(sources, params)
     for src, output in zip(sources, outputs, strict=True):
-        (expected,) = beam_search_batch(engine.model, [src], 4, 16, 1.0, num_hypotheses=3)
+        (expected,) = beam_search_batch(
+            engine.model, [src], 4, 16, length_penalty, num_hypotheses=3
+        )
         assert [h.token_ids for h in output.hypotheses] == [h.token_ids for h in expected]
         assert [h.score for h in output.hypotheses] == pytest.approx(
             [h.score for h in expected], rel=1e-4
@@ -329,6 +335,8 @@ def test_stop_token_min_and_max_new_tokens(tokenizer):
     )[0]
     assert stopped.token_ids == free.token_ids[: first + 1]
     assert stopped.finish_reason == FinishReason.STOP
+    assert engine.tokenizer.decode([stop_id])  # a token with text, which the output leaves out
+    assert stopped.text == engine.tokenizer.decode(free.token_ids[:first])
     at_least = engine.generate(
         [[9, 10]],
         SamplingParams(max_new_tokens=12, min_new_tokens=first + 2, stop_token_ids=(stop_id,)),
@@ -414,11 +422,13 @@ def test_async_engine_streams_and_a_consumer_that_leaves_aborts(tokenizer):
         stream = async_engine.generate([7, 8], long, request_id="leaver")
         async for _ in stream:
             break
+        leaver = engine._requests["leaver"]
         await stream.aclose()  # the client went away
         for _ in range(100):
             if engine.blocks.num_used == 0 and not engine.has_unfinished:
                 break
             await asyncio.sleep(0.01)
+        assert leaver.finish_reason == FinishReason.CANCELLED
 
     try:
         asyncio.run(scenario())
@@ -485,4 +495,70 @@ def test_compiled_forward_gives_the_reference_tokens(tokenizer, architecture, pr
         done |= {o.request_id: o.token_ids for o in engine.step() if o.finished}
     for ids, request in zip(inputs, [first, *late], strict=True):
         assert done[request.request_id] == greedy_reference(model, ids, 24)
+    assert_cache_empty(engine)
+
+
+def force_eos_after(engine: LLMEngine, num_tokens: int) -> None:
+    """From the `num_tokens`+1-th new token on, EOS is every row's likeliest token."""
+    run, eos = engine.runner.run, engine.model_config.eos_token_id
+
+    @torch.inference_mode()
+    def forced(prefill, decode):
+        logits = run(prefill, decode)
+        for request, x in zip(prefill + decode, logits, strict=True):
+            if request.num_output_tokens >= num_tokens:
+                x[:, eos] = x.max() + 10
+        return logits
+
+    engine.runner.run = forced
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_eos_stops_unless_ignore_eos(tokenizer, architecture):
+    engine = make_engine(tokenizer, architecture)
+    force_eos_after(engine, 3)
+    eos = engine.model_config.eos_token_id
+    (stopped,) = engine.generate([[5, 6, 7]], SamplingParams(max_new_tokens=10))
+    assert stopped.finish_reason == FinishReason.STOP and len(stopped.token_ids) == 4
+    assert stopped.token_ids[-1] == eos
+    (ignored,) = engine.generate([[5, 6, 7]], SamplingParams(max_new_tokens=10, ignore_eos=True))
+    assert ignored.finish_reason == FinishReason.LENGTH and ignored.token_ids[3:] == [eos] * 7
+    assert ignored.token_ids[:3] == stopped.token_ids[:3]
+    assert_cache_empty(engine)
+
+
+@pytest.mark.parametrize("params", [GREEDY, SamplingParams(temperature=1.3, seed=4)])
+def test_logprobs_are_the_models_log_probabilities_of_the_chosen_tokens(tokenizer, params):
+    engine = make_engine(tokenizer, "decoder-only")
+    prompt = [5, 6, 7]
+    params = dataclasses.replace(params, max_new_tokens=6, ignore_eos=True)
+    (output,) = engine.generate([prompt], params)
+    tokens = torch.tensor([prompt + output.token_ids[:-1]])
+    reference = engine.model(tokens)[0, len(prompt) - 1 :].log_softmax(-1)  # (6, V)
+    expected = reference[torch.arange(6), torch.tensor(output.token_ids)]
+    assert output.logprobs == pytest.approx(expected.tolist(), abs=1e-4)  # not under temperature
+
+
+def test_a_beam_search_that_cannot_fit_the_cache_with_all_its_beams_is_refused(tokenizer):
+    engine = make_engine(tokenizer, "encoder-decoder", kv_cache_mb=mb_for_blocks(20.5))
+    assert 1 + 8 <= engine.blocks.num_blocks < 1 + 4 * 8
+    # 8 blocks per beam at its longest, and 1 for the source: fits with 1 beam, not with 4.
+    engine.generate([[5, 6, 7]], SamplingParams(max_new_tokens=31, ignore_eos=True))
+    with pytest.raises(RequestTooLong):
+        engine.add_request([5, 6, 7], SamplingParams(max_new_tokens=31, beam_size=4))
+    assert_cache_empty(engine)
+
+
+def test_aborting_a_waiting_request_finishes_it_before_it_ever_runs(tokenizer):
+    engine = make_engine(tokenizer, "encoder-decoder", max_running_requests=1)
+    params = SamplingParams(max_new_tokens=20, ignore_eos=True)
+    running = engine.add_request([5, 6], params)
+    waiting = engine.add_request([7, 8], params)
+    engine.step()
+    engine.abort(waiting.request_id)
+    (cancelled,) = [o for o in engine.step() if o.request_id == waiting.request_id]
+    assert cancelled.finish_reason == FinishReason.CANCELLED and not cancelled.was_scheduled
+    assert cancelled.token_ids == []
+    finished = engine.generate([], params)
+    assert finished == [] and running.finish_reason == FinishReason.LENGTH
     assert_cache_empty(engine)

@@ -1,0 +1,77 @@
+"""The sampler alone: temperature, top-k, top-p, repetition penalty and min_new_tokens change
+the distribution as their definitions say (fake requests, no model)."""
+
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from service.engine.request import SamplingParams
+from service.engine.sampler import apply_penalties, sample
+
+EOS = 2
+
+
+def request(tokens=(), num_output_tokens=0, **params):
+    return SimpleNamespace(
+        params=SamplingParams(**params),
+        beams=[SimpleNamespace(tokens=list(tokens))],
+        num_output_tokens=num_output_tokens,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def draws(logits: list[float], n: int = 400, **params) -> Counter:
+    r = request(**params)
+    return Counter(sample(torch.tensor(logits), r) for _ in range(n))
+
+
+def test_top_k_keeps_only_the_k_likeliest_tokens():
+    logits = [0.0, 1.0, 0.9, 0.8, 0.7]
+    assert set(draws(logits, temperature=1.0, top_k=1)) == {1}
+    assert set(draws(logits, temperature=1.0, top_k=2)) == {1, 2}
+    assert set(draws(logits, temperature=1.0)) == {0, 1, 2, 3, 4}
+
+
+def test_top_p_keeps_the_smallest_set_of_tokens_reaching_p():
+    logits = torch.tensor([0.5, 0.3, 0.2]).log().tolist()  # probabilities 0.5, 0.3, 0.2
+    assert set(draws(logits, temperature=1.0, top_p=0.4)) == {0}
+    assert set(draws(logits, temperature=1.0, top_p=0.6)) == {0, 1}  # 0.5 < 0.6: one more
+    assert set(draws(logits, temperature=1.0, top_p=0.9)) == {0, 1, 2}
+
+
+def test_temperature_sharpens_or_flattens_the_distribution():
+    logits = [1.0, 0.5]  # at temperature 1: 62% / 38%
+    cold = draws(logits, temperature=0.05)  # e^10 to 1
+    assert cold[1] <= 2
+    hot = draws(logits, temperature=100.0)  # almost even
+    assert 160 <= hot[1] <= 240
+    plain = draws(logits, temperature=1.0)
+    assert 110 <= plain[1] <= 200
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_seen_tokens():
+    logits = torch.tensor([2.0, -1.0, 3.0, 0.5])
+    r = request(tokens=[0, 1, 1], repetition_penalty=2.0)
+    assert apply_penalties(logits, r, EOS).tolist() == [1.0, -2.0, 3.0, 0.5]
+    assert logits.tolist() == [2.0, -1.0, 3.0, 0.5]  # the batch's logits are left alone
+
+
+def test_min_new_tokens_masks_eos_and_stop_tokens_until_reached():
+    logits = torch.zeros(5)
+    early = request(num_output_tokens=1, min_new_tokens=2, stop_token_ids=(4,))
+    masked = apply_penalties(logits, early, EOS)
+    assert masked[EOS] == float("-inf") and masked[4] == float("-inf")
+    assert masked[[0, 1, 3]].tolist() == [0.0, 0.0, 0.0]
+    reached = request(num_output_tokens=2, min_new_tokens=2, stop_token_ids=(4,))
+    assert apply_penalties(logits, reached, EOS).tolist() == [0.0] * 5
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_seed_gives_the_same_draws(seed):
+    logits = torch.zeros(50)
+    first, second = request(temperature=1.0), request(temperature=1.0)
+    first.generator.manual_seed(seed)
+    second.generator.manual_seed(seed)
+    assert [sample(logits, first) for _ in range(20)] == [sample(logits, second) for _ in range(20)]
