@@ -212,6 +212,25 @@ def test_bad_completions_get_400_with_the_field_as_param(client, body, param):
     assert "Value error" not in error["message"] and "constrained" not in error["message"]
 
 
+@pytest.mark.parametrize(
+    "parameters, field",
+    [
+        ({"top_p": 1.0}, "top_p"),
+        ({"top_k": 0}, "top_k"),
+        ({"temperature": 0}, "temperature"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"stop": [""]}, "stop"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"seed": -1}, "seed"),
+        ({"top_n_tokens": 11}, "top_n_tokens"),
+    ],
+)
+def test_bad_tgi_parameters_get_422_naming_the_field(client, parameters, field):
+    r = client.post("/generate", json={"inputs": "Open", "parameters": parameters})
+    assert r.status_code == 422, r.text
+    assert r.json()["error_type"] == "validation" and field in r.json()["error"]
+
+
 def test_a_body_that_is_not_json_says_so(client):
     r = client.post("/v1/translate", content=b"text=hi")  # curl -d's default content type
     assert r.status_code == 422

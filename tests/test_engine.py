@@ -105,6 +105,69 @@ def test_preemption_under_a_small_cache_recomputes_the_same_tokens(tokenizer, ar
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(max_new_tokens=12, beam_size=2, num_hypotheses=2),
+        SamplingParams(max_new_tokens=24, temperature=1.0, seed=11, ignore_eos=True),
+    ],
+    ids=["beams", "seeded"],
+)
+def test_preempted_beams_and_seeded_samples_resume_with_the_same_output(
+    tokenizer, architecture, params
+):
+    small = make_engine(tokenizer, architecture, kv_cache_mb=mb_for_blocks(40))
+    large = LLMEngine(small.model, tokenizer, EngineConfig(kv_cache_mb=4.0, block_size=4))
+    inputs = prompts(tokenizer, 10, seed=2)
+    preempted = small.generate(inputs, params)
+    assert small.scheduler.num_preemptions > 0
+    for output, expected in zip(preempted, large.generate(inputs, params), strict=True):
+        assert output.token_ids == expected.token_ids
+        assert [h.token_ids for h in output.hypotheses] == [
+            h.token_ids for h in expected.hypotheses
+        ]
+    assert large.scheduler.num_preemptions == 0
+    assert_cache_empty(small)
+
+
+@torch.inference_mode()
+def test_greedy_with_repetition_penalty_equals_a_reference_loop(tokenizer):
+    engine = make_engine(tokenizer, "decoder-only")
+    prompt, penalty = [5, 6, 7], 1.8
+    params = SamplingParams(max_new_tokens=12, repetition_penalty=penalty, ignore_eos=True)
+    (output,) = engine.generate([prompt], params)
+    tokens = list(prompt)
+    for _ in range(12):  # the uncached model, the penalty over prompt and output (as HF's)
+        logits = engine.model(torch.tensor([tokens]))[0, -1]
+        seen = torch.tensor(sorted(set(tokens)))
+        picked = logits[seen]
+        logits[seen] = torch.where(picked > 0, picked / penalty, picked * penalty)
+        tokens.append(int(logits.argmax()))
+    assert output.token_ids == tokens[len(prompt) :]
+    (plain,) = engine.generate([prompt], dataclasses.replace(params, repetition_penalty=1.0))
+    assert plain.token_ids != output.token_ids  # the penalty did change the output
+    assert_cache_empty(engine)
+
+
+def test_a_finished_requests_id_used_again_gets_its_own_source(tokenizer):
+    """The runner keeps the gathered cross-attention K/V while the batch's requests stay the
+    same: a new request with an old id, in the old one's blocks, is not the same request."""
+    engine = make_engine(tokenizer, "encoder-decoder")
+    old, new = [5, 6, 7], [39, 40, 41]
+    assert greedy_reference(engine.model, old, 10) != greedy_reference(engine.model, new, 10)
+    engine.add_request([50, 60, 70], SamplingParams(max_new_tokens=30, ignore_eos=True), "b")
+    engine.add_request(old, SamplingParams(max_new_tokens=2, ignore_eos=True), "a")
+    engine.step()
+    engine.step()  # "a" finishes: its blocks are free for the next one
+    engine.add_request(new, SamplingParams(max_new_tokens=10, ignore_eos=True), "a")
+    finished = {}
+    while engine.has_unfinished:
+        finished |= {o.request_id: o for o in engine.step() if o.finished}
+    assert finished["a"].token_ids == greedy_reference(engine.model, new, 10)
+    assert_cache_empty(engine)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_reserving_full_length_never_preempts_and_gives_the_same_tokens(tokenizer, architecture):
     engine = make_engine(
         tokenizer, architecture, kv_cache_mb=mb_for_blocks(40), reserve_full_length=True
@@ -304,13 +367,6 @@ def test_beams_share_blocks_until_they_diverge(tokenizer):
     assert held < sum(len(t) for t in tables), "beams should share their first block"
     engine.generate([], GREEDY)
     assert_cache_empty(engine)
-
-
-def test_beam_size_one_in_the_model_equals_greedy(tokenizer):
-    model = tiny_model("encoder-decoder", vocab_size=tokenizer.vocab_size)
-    for src in prompts(tokenizer, 5, seed=6):
-        (best,) = beam_search_batch(model, [src], beam_size=1, max_new_tokens=20)[0]
-        assert best.token_ids == greedy_reference(model, src, 20)
 
 
 def test_stop_string_ends_the_text_before_it(tokenizer):
@@ -524,6 +580,8 @@ def test_eos_stops_unless_ignore_eos(tokenizer, architecture):
     (ignored,) = engine.generate([[5, 6, 7]], SamplingParams(max_new_tokens=10, ignore_eos=True))
     assert ignored.finish_reason == FinishReason.LENGTH and ignored.token_ids[3:] == [eos] * 7
     assert ignored.token_ids[:3] == stopped.token_ids[:3]
+    (beams,) = engine.generate([[5, 6, 7]], SamplingParams(max_new_tokens=10, beam_size=2))
+    assert beams.finish_reason == FinishReason.STOP and beams.token_ids[-1] == eos
     assert_cache_empty(engine)
 
 

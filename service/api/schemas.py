@@ -94,7 +94,7 @@ class TgiParameters(BaseModel):
     top_p: float | None = Field(None, gt=0.0, lt=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0)
     do_sample: bool = False
-    seed: Seed | None = None
+    seed: int | None = Field(None, ge=0, le=2**64 - 1)  # TGI's u64
     stop: list[str] = Field(default_factory=list, max_length=8)
     details: bool = False
     return_full_text: bool | None = False

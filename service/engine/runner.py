@@ -143,7 +143,9 @@ class ModelRunner:
         """
         if not self.config.is_encoder_decoder:
             return
-        rows = tuple((r.request_id, tuple(r.cross_blocks)) for r in requests)
+        # The requests themselves (compared by identity, and held so that none is reused), not
+        # their ids: a finished request's id may come back with another source in its blocks.
+        rows = tuple((r, tuple(r.cross_blocks)) for r in requests)
         if rows != self._cross_rows:
             self._add_cross(batch, requests)
             assert batch.cross_read_slots is not None
