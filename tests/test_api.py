@@ -445,7 +445,9 @@ def test_a_flood_beyond_the_queue_gets_429_with_retry_after_and_no_5xx(models):
 
         responses = asyncio.run(flood())
         statuses = [r.status_code for r in responses]
-        assert set(statuses) <= {200, 429} and statuses.count(429) > 0 and statuses.count(200) >= 3
+        # At least the queue's 2 are served (3 if the first was already running when the
+        # others came); the rest are refused at once.
+        assert set(statuses) <= {200, 429} and statuses.count(429) > 0 and statuses.count(200) >= 2
         refused = next(r for r in responses if r.status_code == 429)
         assert int(refused.headers["retry-after"]) >= 1
         assert refused.json()["error_type"] == "overloaded"
