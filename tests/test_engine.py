@@ -401,8 +401,9 @@ def test_stop_token_min_and_max_new_tokens(tokenizer):
     assert_cache_empty(engine)
 
 
-def test_streamed_deltas_concatenate_to_the_final_text(tokenizer):
-    engine = make_engine(tokenizer, "decoder-only")
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_streamed_deltas_concatenate_to_the_final_text(tokenizer, architecture):
+    engine = make_engine(tokenizer, architecture)
     request = engine.add_request("Datei", SamplingParams(max_new_tokens=30, ignore_eos=True))
     deltas, final = [], None
     while engine.has_unfinished:
