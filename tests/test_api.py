@@ -570,6 +570,17 @@ def test_a_failure_inside_generation_is_a_500_or_an_error_event_and_the_server_l
         wait_idle(running, "tiny-lm")
 
 
+def test_an_unexpected_error_is_a_json_500_and_the_connection_stays_usable(client, monkeypatch):
+    def broken(body, request):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr("service.api.routes_translate.sampling_params", broken)
+    r = client.post("/v1/translate", json={"text": "Open"})
+    assert r.status_code == 500 and r.json()["error_type"] == "generation"
+    monkeypatch.undo()
+    assert client.post("/v1/translate", json={"text": "Open"}).status_code == 200  # same client
+
+
 def test_a_batch_refused_part_way_leaves_nothing_queued(models):
     with ServerThread(settings(models, max_running_requests=1, max_queued_requests=2)) as small:
         body = {"text": [f"Open file {i}" for i in range(6)], "beam_size": 1}
