@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from model.decoding import beam_search_batch, greedy_reference
+from model.decoding import BeamSearch, beam_search_batch, greedy_reference
 from model.paged import PagedKVCache
 from model.tokenizer import Tokenizer, train_tokenizer
 from service.engine import (
@@ -283,6 +283,31 @@ def test_beam_search_in_the_batcher_equals_beam_search_alone(tokenizer, length_p
         scores = [h.score for h in output.hypotheses]
         assert scores == sorted(scores, reverse=True)
         assert output.token_ids == output.hypotheses[0].token_ids
+    assert_cache_empty(engine)
+
+
+@torch.inference_mode()
+def decoder_only_beam_reference(model, prompt: list[int], params: SamplingParams) -> list:
+    """Beam search with the uncached model: every live beam re-runs prompt + its tokens."""
+    eos = model.config.eos_token_id
+    search = BeamSearch(params.beam_size, params.max_new_tokens, params.length_penalty, eos)
+    while not search.is_done:
+        rows = torch.tensor([prompt + tokens for tokens in search.tokens])
+        search.advance(model(rows)[:, -1].log_softmax(-1))
+    return search.best(params.num_hypotheses)
+
+
+def test_decoder_only_beam_search_in_the_batcher_equals_the_uncached_reference(tokenizer):
+    engine = make_engine(tokenizer, "decoder-only")
+    inputs = prompts(tokenizer, 6, seed=8)
+    params = SamplingParams(max_new_tokens=10, beam_size=3, num_hypotheses=2, length_penalty=0.8)
+    outputs = engine.generate(inputs, params)
+    for prompt, output in zip(inputs, outputs, strict=True):
+        expected = decoder_only_beam_reference(engine.model, prompt, params)
+        assert [h.token_ids for h in output.hypotheses] == [h.token_ids for h in expected]
+        assert [h.score for h in output.hypotheses] == pytest.approx(
+            [h.score for h in expected], rel=1e-4
+        )
     assert_cache_empty(engine)
 
 
