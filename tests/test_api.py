@@ -259,6 +259,8 @@ def test_malformed_json_and_oversized_bodies(client):
         "/v1/completions", content=chunked(), headers={"content-type": "application/json"}
     )
     assert r.status_code == 413 and "error" in r.json()
+    counted = metrics(client)  # logged and counted like any other answer
+    assert counted["attnserve_requests_total{model=,route=/v1/translate,status=413}"] >= 2
     assert client.get("/no/such/route").status_code == 404
     unknown = client.get("/v1/no/such/route")
     assert unknown.status_code == 404 and "message" in unknown.json()["error"]  # OpenAI's shape

@@ -71,6 +71,9 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     app.state.on_failure = lambda: None  # the server sets how to exit when loading fails
     app.state.num_in_flight = 0
     install_error_handlers(app)
+    # Inside the request middleware below (added later, so it wraps this one): a 413 is logged
+    # and counted like any other answer.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
     @app.middleware("http")
     async def request_context(request: Request, call_next):
@@ -130,7 +133,6 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     app.include_router(routes_tgi.router)
     app.include_router(routes_openai.router)
     _add_operations(app, settings, metrics)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
 
 
