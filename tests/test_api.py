@@ -223,6 +223,10 @@ def test_bad_completions_get_400_with_the_field_as_param(client, body, param):
         ({"max_new_tokens": 0}, "max_new_tokens"),
         ({"seed": -1}, "seed"),
         ({"top_n_tokens": 11}, "top_n_tokens"),
+        ({"best_of": 2}, "best_of"),
+        ({"grammar": {"type": "json", "value": {}}}, "grammar"),
+        ({"watermark": True}, "watermark"),
+        ({"truncate": 0}, "truncate"),
     ],
 )
 def test_bad_tgi_parameters_get_422_naming_the_field(client, parameters, field):
@@ -296,6 +300,15 @@ def test_tgi_top_n_tokens_lists_the_likeliest_tokens_best_first(server, client):
     events = list(hf.text_generation("Open the", stream=True, **ask))
     streamed = [[t.id for t in e.top_tokens] for e in events if e.top_tokens]
     assert streamed == [[t["id"] for t in top] for top in details["top_tokens"]]
+
+
+def test_tgi_truncate_keeps_the_last_input_tokens(client):
+    body = {"model": "tiny-lm", "inputs": "Open the document as PDF", "parameters": {}}
+    body["parameters"] = {"max_new_tokens": 4, "details": True, "best_of": None}
+    whole = client.post("/generate", json=body).json()["details"]["input_length"]
+    body["parameters"]["truncate"] = 2
+    assert whole > 2
+    assert client.post("/generate", json=body).json()["details"]["input_length"] == 2
 
 
 def test_tgi_generated_text_keeps_the_stop_sequence_as_tgi_does(client):

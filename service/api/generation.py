@@ -60,7 +60,11 @@ def new_tokens_limit(requested: int | None, default: int, server_limit: int, par
 
 
 def start(
-    served: ServedModel, prompt: str, params: SamplingParams, ctx: Context, suffix: str = ""
+    served: ServedModel,
+    prompt: str | list[int],
+    params: SamplingParams,
+    ctx: Context,
+    suffix: str = "",
 ) -> AsyncIterator[RequestOutput]:
     """Queue one engine request now (errors become ApiError here) and return its outputs."""
     if not served.engine.is_running:

@@ -73,6 +73,15 @@ def _details(output: RequestOutput, params: SamplingParams, stopped_on_string: b
     }
 
 
+def _model_input(served: ServedModel, body: TgiRequest) -> str | list[int]:
+    """The text, or with `truncate` its last `truncate` tokens (as TGI cuts from the left)."""
+    limit = body.parameters.truncate
+    if limit is None:
+        return body.inputs
+    input_ids = served.llm.input_ids(body.inputs)
+    return input_ids[-limit:]
+
+
 def _generated_text(body: TgiRequest, served: ServedModel, output: RequestOutput) -> str:
     """As TGI: the decoded tokens, the stop sequence included; the prompt first if asked."""
     text = output.text
@@ -86,7 +95,9 @@ def _generated_text(body: TgiRequest, served: ServedModel, output: RequestOutput
 async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str, str]]:
     served: ServedModel = request.app.state.registry.get(body.model)
     params = sampling_params(body, request)
-    outputs = start(served, body.inputs, params, Context.of(request, served, "inputs"))
+    outputs = start(
+        served, _model_input(served, body), params, Context.of(request, served, "inputs")
+    )
     (output,) = await final_outputs([outputs], request)
     check_finished(output, params.timeout_s)
     result: dict = {"generated_text": _generated_text(body, served, output)}
@@ -126,7 +137,9 @@ async def generate(body: TgiRequest, request: Request):
 async def generate_stream(body: TgiRequest, request: Request):
     served: ServedModel = request.app.state.registry.get(body.model)
     params = sampling_params(body, request)
-    outputs = start(served, body.inputs, params, Context.of(request, served, "inputs"))
+    outputs = start(
+        served, _model_input(served, body), params, Context.of(request, served, "inputs")
+    )
     events = _stream_events(outputs, served, body, params)
     return StreamingResponse(
         with_keepalive(events, request.app.state.settings.keepalive_s),

@@ -84,7 +84,8 @@ class TranslateRequest(BaseModel):
 
 
 class TgiParameters(BaseModel):
-    """TGI's `parameters`; fields TGI has and we do not use are accepted and ignored."""
+    """TGI's `parameters`. Options we do not implement are refused when set (`best_of` > 1,
+    `grammar`, `watermark`), accepted when left at their defaults, as clients send them."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -100,6 +101,20 @@ class TgiParameters(BaseModel):
     return_full_text: bool | None = False
     decoder_input_details: bool = False
     top_n_tokens: int | None = Field(None, ge=0, le=10)  # also the likeliest tokens per step
+    truncate: int | None = Field(None, ge=1)  # keep only the last `truncate` input tokens
+    best_of: int | None = None
+    grammar: dict | None = None
+    watermark: bool = False
+
+    @model_validator(mode="after")
+    def _supported(self) -> TgiParameters:
+        if self.best_of not in (None, 1):
+            raise FieldError("best_of", "best_of is not supported")
+        if self.grammar is not None:
+            raise FieldError("grammar", "grammar (guided generation) is not supported")
+        if self.watermark:
+            raise FieldError("watermark", "watermark is not supported")
+        return self
 
     @field_validator("stop")
     @classmethod
