@@ -109,8 +109,3 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(
             ApiError(exc.status_code, str(exc.detail), error_type), request.url.path
         )
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        error = ApiError(500, f"internal error: {type(exc).__name__}", "generation")
-        return error_response(error, request.url.path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,8 +23,6 @@ from service.engine import (
     RequestTooLong,
     SamplingParams,
 )
-
-log = logging.getLogger("attnserve")
 
 
 class ClientDisconnected(Exception):
@@ -75,9 +72,6 @@ def start(
         raise ApiError(422, f"{ctx.input_param}: {error}", param=ctx.input_param) from None
     except EngineOverloaded as error:
         raise _overloaded(served, str(error)) from None
-    except Exception as error:
-        log.exception("could not queue a request")
-        raise ApiError(500, f"could not queue the request: {error}", "generation") from None
     return _observed(served, outputs, ctx)
 
 

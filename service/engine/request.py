@@ -28,7 +28,7 @@ class SamplingParams:
         1.0  # 1: off (CTRL-style: divide positive logits, multiply negative)
     )
     seed: int | None = None  # sampling is reproducible per request, whatever else is in the batch
-    num_top_logprobs: int = 0  # also report this many most likely tokens of each step (sampling)
+    num_top_logprobs: int = 0  # also report the most likely tokens of each step (not for beams)
     stop_token_ids: tuple[int, ...] = ()
     stop: tuple[str, ...] = ()  # stop strings; the text ends before the first one
     ignore_eos: bool = False
