@@ -182,6 +182,8 @@ def test_alignments_show_where_each_target_token_looked(server, client):
         ({"text": "word " * 200}, "text"),
         ({"text": "hi", "colour": "red"}, "colour"),
         ({"txt": "hi"}, "text"),
+        ({"text": "hi", "beam_size": "4"}, "beam_size"),  # types are strict, as TGI's
+        ({"text": "hi", "return_scores": "yes"}, "return_scores"),
     ],
 )
 def test_bad_translation_requests_get_422_naming_the_field(client, body, field):
@@ -202,6 +204,8 @@ def test_bad_translation_requests_get_422_naming_the_field(client, body, field):
         ({"prompt": "a", "seed": 2**64}, "seed"),
         ({"prompt": ["a"] * 64, "n": 16}, "n"),  # 1,024 generations: more than the queue holds
         ({"prompt": "a", "model": "gpt-4"}, "model"),
+        ({"prompt": "a", "max_tokens": "4"}, "max_tokens"),
+        ({"prompt": "a", "stream": 1}, "stream"),
     ],
 )
 def test_bad_completions_get_400_with_the_field_as_param(client, body, param):
@@ -227,6 +231,8 @@ def test_bad_completions_get_400_with_the_field_as_param(client, body, param):
         ({"grammar": {"type": "json", "value": {}}}, "grammar"),
         ({"watermark": True}, "watermark"),
         ({"truncate": 0}, "truncate"),
+        ({"max_new_tokens": "4"}, "max_new_tokens"),
+        ({"details": "true"}, "details"),
     ],
 )
 def test_bad_tgi_parameters_get_422_naming_the_field(client, parameters, field):

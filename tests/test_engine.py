@@ -405,6 +405,17 @@ def test_stop_string_ends_the_text_before_it(tokenizer):
     assert_cache_empty(engine)
 
 
+def test_a_stop_string_in_the_final_flush_finishes_with_stop(tokenizer):
+    engine = make_engine(tokenizer, "decoder-only")
+    vocab = tokenizer.hf.get_vocab()
+    ids = [vocab[c] for c in "ĠGr\u00c3"]  # byte-level " Gr" and the first byte of "ö"
+    force_tokens(engine, ids)
+    params = SamplingParams(max_new_tokens=len(ids), stop=("\ufffd",))  # the flush renders it
+    (output,) = engine.generate(["Open"], params)
+    assert output.token_ids == ids and output.stopped_on == "\ufffd"
+    assert output.text == " Gr" and output.finish_reason == FinishReason.STOP
+
+
 def test_stop_token_min_and_max_new_tokens(tokenizer):
     engine = make_engine(tokenizer, "decoder-only")
     free = engine.generate([[9, 10]], SamplingParams(max_new_tokens=12, ignore_eos=True))[0]
@@ -472,8 +483,12 @@ def test_deadline_finishes_with_timeout_and_frees_the_cache(tokenizer):
 
 def test_input_too_long_and_overload_are_refused_up_front(tokenizer):
     engine = make_engine(tokenizer, "encoder-decoder", max_waiting_requests=2)
-    with pytest.raises(RequestTooLong, match="max_new_tokens"):
+    with pytest.raises(RequestTooLong, match="exceeds the model.s 256 positions") as refused:
         engine.add_request([5] * 300, GREEDY)
+    assert refused.value.field == "input"
+    with pytest.raises(RequestTooLong, match="max_new_tokens 300") as refused:
+        engine.add_request([5] * 10, SamplingParams(max_new_tokens=300))
+    assert refused.value.field == "max_new_tokens"  # the input alone would fit
     engine.add_request([5], GREEDY)
     engine.add_request([6], GREEDY)
     with pytest.raises(EngineOverloaded):
@@ -595,6 +610,20 @@ def force_eos_after(engine: LLMEngine, num_tokens: int) -> None:
     engine.runner.run = forced
 
 
+def force_tokens(engine: LLMEngine, ids: list[int]) -> None:
+    """Every row's likeliest next token is the next of `ids`."""
+    run = engine.runner.run
+
+    @torch.inference_mode()
+    def forced(prefill, decode):
+        logits = run(prefill, decode)
+        for request, x in zip(prefill + decode, logits, strict=True):
+            x[:, ids[request.num_output_tokens]] = x.max() + 10
+        return logits
+
+    engine.runner.run = forced
+
+
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_eos_stops_unless_ignore_eos(tokenizer, architecture):
     engine = make_engine(tokenizer, architecture)
@@ -628,8 +657,9 @@ def test_a_beam_search_that_cannot_fit_the_cache_with_all_its_beams_is_refused(t
     assert 1 + 8 <= engine.blocks.num_blocks < 1 + 4 * 8
     # 8 blocks per beam at its longest, and 1 for the source: fits with 1 beam, not with 4.
     engine.generate([[5, 6, 7]], SamplingParams(max_new_tokens=31, ignore_eos=True))
-    with pytest.raises(RequestTooLong):
+    with pytest.raises(RequestTooLong) as refused:
         engine.add_request([5, 6, 7], SamplingParams(max_new_tokens=31, beam_size=4))
+    assert refused.value.field == "max_new_tokens"
     assert_cache_empty(engine)
 
 
@@ -646,3 +676,27 @@ def test_aborting_a_waiting_request_finishes_it_before_it_ever_runs(tokenizer):
     finished = engine.generate([], params)
     assert finished == [] and running.finish_reason == FinishReason.LENGTH
     assert_cache_empty(engine)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("max_new_tokens", 0),
+        ("temperature", -0.5),
+        ("top_p", 0.0),
+        ("top_k", -1),
+        ("repetition_penalty", 0.0),
+        ("stop", ("",)),
+        ("num_hypotheses", 2),  # more than the beams
+        ("timeout_s", -1.0),
+    ],
+)
+def test_sampling_params_refuse_out_of_range_values_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"SamplingParams.{field} "):
+        SamplingParams(**{field: value})
+
+
+def test_beam_search_does_not_sample():
+    with pytest.raises(ValueError, match="beam_size"):
+        SamplingParams(beam_size=4, temperature=0.7)
+    SamplingParams(beam_size=4, num_hypotheses=4)  # fine

@@ -20,11 +20,13 @@ def models(tmp_path_factory) -> list[str]:
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_cleanly(models):
-    process, url = start_server(models, "--threads", "1")
+    # One request runs at a time, so the streams queued behind a batch end well after uvicorn's
+    # own 5 s grace period: only the drain keeps them alive that long.
+    process, url = start_server(models, "--threads", "1", "--max-running-requests", "1")
     try:
         assert httpx.get(f"{url}/info").json()["models"][0]["limits"]["max_new_tokens"] == 64
-        slow = {"text": [f"Open file {i}" for i in range(48)], "beam_size": 8}
-        result: dict = {}
+        slow = {"text": [f"Open file {i}" for i in range(16)], "beam_size": 8}
+        result: dict = {"streams": []}
 
         def in_flight() -> None:
             result["response"] = httpx.post(f"{url}/v1/translate", json=slow, timeout=120)
@@ -32,13 +34,16 @@ def test_sigterm_drains_in_flight_requests_then_exits_cleanly(models):
         def streaming() -> None:  # its handler returns at once; its body is sent while it runs
             body = {"text": "Open file", "stream": True, "max_new_tokens": 64}
             with httpx.stream("POST", f"{url}/v1/translate", json=body, timeout=120) as r:
-                result["stream"] = [line for line in r.iter_lines() if line]
+                lines = [line for line in r.iter_lines() if line]
+            result["streams"].append((lines[-1], time.monotonic()))
 
-        threads = [threading.Thread(target=in_flight), threading.Thread(target=streaming)]
+        threads = [threading.Thread(target=in_flight)]
+        threads += [threading.Thread(target=streaming) for _ in range(60)]
         for thread in threads:
             thread.start()
-        time.sleep(0.5)  # the batch is running
+        time.sleep(0.5)  # all queued
         process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
         time.sleep(0.2)
         assert httpx.get(f"{url}/ready").status_code == 503  # draining: out of the load balancer
         refused = httpx.post(f"{url}/v1/translate", json={"text": "Open"})
@@ -46,8 +51,10 @@ def test_sigterm_drains_in_flight_requests_then_exits_cleanly(models):
         for thread in threads:
             thread.join(120)
         assert result["response"].status_code == 200  # nothing accepted is lost
-        assert len(result["response"].json()["translations"]) == 48
-        assert result["stream"][-1] == "data: [DONE]"
+        assert len(result["response"].json()["translations"]) == 16
+        assert [last for last, _ in result["streams"]] == ["data: [DONE]"] * 60
+        last_end = max(end for _, end in result["streams"])
+        assert last_end - signalled > 5, "the streams must outlast uvicorn's grace period"
         assert process.wait(30) == 0
     finally:
         process.kill()

@@ -36,14 +36,17 @@ class Context:
     metrics: Metrics
     arrival: float  # time.perf_counter() when the HTTP request arrived
     input_param: str  # the body field holding the input ("text", "inputs", "prompt")
+    max_tokens_param: str  # and the one limiting the output ("max_new_tokens", "max_tokens")
     # The engine's request ids are ours, never the client's X-Request-Id: two requests sent with
     # one id (a client's retry) must not share a stream.
     engine_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @classmethod
-    def of(cls, http: HttpRequest, served: ServedModel, input_param: str) -> Context:
+    def of(
+        cls, http: HttpRequest, served: ServedModel, input_param: str, max_tokens_param: str
+    ) -> Context:
         http.state.model_id = served.model_id  # for the request counter and the log line
-        return cls(http.app.state.metrics, http.state.arrival, input_param)
+        return cls(http.app.state.metrics, http.state.arrival, input_param, max_tokens_param)
 
 
 def new_tokens_limit(requested: int | None, default: int, server_limit: int, param: str) -> int:
@@ -69,7 +72,8 @@ def start(
     try:
         outputs = served.engine.generate(prompt, params, ctx.engine_id + suffix, ctx.arrival)
     except RequestTooLong as error:
-        raise ApiError(422, f"{ctx.input_param}: {error}", param=ctx.input_param) from None
+        param = ctx.max_tokens_param if error.field == "max_new_tokens" else ctx.input_param
+        raise ApiError(422, f"{param}: {error}", param=param) from None
     except EngineOverloaded as error:
         raise _overloaded(served, str(error)) from None
     return _observed(served, outputs, ctx)

@@ -126,7 +126,7 @@ async def completions(body: CompletionRequest, request: Request):
         raise ApiError(
             422, "logprobs with several streamed choices is not supported", param="logprobs"
         )
-    ctx = Context.of(request, served, "prompt")
+    ctx = Context.of(request, served, "prompt", "max_tokens")
     jobs = [(p, i) for p in prompts for i in range(body.n)]  # choice index = position in jobs
     too_many = "n" if body.n > 1 else "prompt"  # the field to blame if the jobs cannot fit
     streams = start_all(

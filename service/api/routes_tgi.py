@@ -95,9 +95,8 @@ def _generated_text(body: TgiRequest, served: ServedModel, output: RequestOutput
 async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str, str]]:
     served: ServedModel = request.app.state.registry.get(body.model)
     params = sampling_params(body, request)
-    outputs = start(
-        served, _model_input(served, body), params, Context.of(request, served, "inputs")
-    )
+    ctx = Context.of(request, served, "inputs", "max_new_tokens")
+    outputs = start(served, _model_input(served, body), params, ctx)
     (output,) = await final_outputs([outputs], request)
     check_finished(output, params.timeout_s)
     result: dict = {"generated_text": _generated_text(body, served, output)}
@@ -137,9 +136,8 @@ async def generate(body: TgiRequest, request: Request):
 async def generate_stream(body: TgiRequest, request: Request):
     served: ServedModel = request.app.state.registry.get(body.model)
     params = sampling_params(body, request)
-    outputs = start(
-        served, _model_input(served, body), params, Context.of(request, served, "inputs")
-    )
+    ctx = Context.of(request, served, "inputs", "max_new_tokens")
+    outputs = start(served, _model_input(served, body), params, ctx)
     events = _stream_events(outputs, served, body, params)
     return StreamingResponse(
         with_keepalive(events, request.app.state.settings.keepalive_s),

@@ -60,7 +60,7 @@ def merged_timings(outputs: list[RequestOutput]) -> dict[str, float]:
 async def translate(body: TranslateRequest, request: Request):
     served: ServedModel = request.app.state.registry.get(body.model, translation=True)
     params = sampling_params(body, request)
-    ctx = Context.of(request, served, "text")
+    ctx = Context.of(request, served, "text", "max_new_tokens")
     if body.stream:
         assert isinstance(body.text, str)
         text: str = body.text

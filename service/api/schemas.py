@@ -1,6 +1,8 @@
 """Request bodies of every route (pydantic): the HTTP contract's field names, ranges and defaults.
 
 Limits that depend on the server's settings (max_new_tokens) are checked in the routes.
+Types are strict, as TGI's and OpenAI's servers are: "4" is not a number and 1 is not a boolean
+(an integer is still a valid float).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ TextOrTexts = Annotated[str | list[str], BeforeValidator(_one_or_many)]
 
 
 class TranslateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str | None = None
     text: TextOrTexts
@@ -87,7 +89,7 @@ class TgiParameters(BaseModel):
     """TGI's `parameters`. Options we do not implement are refused when set (`best_of` > 1,
     `grammar`, `watermark`), accepted when left at their defaults, as clients send them."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     max_new_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, gt=0.0, le=10.0)
@@ -135,7 +137,7 @@ class TgiParameters(BaseModel):
 
 
 class TgiRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     inputs: NonEmptyText
     parameters: TgiParameters = Field(default_factory=lambda: TgiParameters())
@@ -144,13 +146,15 @@ class TgiRequest(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     include_usage: bool = False
 
 
 class CompletionRequest(BaseModel):
     """OpenAI's legacy completions body; unsupported options are refused, not ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str | None = None
     prompt: TextOrTexts

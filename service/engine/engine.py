@@ -150,20 +150,25 @@ class LLMEngine:
     def _check_fits(self, request: Request) -> None:
         cfg = self.model_config
         limit = self.config.max_input_tokens
-        if limit is not None and len(request.input_ids) > limit:
+        num_input, max_new = len(request.input_ids), request.params.max_new_tokens
+        if limit is not None and num_input > limit:
+            raise RequestTooLong(f"input has {num_input} tokens, more than the limit of {limit}")
+        start = len(request.beams[0].tokens)  # the decoder's start: the prompt, for decoder-only
+        if start + 1 > cfg.max_positions or num_input > cfg.max_positions:
             raise RequestTooLong(
-                f"input has {len(request.input_ids)} tokens, more than the limit of {limit}"
+                f"input of {num_input} tokens exceeds the model's {cfg.max_positions} positions"
             )
-        longest = len(request.beams[0].tokens) + request.params.max_new_tokens
-        if longest > cfg.max_positions or len(request.input_ids) > cfg.max_positions:
+        if start + max_new > cfg.max_positions:
             raise RequestTooLong(
-                f"input of {len(request.input_ids)} tokens plus max_new_tokens "
-                f"{request.params.max_new_tokens} exceeds the model's {cfg.max_positions} positions"
+                f"input of {num_input} tokens plus max_new_tokens {max_new} exceeds the model's "
+                f"{cfg.max_positions} positions",
+                "max_new_tokens",
             )
         if self.scheduler.worst_case_blocks(request) > self.blocks.num_blocks:
+            fits_alone = self.scheduler.worst_case_blocks(request, max_new_tokens=1)
             raise RequestTooLong(
-                f"input of {len(request.input_ids)} tokens with max_new_tokens "
-                f"{request.params.max_new_tokens} cannot fit the KV cache"
+                f"input of {num_input} tokens with max_new_tokens {max_new} cannot fit the KV cache",
+                "max_new_tokens" if fits_alone <= self.blocks.num_blocks else "input",
             )
 
     def abort(self, request_id: str) -> None:
@@ -362,6 +367,8 @@ class LLMEngine:
         output = self._output(request, new_ids or [], logprobs or [], delta)
         if request.finish_reason != FinishReason.STOP or request.detokenizer.stopped_on is None:
             output.text_delta += request.detokenizer.finish()
+            if request.detokenizer.stopped_on and request.finish_reason == FinishReason.LENGTH:
+                request.finish_reason = FinishReason.STOP  # the flushed text held a stop string
         output.text = request.detokenizer.text
         if request.beam_search is not None:
             output.hypotheses = [

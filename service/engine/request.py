@@ -4,6 +4,7 @@ the engine hands back after each step (`RequestOutput`)."""
 from __future__ import annotations
 
 import enum
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from service.engine.detokenizer import IncrementalDetokenizer
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Decoding options of one request. The HTTP layer validates them; the engine trusts them."""
+    """Decoding options of one request. Out-of-range values raise ValueError naming the field
+    (the HTTP layer checks its own, tighter, limits first)."""
 
     max_new_tokens: int = 128
     fit_max_new_tokens: bool = False  # lower max_new_tokens to what fits the model's positions
@@ -36,6 +38,28 @@ class SamplingParams:
     length_penalty: float = 1.0  # beam score = log-probability / length ** length_penalty
     num_hypotheses: int = 1  # n-best list size, ≤ beam_size
     timeout_s: float | None = None  # deadline, from arrival: finished with reason "timeout"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "max_new_tokens": self.max_new_tokens >= 1,
+            "min_new_tokens": self.min_new_tokens >= 0,
+            "temperature": 0.0 <= self.temperature < math.inf,
+            "top_k": self.top_k >= 0,
+            "top_p": 0.0 < self.top_p <= 1.0,
+            "repetition_penalty": 0.0 < self.repetition_penalty < math.inf,
+            "num_top_logprobs": self.num_top_logprobs >= 0,
+            "stop": all(self.stop),
+            "beam_size": self.beam_size >= 1 and (self.beam_size == 1 or self.is_greedy),
+            "length_penalty": math.isfinite(self.length_penalty),
+            "num_hypotheses": 1 <= self.num_hypotheses <= self.beam_size,
+            "timeout_s": self.timeout_s is None or self.timeout_s >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                hint = " (beam search does not sample)" if name == "beam_size" else ""
+                raise ValueError(
+                    f"SamplingParams.{name} = {getattr(self, name)!r} is invalid{hint}"
+                )
 
     @property
     def is_greedy(self) -> bool:
@@ -57,7 +81,12 @@ class FinishReason(enum.Enum):
 
 
 class RequestTooLong(ValueError):
-    """The input cannot fit the model's positions or the whole KV cache."""
+    """The input cannot fit the model's positions or the whole KV cache. `field` is what is at
+    fault: "input", or "max_new_tokens" when the input alone would fit."""
+
+    def __init__(self, message: str, field: str = "input"):
+        super().__init__(message)
+        self.field = field
 
 
 class EngineOverloaded(RuntimeError):

@@ -57,11 +57,13 @@ class Scheduler:
         cross = self.blocks.blocks_for(len(request.input_ids)) if self.is_encoder_decoder else 0
         return cross + sum(self.blocks.blocks_for(len(b.tokens)) for b in request.beams)
 
-    def worst_case_blocks(self, request: Request) -> int:
-        """Blocks the request holds at its longest, every beam on its own blocks."""
+    def worst_case_blocks(self, request: Request, max_new_tokens: int | None = None) -> int:
+        """Blocks the request holds at its longest (or after `max_new_tokens`), every beam on
+        its own blocks."""
         params = request.params
+        max_new = params.max_new_tokens if max_new_tokens is None else max_new_tokens
         cross = self.blocks.blocks_for(len(request.input_ids)) if self.is_encoder_decoder else 0
-        longest = len(request.beams[0].tokens) - request.num_output_tokens + params.max_new_tokens
+        longest = len(request.beams[0].tokens) - request.num_output_tokens + max_new
         return cross + params.beam_size * self.blocks.blocks_for(longest)
 
     def _held_blocks(self, request: Request) -> int:
