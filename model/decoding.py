@@ -46,7 +46,7 @@ def greedy_reference(model: Transformer, input_ids: list[int], max_new_tokens: i
         tokens = list(input_ids)
     new_tokens: list[int] = []
     for _ in range(max_new_tokens):
-        logits = model.decode(torch.tensor([tokens], device=device), memory)  # (1, T, V)
+        logits = model.decode(torch.tensor([tokens], device=device), memory, last_only=True)
         next_id = int(logits[0, -1].argmax())
         new_tokens.append(next_id)
         tokens.append(next_id)

@@ -333,6 +333,7 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         tgt_valid: Tensor | None = None,  # (B, T) padding of the target, uncached only
         cross_weights: list[Tensor] | None = None,  # gets each layer's cross-attention weights
+        last_only: bool = False,  # logits after the last of `tgt_ids` only: (B, 1, V)
     ) -> Tensor:
         """Logits (B, T, V) for the next token after each of `tgt_ids`."""
         start_pos = cache.length if cache is not None else 0
@@ -346,6 +347,8 @@ class Transformer(nn.Module):
             x = layer(x, self_mask, memory, cross_mask, layer_cache, start_pos, cross_weights)
         if cache is not None:
             cache.length += num_new
+        if last_only:
+            x = x[:, -1:]
         if self.decoder_norm is not None:
             x = self.decoder_norm(x)
         return self.project(x)
