@@ -293,6 +293,17 @@ def test_tgi_generate_and_compat_route(client):
     assert all(e["details"] is None for e in plain[:-1] if e != "[DONE]")  # details: not asked
 
 
+def test_huggingface_hub_translation_gets_the_translation(server, client):
+    hf = InferenceClient(base_url=server.url)  # posts {"inputs", "parameters"} to /
+    translated = hf.translation("Open the file")
+    body = {"inputs": "Open the file", "parameters": {"max_new_tokens": 64}}
+    assert translated.translation_text == client.post("/generate", json=body).json()[
+        "generated_text"
+    ]
+    generated = client.post("/", json={"model": "tiny-lm", "inputs": "Open"}).json()[0]
+    assert "translation_text" not in generated  # only translation models
+
+
 def test_tgi_top_n_tokens_lists_the_likeliest_tokens_best_first(server, client):
     ask = dict(max_new_tokens=6, details=True, top_n_tokens=3)
     details = client.post("/generate", json={"inputs": "Open the", "parameters": ask}).json()[

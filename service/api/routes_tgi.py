@@ -147,10 +147,14 @@ async def generate_stream(body: TgiRequest, request: Request):
 
 @router.post("/")
 async def compat(body: TgiRequest, request: Request):
-    """TGI's `/`: streams when `stream` is true; otherwise a one-element list."""
+    """TGI's `/`: streams when `stream` is true; otherwise a one-element list. A translation
+    model's result also has the Inference API's `translation_text`, so that
+    `InferenceClient.translation()` gets its text."""
     if body.stream:
         return await generate_stream(body, request)
     result, headers = await _generate(body, request)
+    if request.app.state.registry.get(body.model).is_translation:
+        result["translation_text"] = result["generated_text"]
     return JSONResponse([result], headers=headers)
 
 
