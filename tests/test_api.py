@@ -297,9 +297,9 @@ def test_huggingface_hub_translation_gets_the_translation(server, client):
     hf = InferenceClient(base_url=server.url)  # posts {"inputs", "parameters"} to /
     translated = hf.translation("Open the file")
     body = {"inputs": "Open the file", "parameters": {"max_new_tokens": 64}}
-    assert translated.translation_text == client.post("/generate", json=body).json()[
-        "generated_text"
-    ]
+    assert (
+        translated.translation_text == client.post("/generate", json=body).json()["generated_text"]
+    )
     generated = client.post("/", json={"model": "tiny-lm", "inputs": "Open"}).json()[0]
     assert "translation_text" not in generated  # only translation models
 
