@@ -205,6 +205,7 @@ def test_bad_translation_requests_get_422_naming_the_field(client, body, field):
         ({"prompt": ["a"] * 64, "n": 16}, "n"),  # 1,024 generations: more than the queue holds
         ({"prompt": "a", "model": "gpt-4"}, "model"),
         ({"prompt": "a", "max_tokens": "4"}, "max_tokens"),
+        ({"prompt": "a", "presence_penalty": -2.5}, "presence_penalty"),
         ({"prompt": "a", "stream": 1}, "stream"),
     ],
 )
@@ -231,6 +232,8 @@ def test_bad_completions_get_400_with_the_field_as_param(client, body, param):
         ({"grammar": {"type": "json", "value": {}}}, "grammar"),
         ({"watermark": True}, "watermark"),
         ({"truncate": 0}, "truncate"),
+        ({"typical_p": 0.9}, "typical_p"),
+        ({"frequency_penalty": 3.0}, "frequency_penalty"),
         ({"max_new_tokens": "4"}, "max_new_tokens"),
         ({"details": "true"}, "details"),
     ],
@@ -398,6 +401,19 @@ def test_openai_logprobs_list_the_top_tokens_and_streamed_offsets_run_on(server)
     ]
     offsets = [o for lp in streamed if lp is not None for o in lp.text_offset]
     assert offsets == logprobs.text_offset
+
+
+def test_frequency_penalty_is_the_same_on_openai_and_tgi_routes(server, client):
+    openai_client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    ask = dict(model="tiny-lm", prompt="Open", max_tokens=12, temperature=0.0)
+    plain = openai_client.completions.create(**ask).choices[0].text
+    penalised = openai_client.completions.create(**ask, frequency_penalty=2.0).choices[0].text
+    assert penalised != plain  # the tiny random model repeats itself
+    parameters = {"max_new_tokens": 12, "frequency_penalty": 2.0}
+    tgi = client.post(
+        "/generate", json={"model": "tiny-lm", "inputs": "Open", "parameters": parameters}
+    )
+    assert tgi.json()["generated_text"] == penalised
 
 
 def test_openai_errors_have_the_openai_shape(server):

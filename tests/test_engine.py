@@ -149,6 +149,26 @@ def test_greedy_with_repetition_penalty_equals_a_reference_loop(tokenizer):
     assert_cache_empty(engine)
 
 
+@torch.inference_mode()
+def test_greedy_with_presence_and_frequency_penalties_equals_a_reference_loop(tokenizer):
+    engine = make_engine(tokenizer, "decoder-only")
+    prompt = [5, 6, 7]
+    params = SamplingParams(
+        max_new_tokens=12, presence_penalty=0.5, frequency_penalty=1.5, ignore_eos=True
+    )
+    (output,) = engine.generate([prompt], params)
+    tokens = list(prompt)
+    for _ in range(12):  # the uncached model, the penalties over the output only (as OpenAI's)
+        logits = engine.model(torch.tensor([tokens]))[0, -1]
+        for token in set(tokens[len(prompt) :]):
+            logits[token] -= 1.5 * tokens[len(prompt) :].count(token) + 0.5
+        tokens.append(int(logits.argmax()))
+    assert output.token_ids == tokens[len(prompt) :]
+    (plain,) = engine.generate([prompt], dataclasses.replace(params, frequency_penalty=0.0))
+    assert plain.token_ids != output.token_ids  # the penalties did change the output
+    assert_cache_empty(engine)
+
+
 def test_a_finished_requests_id_used_again_gets_its_own_source(tokenizer):
     """The runner keeps the gathered cross-attention K/V while the batch's requests stay the
     same: a new request with an old id, in the old one's blocks, is not the same request."""

@@ -58,6 +58,15 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_s
     assert logits.tolist() == [2.0, -1.0, 3.0, 0.5]  # the batch's logits are left alone
 
 
+def test_presence_and_frequency_penalties_lower_the_generated_tokens_logits():
+    logits = torch.tensor([0.0, 0.0, 0.0, 0.0])
+    r = request(
+        tokens=[3, 1, 1, 2], num_output_tokens=3, presence_penalty=1.0, frequency_penalty=0.5
+    )
+    assert apply_penalties(logits, r, EOS).tolist() == [0.0, -2.0, -1.5, 0.0]  # 3: the prompt
+    assert logits.tolist() == [0.0] * 4
+
+
 def test_min_new_tokens_masks_eos_and_stop_tokens_until_reached():
     logits = torch.zeros(5)
     early = request(num_output_tokens=1, min_new_tokens=2, stop_token_ids=(4,))

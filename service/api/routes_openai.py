@@ -74,6 +74,8 @@ def sampling_params(body: CompletionRequest, request: Request, index: int) -> Sa
         stop=tuple(body.stop or ()),
         ignore_eos=body.ignore_eos,
         min_new_tokens=body.min_tokens,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
         timeout_s=settings.request_timeout_s,
     )
 

@@ -49,6 +49,7 @@ def sampling_params(body: TgiRequest, request: Request) -> SamplingParams:
         top_k=p.top_k or 0,
         top_p=p.top_p or 1.0,
         repetition_penalty=p.repetition_penalty or 1.0,
+        frequency_penalty=p.frequency_penalty or 0.0,
         seed=seed,
         stop=tuple(p.stop),
         timeout_s=settings.request_timeout_s,

@@ -87,7 +87,8 @@ class TranslateRequest(BaseModel):
 
 class TgiParameters(BaseModel):
     """TGI's `parameters`. Options we do not implement are refused when set (`best_of` > 1,
-    `grammar`, `watermark`), accepted when left at their defaults, as clients send them."""
+    `grammar`, `watermark`, `typical_p`), accepted when left at their defaults, as clients send
+    them."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
@@ -96,6 +97,8 @@ class TgiParameters(BaseModel):
     top_k: int | None = Field(None, gt=0)
     top_p: float | None = Field(None, gt=0.0, lt=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    typical_p: float | None = None
     do_sample: bool = False
     seed: int | None = Field(None, ge=0, le=2**64 - 1)  # TGI's u64
     stop: list[str] = Field(default_factory=list, max_length=8)
@@ -116,6 +119,8 @@ class TgiParameters(BaseModel):
             raise FieldError("grammar", "grammar (guided generation) is not supported")
         if self.watermark:
             raise FieldError("watermark", "watermark is not supported")
+        if self.typical_p is not None:
+            raise FieldError("typical_p", "typical_p (typical sampling) is not supported")
         return self
 
     @field_validator("stop")
@@ -169,8 +174,8 @@ class CompletionRequest(BaseModel):
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
     best_of: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     user: str | None = None
     ignore_eos: bool = False  # vLLM's extensions, handy for load tests of fixed lengths
     min_tokens: int = Field(0, ge=0)
@@ -191,8 +196,4 @@ class CompletionRequest(BaseModel):
             raise FieldError("echo", "echo is not supported")
         if self.best_of not in (None, 1, self.n):
             raise FieldError("best_of", "best_of is not supported")
-        if self.presence_penalty:
-            raise FieldError("presence_penalty", "presence_penalty is not supported")
-        if self.frequency_penalty:
-            raise FieldError("frequency_penalty", "frequency_penalty is not supported")
         return self

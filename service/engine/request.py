@@ -29,6 +29,8 @@ class SamplingParams:
     repetition_penalty: float = (
         1.0  # 1: off (CTRL-style: divide positive logits, multiply negative)
     )
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from every generated token's logit
+    frequency_penalty: float = 0.0  # and this, once per time it was generated
     seed: int | None = None  # sampling is reproducible per request, whatever else is in the batch
     num_top_logprobs: int = 0  # also report the most likely tokens of each step (not for beams)
     stop_token_ids: tuple[int, ...] = ()
@@ -47,6 +49,8 @@ class SamplingParams:
             "top_k": self.top_k >= 0,
             "top_p": 0.0 < self.top_p <= 1.0,
             "repetition_penalty": 0.0 < self.repetition_penalty < math.inf,
+            "presence_penalty": math.isfinite(self.presence_penalty),
+            "frequency_penalty": math.isfinite(self.frequency_penalty),
             "num_top_logprobs": self.num_top_logprobs >= 0,
             "stop": all(self.stop),
             "beam_size": self.beam_size >= 1 and (self.beam_size == 1 or self.is_greedy),

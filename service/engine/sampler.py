@@ -1,5 +1,6 @@
 """Next-token choice per request: greedy, or temperature / top-k / top-p sampling with a
-per-request generator, after repetition penalty and the min-tokens mask."""
+per-request generator, after the penalties (repetition; presence and frequency) and the
+min-tokens mask."""
 
 from __future__ import annotations
 
@@ -12,19 +13,34 @@ from service.engine.request import Request
 def penalties_apply(request: Request) -> bool:
     """Whether `apply_penalties` would change this request's logits now."""
     params = request.params
-    return params.repetition_penalty != 1.0 or request.num_output_tokens < params.min_new_tokens
+    return (
+        params.repetition_penalty != 1.0
+        or (params.presence_penalty != 0.0 or params.frequency_penalty != 0.0)
+        or request.num_output_tokens < params.min_new_tokens
+    )
 
 
 def apply_penalties(logits: Tensor, request: Request, eos_id: int) -> Tensor:
-    """Logits (V,) of one request's next token after repetition penalty and min_new_tokens."""
+    """Logits (V,) of one request's next token after the penalties and min_new_tokens.
+
+    Repetition penalty (CTRL, as TGI and `generate()`): over every token so far, prompt
+    included. Presence and frequency penalties (OpenAI's, as vLLM): over the generated tokens,
+    `logit - frequency_penalty * count - presence_penalty * (count > 0)`.
+    """
     params = request.params
+    tokens = request.beams[0].tokens
     if params.repetition_penalty != 1.0:
-        seen = torch.tensor(sorted(set(request.beams[0].tokens)), device=logits.device)
+        seen = torch.tensor(sorted(set(tokens)), device=logits.device)
         picked = logits[seen]
         logits = logits.clone()
         logits[seen] = torch.where(
             picked > 0, picked / params.repetition_penalty, picked * params.repetition_penalty
         )
+    generated = tokens[len(tokens) - request.num_output_tokens :]
+    if (params.presence_penalty or params.frequency_penalty) and generated:
+        ids, counts = torch.tensor(generated, device=logits.device).unique(return_counts=True)
+        logits = logits.clone()
+        logits[ids] -= params.frequency_penalty * counts + params.presence_penalty
     if request.num_output_tokens < params.min_new_tokens:
         logits = logits.clone()
         logits[[eos_id, *params.stop_token_ids]] = float("-inf")
