@@ -206,6 +206,10 @@ def test_bad_translation_requests_get_422_naming_the_field(client, body, field):
         ({"prompt": "a", "model": "gpt-4"}, "model"),
         ({"prompt": "a", "max_tokens": "4"}, "max_tokens"),
         ({"prompt": "a", "presence_penalty": -2.5}, "presence_penalty"),
+        ({"prompt": "a", "logit_bias": {"x": 1}}, "logit_bias"),
+        ({"prompt": "a", "logit_bias": {"5": 101}}, "logit_bias"),
+        ({"prompt": "a", "logit_bias": {"99999": 1}}, "logit_bias"),  # not in the vocabulary
+        ({"prompt": "a", "suffix": "!"}, "suffix"),
         ({"prompt": "a", "stream": 1}, "stream"),
     ],
 )
@@ -414,6 +418,18 @@ def test_frequency_penalty_is_the_same_on_openai_and_tgi_routes(server, client):
         "/generate", json={"model": "tiny-lm", "inputs": "Open", "parameters": parameters}
     )
     assert tgi.json()["generated_text"] == penalised
+
+
+def test_openai_logit_bias_and_vllm_extensions(server):
+    openai_client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    ask = dict(model="tiny-lm", prompt="Open", max_tokens=8, temperature=0.0)
+    free = openai_client.completions.create(**ask).choices[0]
+    assert free.finish_reason == "length" and free.text
+    eos = openai_client.completions.create(**ask, logit_bias={"2": 100}).choices[0]  # 2: EOS
+    assert eos.finish_reason == "stop" and eos.text == ""
+    vllm = {"top_k": 1, "repetition_penalty": 1.0}  # top_k 1 samples the greedy token
+    extras = openai_client.completions.create(**ask | {"temperature": 1.0}, extra_body=vllm)
+    assert extras.choices[0].text == free.text
 
 
 def test_openai_errors_have_the_openai_shape(server):

@@ -67,6 +67,13 @@ def test_presence_and_frequency_penalties_lower_the_generated_tokens_logits():
     assert logits.tolist() == [0.0] * 4
 
 
+def test_logit_bias_is_added_to_the_tokens_logits():
+    logits = torch.tensor([0.0, 1.0, 2.0])
+    r = request(logit_bias=((0, 5.0), (2, -100.0)))
+    assert apply_penalties(logits, r, EOS).tolist() == [5.0, 1.0, -98.0]
+    assert sample(apply_penalties(logits, r, EOS), r) == 0  # greedy takes the biased logits
+
+
 def test_min_new_tokens_masks_eos_and_stop_tokens_until_reached():
     logits = torch.zeros(5)
     early = request(num_output_tokens=1, min_new_tokens=2, stop_token_ids=(4,))

@@ -60,10 +60,16 @@ async def retrieve_model(model_id: str, request: Request):
     return _model_card(registry.models[model_id])
 
 
-def sampling_params(body: CompletionRequest, request: Request, index: int) -> SamplingParams:
+def sampling_params(
+    body: CompletionRequest, request: Request, served: ServedModel, index: int
+) -> SamplingParams:
     settings = request.app.state.settings
     limit = settings.max_new_tokens
     max_new = new_tokens_limit(body.max_tokens, limit, limit, "max_tokens")
+    logit_bias = tuple((int(token), bias) for token, bias in (body.logit_bias or {}).items())
+    vocab_size = served.llm.model_config.vocab_size
+    if any(token >= vocab_size for token, _ in logit_bias):
+        raise ApiError(422, f"logit_bias: token ids must be below {vocab_size}", param="logit_bias")
     return SamplingParams(
         max_new_tokens=max_new,
         fit_max_new_tokens=body.max_tokens is None,
@@ -76,6 +82,9 @@ def sampling_params(body: CompletionRequest, request: Request, index: int) -> Sa
         min_new_tokens=body.min_tokens,
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
+        logit_bias=logit_bias,
+        top_k=max(body.top_k, 0),
+        repetition_penalty=body.repetition_penalty,
         timeout_s=settings.request_timeout_s,
     )
 
@@ -132,7 +141,7 @@ async def completions(body: CompletionRequest, request: Request):
     jobs = [(p, i) for p in prompts for i in range(body.n)]  # choice index = position in jobs
     too_many = "n" if body.n > 1 else "prompt"  # the field to blame if the jobs cannot fit
     streams = start_all(
-        served, [(p, sampling_params(body, request, i)) for p, i in jobs], ctx, too_many
+        served, [(p, sampling_params(body, request, served, i)) for p, i in jobs], ctx, too_many
     )
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())

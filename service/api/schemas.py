@@ -177,8 +177,23 @@ class CompletionRequest(BaseModel):
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     user: str | None = None
-    ignore_eos: bool = False  # vLLM's extensions, handy for load tests of fixed lengths
+    logit_bias: dict[str, float] | None = None  # token id (a string, as JSON keys are) → bias
+    suffix: str | None = None
+    # vLLM's extensions (ignore_eos is handy for load tests of fixed lengths)
+    ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
+    top_k: int = Field(0, ge=-1)  # 0 or -1: off
+    repetition_penalty: float = Field(1.0, gt=0.0)
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _biases(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        for token, value in (bias or {}).items():
+            if not token.isdigit():
+                raise ValueError(f"keys must be token ids, not {token!r}")
+            if not -100 <= value <= 100:
+                raise ValueError(f"the bias of token {token} must be in [-100, 100]")
+        return bias
 
     @field_validator("stop")
     @classmethod
@@ -194,6 +209,8 @@ class CompletionRequest(BaseModel):
     def _supported(self) -> CompletionRequest:
         if self.echo:
             raise FieldError("echo", "echo is not supported")
+        if self.suffix:
+            raise FieldError("suffix", "suffix is not supported")
         if self.best_of not in (None, 1, self.n):
             raise FieldError("best_of", "best_of is not supported")
         return self

@@ -1,6 +1,6 @@
 """Next-token choice per request: greedy, or temperature / top-k / top-p sampling with a
-per-request generator, after the penalties (repetition; presence and frequency) and the
-min-tokens mask."""
+per-request generator, after the penalties (repetition; presence and frequency), the logit
+bias and the min-tokens mask."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ def penalties_apply(request: Request) -> bool:
     return (
         params.repetition_penalty != 1.0
         or (params.presence_penalty != 0.0 or params.frequency_penalty != 0.0)
+        or bool(params.logit_bias)
         or request.num_output_tokens < params.min_new_tokens
     )
 
 
 def apply_penalties(logits: Tensor, request: Request, eos_id: int) -> Tensor:
-    """Logits (V,) of one request's next token after the penalties and min_new_tokens.
+    """Logits (V,) of one request's next token after the penalties, the logit bias and
+    min_new_tokens.
 
     Repetition penalty (CTRL, as TGI and `generate()`): over every token so far, prompt
     included. Presence and frequency penalties (OpenAI's, as vLLM): over the generated tokens,
@@ -41,6 +43,10 @@ def apply_penalties(logits: Tensor, request: Request, eos_id: int) -> Tensor:
         ids, counts = torch.tensor(generated, device=logits.device).unique(return_counts=True)
         logits = logits.clone()
         logits[ids] -= params.frequency_penalty * counts + params.presence_penalty
+    if params.logit_bias:
+        ids, bias = zip(*params.logit_bias, strict=True)
+        logits = logits.clone()
+        logits[list(ids)] += logits.new_tensor(bias)
     if request.num_output_tokens < params.min_new_tokens:
         logits = logits.clone()
         logits[[eos_id, *params.stop_token_ids]] = float("-inf")
