@@ -237,6 +237,8 @@ def test_bad_completions_get_400_with_the_field_as_param(client, body, param):
         ({"watermark": True}, "watermark"),
         ({"truncate": 0}, "truncate"),
         ({"typical_p": 0.9}, "typical_p"),
+        ({"decoder_input_details": True}, "decoder_input_details"),
+        ({"adapter_id": "lora-1"}, "adapter_id"),
         ({"frequency_penalty": 3.0}, "frequency_penalty"),
         ({"max_new_tokens": "4"}, "max_new_tokens"),
         ({"details": "true"}, "details"),

@@ -87,8 +87,8 @@ class TranslateRequest(BaseModel):
 
 class TgiParameters(BaseModel):
     """TGI's `parameters`. Options we do not implement are refused when set (`best_of` > 1,
-    `grammar`, `watermark`, `typical_p`), accepted when left at their defaults, as clients send
-    them."""
+    `grammar`, `watermark`, `typical_p`, `decoder_input_details`, `adapter_id`), accepted when
+    left at their defaults, as clients send them."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
@@ -99,6 +99,7 @@ class TgiParameters(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     typical_p: float | None = None
+    adapter_id: str | None = None
     do_sample: bool = False
     seed: int | None = Field(None, ge=0, le=2**64 - 1)  # TGI's u64
     stop: list[str] = Field(default_factory=list, max_length=8)
@@ -121,6 +122,10 @@ class TgiParameters(BaseModel):
             raise FieldError("watermark", "watermark is not supported")
         if self.typical_p is not None:
             raise FieldError("typical_p", "typical_p (typical sampling) is not supported")
+        if self.decoder_input_details:
+            raise FieldError("decoder_input_details", "the prompt's tokens are not returned")
+        if self.adapter_id:
+            raise FieldError("adapter_id", "adapters (LoRA) are not supported")
         return self
 
     @field_validator("stop")
