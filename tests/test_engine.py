@@ -716,7 +716,10 @@ def test_sampling_params_refuse_out_of_range_values_naming_the_field(field, valu
         SamplingParams(**{field: value})
 
 
-def test_beam_search_does_not_sample():
+@pytest.mark.parametrize(
+    "option", [dict(temperature=0.7), dict(repetition_penalty=1.2), dict(stop=("x",))]
+)
+def test_beam_search_refuses_options_of_the_sampling_path(option):
     with pytest.raises(ValueError, match="beam_size"):
-        SamplingParams(beam_size=4, temperature=0.7)
+        SamplingParams(beam_size=4, **option)
     SamplingParams(beam_size=4, num_hypotheses=4)  # fine

@@ -43,6 +43,17 @@ class SamplingParams:
     timeout_s: float | None = None  # deadline, from arrival: finished with reason "timeout"
 
     def __post_init__(self) -> None:
+        beam_search_ignores = (  # options of the sampling path only
+            self.temperature,
+            self.repetition_penalty != 1.0,
+            self.presence_penalty,
+            self.frequency_penalty,
+            self.logit_bias,
+            self.stop,
+            self.stop_token_ids,
+            self.min_new_tokens,
+            self.num_top_logprobs,
+        )
         checks = {
             "max_new_tokens": self.max_new_tokens >= 1,
             "min_new_tokens": self.min_new_tokens >= 0,
@@ -55,14 +66,20 @@ class SamplingParams:
             "logit_bias": all(i >= 0 and math.isfinite(b) for i, b in self.logit_bias),
             "num_top_logprobs": self.num_top_logprobs >= 0,
             "stop": all(self.stop),
-            "beam_size": self.beam_size >= 1 and (self.beam_size == 1 or self.is_greedy),
+            "beam_size": self.beam_size == 1
+            or (self.beam_size > 1 and not any(beam_search_ignores)),
             "length_penalty": math.isfinite(self.length_penalty),
             "num_hypotheses": 1 <= self.num_hypotheses <= self.beam_size,
             "timeout_s": self.timeout_s is None or self.timeout_s >= 0,
         }
         for name, ok in checks.items():
             if not ok:
-                hint = " (beam search does not sample)" if name == "beam_size" else ""
+                hint = (
+                    " (beam search takes no sampling, penalties, logit bias, stops, "
+                    "min_new_tokens or top logprobs)"
+                    if name == "beam_size"
+                    else ""
+                )
                 raise ValueError(
                     f"SamplingParams.{name} = {getattr(self, name)!r} is invalid{hint}"
                 )
