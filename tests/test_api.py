@@ -7,6 +7,7 @@ import asyncio
 import json
 import threading
 import time
+from types import SimpleNamespace
 
 import httpx
 import openai
@@ -14,7 +15,10 @@ import pytest
 from huggingface_hub import InferenceClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.api.errors import ApiError
+from service.api.generation import Context, start
 from service.api.settings import Settings
+from service.engine import RequestTooLong
 from tests.server import ServerThread, free_port, tiny_checkpoints
 
 
@@ -711,3 +715,15 @@ def test_the_bundled_models_translate_and_generate_end_to_end():
             "/generate", json={"model": "en-lm", "inputs": "Click here to", "parameters": {}}
         ).json()["generated_text"]
         assert generated.strip()
+
+
+@pytest.mark.parametrize("at_fault, param", [("max_new_tokens", "max_tokens"), ("input", "prompt")])
+def test_a_request_too_long_blames_the_field_at_fault(at_fault, param):
+    def refuse(*args):
+        raise RequestTooLong("does not fit", at_fault)
+
+    served = SimpleNamespace(engine=SimpleNamespace(is_running=True, generate=refuse))
+    ctx = Context(metrics=None, arrival=0.0, input_param="prompt", max_tokens_param="max_tokens")
+    with pytest.raises(ApiError) as refused:
+        start(served, "hi", None, ctx)
+    assert refused.value.param == param and refused.value.status == 422
