@@ -15,7 +15,8 @@ def penalties_apply(request: Request) -> bool:
     params = request.params
     return (
         params.repetition_penalty != 1.0
-        or (params.presence_penalty != 0.0 or params.frequency_penalty != 0.0)
+        or params.presence_penalty != 0.0
+        or params.frequency_penalty != 0.0
         or bool(params.logit_bias)
         or request.num_output_tokens < params.min_new_tokens
     )
