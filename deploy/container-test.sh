@@ -32,6 +32,7 @@ dockerd_pid=
 cleanup() {
     docker rm -f attnserve-test >/dev/null 2>&1 || true
     compose down --volumes --timeout 40 >/dev/null 2>&1 || true
+    docker image prune --force >/dev/null 2>&1 || true  # earlier builds of $IMAGE: disk fills up
     if [ -n "$dockerd_pid" ]; then kill "$dockerd_pid" && wait "$dockerd_pid" || true; fi
 }
 trap cleanup EXIT
