@@ -615,33 +615,30 @@ def test_compiled_forward_gives_the_reference_tokens(tokenizer, architecture, pr
     assert_cache_empty(engine)
 
 
-def force_eos_after(engine: LLMEngine, num_tokens: int) -> None:
-    """From the `num_tokens`+1-th new token on, EOS is every row's likeliest token."""
-    run, eos = engine.runner.run, engine.model_config.eos_token_id
-
-    @torch.inference_mode()
-    def forced(prefill, decode):
-        logits = run(prefill, decode)
-        for request, x in zip(prefill + decode, logits, strict=True):
-            if request.num_output_tokens >= num_tokens:
-                x[:, eos] = x.max() + 10
-        return logits
-
-    engine.runner.run = forced
-
-
-def force_tokens(engine: LLMEngine, ids: list[int]) -> None:
-    """Every row's likeliest next token is the next of `ids`."""
+def force_next_token(engine: LLMEngine, pick) -> None:
+    """Make `pick(request)` (a token id, or None to leave it) every row's likeliest next token."""
     run = engine.runner.run
 
     @torch.inference_mode()
     def forced(prefill, decode):
         logits = run(prefill, decode)
         for request, x in zip(prefill + decode, logits, strict=True):
-            x[:, ids[request.num_output_tokens]] = x.max() + 10
+            if (token := pick(request)) is not None:
+                x[:, token] = x.max() + 10
         return logits
 
     engine.runner.run = forced
+
+
+def force_eos_after(engine: LLMEngine, num_tokens: int) -> None:
+    """From the `num_tokens`+1-th new token on, EOS is every row's likeliest token."""
+    eos = engine.model_config.eos_token_id
+    force_next_token(engine, lambda r: eos if r.num_output_tokens >= num_tokens else None)
+
+
+def force_tokens(engine: LLMEngine, ids: list[int]) -> None:
+    """Every row's likeliest next token is the next of `ids`."""
+    force_next_token(engine, lambda r: ids[r.num_output_tokens])
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
