@@ -75,6 +75,27 @@ def test_greedy_batch_of_mixed_lengths_equals_reference_decoder(tokenizer, archi
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_engine_equals_reference_decoder_in_that_dtype(
+    tokenizer, architecture, dtype
+):
+    """CUDA's dtypes, run on the CPU (slow there, but a tiny model takes a moment): the cache,
+    masks and sampler in half precision give the reference decoder's tokens in that dtype."""
+    model = tiny_model(architecture, vocab_size=tokenizer.vocab_size, max_positions=256)
+    engine = LLMEngine(model, tokenizer, EngineConfig(kv_cache_mb=4.0, block_size=4, dtype=dtype))
+    assert engine.model.embed.tokens.weight.dtype == getattr(torch, dtype)
+    assert engine.runner.cache.kv[0].dtype == getattr(torch, dtype)
+    inputs = prompts(tokenizer, 8)
+    for ids, output in zip(inputs, engine.generate(inputs, GREEDY), strict=True):
+        assert output.token_ids == greedy_reference(engine.model, ids, 24)
+    beams = SamplingParams(max_new_tokens=12, beam_size=3, num_hypotheses=2)
+    sampled = SamplingParams(max_new_tokens=12, temperature=0.8, top_p=0.9, seed=3)
+    for output in engine.generate(inputs[:3], beams) + engine.generate(inputs[:3], sampled):
+        assert output.token_ids and output.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
+    assert_cache_empty(engine)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_request_joining_mid_flight_gets_same_tokens_as_alone(tokenizer, architecture):
     engine = make_engine(tokenizer, architecture)
     first, late = prompts(tokenizer, 2, seed=1)

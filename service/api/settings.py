@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+import torch
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CHECKPOINTS = Path(__file__).resolve().parents[2] / "model" / "checkpoints"
@@ -16,28 +17,55 @@ DEFAULT_MODELS = [f"en-de={CHECKPOINTS / 'en-de'}", f"en-lm={CHECKPOINTS / 'en-l
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ATTNSERVE_")
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS))  # "ID=PATH"
-    device: str = "cpu"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: every interface)")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    models: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_MODELS), description="the models served, ID=PATH"
+    )
+    device: str = Field("cpu", description="cpu, cuda or cuda:N")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="float32 on the CPU; float16 or bfloat16 on CUDA"
+    )
     threads: int | None = Field(None, ge=1, description="torch intra-op threads")
     prepack_weights: bool = True  # CPU fp32: oneDNN-packed Linear weights (same math, faster)
     compile: bool = False  # torch.compile the model's forward (no faster on CPU: for CUDA)
-    max_running_requests: int = Field(32, ge=1)
-    max_queued_requests: int = Field(256, ge=1)
-    max_tokens_per_step: int = Field(4096, ge=16)
-    kv_cache_mb: float = Field(256.0, gt=0)
-    block_size: int = Field(16, ge=1)
-    max_input_tokens: int = Field(256, ge=1)
+    max_running_requests: int = Field(32, ge=1, description="requests decoded together, per model")
+    max_queued_requests: int = Field(
+        256, ge=1, description="requests waiting per model; more are refused with 429"
+    )
+    max_tokens_per_step: int = Field(4096, ge=16, description="input tokens prefilled per step")
+    kv_cache_mb: float = Field(256.0, gt=0, description="KV cache memory per model, MiB")
+    block_size: int = Field(16, ge=1, description="token positions per KV cache block")
+    max_input_tokens: int = Field(256, ge=1, description="longer inputs are refused")
     max_new_tokens: int = Field(256, ge=1, description="the most a request may ask for")
-    request_timeout_s: float | None = Field(120.0, gt=0)
-    batching: Literal["continuous", "static"] = "continuous"
-    api_key: str | None = None
-    log_level: str = "info"
-    max_body_bytes: int = Field(1_000_000, ge=1024)
-    drain_timeout_s: float = Field(30.0, ge=0)
+    request_timeout_s: float | None = Field(
+        120.0, gt=0, description="deadline of a request that sets none"
+    )
+    batching: Literal["continuous", "static"] = Field(
+        "continuous", description="static: the benchmark's baseline"
+    )
+    api_key: str | None = Field(None, description="require Authorization: Bearer KEY")
+    log_level: str = Field("info", description="debug, info, warning or error")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="larger bodies get a 413")
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="on SIGTERM, how long accepted requests may still run"
+    )
     keepalive_s: float = Field(15.0, gt=0, description="SSE keep-alive comment interval")
+
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, device: str) -> str:
+        try:
+            parsed = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"{device!r} is not a device: cpu, cuda or cuda:N") from None
+        if parsed.type not in ("cpu", "cuda"):
+            raise ValueError(f"{device!r}: only cpu and cuda are supported")
+        if parsed.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("no CUDA device here (torch.cuda.is_available() is False)")
+        if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"{device!r}: there are {torch.cuda.device_count()} CUDA devices")
+        return device
 
     @field_validator("models")
     @classmethod
@@ -45,7 +73,7 @@ class Settings(BaseSettings):
         for spec in models:
             model_id, sep, path = spec.partition("=")
             if not sep or not model_id or not path:
-                raise ValueError(f"--model expects ID=PATH, got {spec!r}")
+                raise ValueError(f"expects ID=PATH, got {spec!r}")
         return models
 
     def model_paths(self) -> dict[str, Path]:
@@ -76,8 +104,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "--drain-timeout-s": float,
     }
     for flag, kind in flags.items():
-        p.add_argument(flag, type=kind, default=None)
-    p.add_argument("--batching", choices=["continuous", "static"], default=None)
+        p.add_argument(flag, type=kind, default=None, help=_help(flag))
+    p.add_argument(
+        "--batching", choices=["continuous", "static"], default=None, help=_help("--batching")
+    )
     p.add_argument(
         "--no-prepack-weights", dest="prepack_weights", action="store_false", default=None,
         help="use plain F.linear instead of oneDNN-packed weights on the CPU",
@@ -92,4 +122,23 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )  # fmt: skip
     args = vars(p.parse_args(argv))
     args.pop("command")
-    return Settings(**{k: v for k, v in args.items() if v is not None})
+    try:
+        return Settings(**{k: v for k, v in args.items() if v is not None})
+    except ValidationError as error:  # a usage error naming the flag, not a traceback
+        problems = [
+            f"{_flag(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in error.errors()
+        ]
+        p.error("; ".join(problems))
+
+
+def _flag(loc: tuple) -> str:
+    name = str(loc[0]) if loc else "?"
+    return "--model" if name == "models" else "--" + name.replace("_", "-")
+
+
+def _help(flag: str) -> str:
+    name = flag[2:].replace("-", "_")
+    field = Settings.model_fields[name]
+    default = field.get_default(call_default_factory=True)
+    default_text = "" if default is None else f"default {default}; "
+    return f"{field.description} ({default_text}env ATTNSERVE_{name.upper()})"

@@ -83,6 +83,12 @@ class LLMEngine:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         dtype = getattr(torch, config.dtype)
+        if torch.device(config.device).type == "cpu" and dtype != torch.float32:
+            log.warning(
+                "%s on the CPU: correct, but its matmuls are slow on most CPUs (~500x slower "
+                "than float32 on AVX2 ones); float32 is the CPU's dtype",
+                config.dtype,
+            )
         self.model = model.to(device=config.device, dtype=dtype).eval()
         self.tokenizer = tokenizer
         self.model_config = model.config
