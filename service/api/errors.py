@@ -18,7 +18,10 @@ OPENAI_TYPES = {
     "generation": "server_error",
     "authentication": "authentication_error",
     "not_found": "invalid_request_error",
+    "method_not_allowed": "invalid_request_error",
 }
+# What FastAPI answers (400) when a body cannot even be decoded: not UTF-8, nested too deeply.
+UNPARSEABLE_BODY = "There was an error parsing the body"
 
 
 class ApiError(Exception):
@@ -84,6 +87,8 @@ def _validation_error(exc: RequestValidationError, content_type: str) -> ApiErro
     message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
     if first.get("type") == "json_invalid":
         param, message = None, f"the body is not valid JSON ({first.get('ctx', {}).get('error')})"
+    elif first.get("type") == "missing" and not location:
+        message = "the body is empty: a JSON object is required"
     elif first.get("type") == "model_attributes_type" and "json" not in content_type:
         message = "the body must be a JSON object, sent with Content-Type: application/json"
     elif param and not message.startswith(param):
@@ -105,7 +110,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error_type = "not_found" if exc.status_code in (404, 405) else "validation"
-        return error_response(
-            ApiError(exc.status_code, str(exc.detail), error_type), request.url.path
-        )
+        if exc.status_code == 400 and exc.detail == UNPARSEABLE_BODY:  # an invalid body: 422
+            error = ApiError(422, f"the body could not be parsed as JSON ({exc.__cause__})")
+        else:
+            error_type = {404: "not_found", 405: "method_not_allowed"}.get(
+                exc.status_code, "validation"
+            )
+            headers = dict(exc.headers or {})
+            error = ApiError(exc.status_code, str(exc.detail), error_type, headers=headers)
+        return error_response(error, request.url.path)

@@ -189,10 +189,13 @@ async def final_outputs(
         await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
-        if not results.done():
+        gone = not results.done()
+        if gone:
             results.cancel()  # each stream closes, and the engine aborts its request
             await asyncio.gather(results, return_exceptions=True)
-    if results.cancelled():
+    # Not `results.cancelled()`: a gather whose children were cancelled ends with a
+    # CancelledError as its exception, not as cancelled itself.
+    if gone:
         raise ClientDisconnected()
     return results.result()
 

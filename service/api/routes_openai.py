@@ -145,13 +145,13 @@ async def completions(body: CompletionRequest, request: Request):
     )
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
+    timeout_s = request.app.state.settings.request_timeout_s
     if body.stream:
-        events = _stream_events(streams, served, body, completion_id, created)
+        events = _stream_events(streams, served, body, completion_id, created, timeout_s)
         return StreamingResponse(
             with_keepalive(events, request.app.state.settings.keepalive_s),
             media_type="text/event-stream",
         )
-    timeout_s = request.app.state.settings.request_timeout_s
     outputs = [check_finished(o, timeout_s) for o in await final_outputs(streams, request)]
     choices = [
         {
@@ -191,8 +191,14 @@ async def _stream_events(
     body: CompletionRequest,
     completion_id: str,
     created: int,
+    timeout_s: float | None,
 ) -> AsyncIterator[str]:
-    """Chunks of every choice in turn (choices stream one after another), then usage, [DONE]."""
+    """Chunks of every choice in turn (choices stream one after another), then usage, [DONE].
+
+    A token whose text is held back (half a character, or what may start a stop string) goes
+    out with the next chunk that has text, so that the chunks' logprobs list every token once,
+    at the offsets of the non-streamed response.
+    """
 
     def chunk(choices: list[dict], usage: dict | None = None) -> str:
         data: dict = {
@@ -206,27 +212,27 @@ async def _stream_events(
             data["usage"] = usage
         return sse_event(data)
 
-    timeout_s = None
     finished: list[RequestOutput] = []
     try:
         for k, stream in enumerate(streams):
             text_offset = 0  # of this choice's next token
+            ids: list[int] = []  # the tokens not yet sent, their logprobs and likeliest tokens
+            logprobs_of: list[float] = []
+            top: list[dict[int, float]] = []
             async for output in stream:
                 if output.finished:
                     check_finished(output, timeout_s)
                     finished.append(output)
+                ids += output.new_token_ids
+                logprobs_of += output.new_logprobs
+                top += output.new_top_logprobs
                 if not output.text_delta and not output.finished:
                     continue
                 logprobs = None
-                if body.logprobs is not None and output.new_token_ids:
-                    logprobs = _logprobs(
-                        served,
-                        output.new_token_ids,
-                        output.new_logprobs,
-                        output.new_top_logprobs,
-                        text_offset,
-                    )
+                if body.logprobs is not None and ids:
+                    logprobs = _logprobs(served, ids, logprobs_of, top, text_offset)
                     text_offset = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
+                ids, logprobs_of, top = [], [], []
                 yield chunk(
                     [
                         {

@@ -83,20 +83,24 @@ def _model_input(served: ServedModel, body: TgiRequest) -> str | list[int]:
     return input_ids[-limit:]
 
 
-def _generated_text(body: TgiRequest, served: ServedModel, output: RequestOutput) -> str:
-    """As TGI: the decoded tokens, the stop sequence included; the prompt first if asked."""
-    text = output.text
+def _new_text(served: ServedModel, output: RequestOutput) -> str:
+    """As TGI: the decoded tokens, the stop sequence included."""
     if output.stopped_on is not None:
-        text = served.llm.tokenizer.decode(output.token_ids)
+        return served.llm.tokenizer.decode(output.token_ids)
+    return output.text
+
+
+def _generated_text(body: TgiRequest, served: ServedModel, output: RequestOutput) -> str:
+    """TGI's `generated_text`: the new text, the prompt first if asked."""
     if body.parameters.return_full_text and not served.is_translation:
-        return body.inputs + text
-    return text
+        return body.inputs + _new_text(served, output)
+    return _new_text(served, output)
 
 
 async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str, str]]:
     served: ServedModel = request.app.state.registry.get(body.model)
     params = sampling_params(body, request)
-    ctx = Context.of(request, served, "inputs", "max_new_tokens")
+    ctx = Context.of(request, served, "inputs", "parameters.max_new_tokens")
     outputs = start(served, _model_input(served, body), params, ctx)
     (output,) = await final_outputs([outputs], request)
     check_finished(output, params.timeout_s)
@@ -137,7 +141,7 @@ async def generate(body: TgiRequest, request: Request):
 async def generate_stream(body: TgiRequest, request: Request):
     served: ServedModel = request.app.state.registry.get(body.model)
     params = sampling_params(body, request)
-    ctx = Context.of(request, served, "inputs", "max_new_tokens")
+    ctx = Context.of(request, served, "inputs", "parameters.max_new_tokens")
     outputs = start(served, _model_input(served, body), params, ctx)
     events = _stream_events(outputs, served, body, params)
     return StreamingResponse(
@@ -165,20 +169,29 @@ async def _stream_events(
     body: TgiRequest,
     params: SamplingParams,
 ) -> AsyncIterator[str]:
-    index = 0
+    """One event per token; the last also has `generated_text` and `details`. The tokens' texts
+    add up to the new text, the stop sequence included, as TGI's do."""
+    index, sent = 0, ""  # events so far, and their tokens' text
     try:
         async for output in outputs:
             if output.finished:
                 check_finished(output, params.timeout_s)
+            # A request that ends without a new token (its deadline passed between two steps)
+            # still needs a last event to carry generated_text: an empty special token, as EOS.
             token_ids = output.new_token_ids or ([] if not output.finished else [served.eos_id])
             for n, token_id in enumerate(token_ids):
                 index += 1
                 is_last = output.finished and n == len(token_ids) - 1
+                text = output.text_delta if n == len(token_ids) - 1 else ""
+                if is_last:  # the rest of the text: held-back pieces and the stop sequence
+                    new_text = _new_text(served, output)
+                    text = new_text[len(sent) :] if new_text.startswith(sent) else text
+                sent += text
                 event: dict = {
                     "index": index,
                     "token": {
                         "id": token_id,
-                        "text": output.text_delta if n == len(token_ids) - 1 else "",
+                        "text": text,
                         "logprob": output.new_logprobs[n] if n < len(output.new_logprobs) else 0.0,
                         "special": token_id in served.special_ids,
                     },
@@ -191,8 +204,7 @@ async def _stream_events(
                     event["top_tokens"] = _top_tokens(served, step, params.num_top_logprobs)
                 if is_last:
                     event["generated_text"] = _generated_text(body, served, output)
-                    if body.parameters.details:
-                        event["details"] = _details(output, params, output.stopped_on is not None)
+                    event["details"] = _details(output, params, output.stopped_on is not None)
                 yield sse_event(event)
     except ApiError as error:
         yield sse_event({"error": error.message, "error_type": error.error_type})

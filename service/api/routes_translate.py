@@ -128,7 +128,10 @@ async def _stream_events(
 ) -> AsyncIterator[str]:
     try:
         async for output in outputs:
-            for token_id in output.new_token_ids:
+            # One event per new piece of text: none for EOS or for half a character held back;
+            # the event names the output's last token.
+            if output.text_delta:
+                token_id = (output.new_token_ids or output.token_ids)[-1]
                 yield sse_event(
                     {
                         "index": 0,

@@ -7,9 +7,10 @@ Types are strict, as TGI's and OpenAI's servers are: "4" is not a number and 1 i
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -18,7 +19,21 @@ from pydantic import (
     model_validator,
 )
 
-NonEmptyText = Annotated[str, Field(min_length=1)]
+
+def _unicode(value: object) -> object:
+    """JSON's \\ud800 escapes decode to lone surrogates, which no tokenizer (or UTF-8) takes."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"is not valid Unicode: a lone surrogate at character {error.start}"
+            ) from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+NonEmptyText = Annotated[Text, Field(min_length=1)]
 MAX_BATCH = 64  # texts or prompts in one request
 # Seeds: any 64-bit value (n > 1 completions use seed + index).
 Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
@@ -35,12 +50,17 @@ class FieldError(ValueError):
 def _one_or_many(value: object) -> object:
     """One clear error for the string-or-list inputs, instead of one per union member."""
     if isinstance(value, str) and value:
-        return value
+        return _unicode(value)
     if (
         isinstance(value, list)
         and 1 <= len(value) <= MAX_BATCH
         and all(isinstance(v, str) and v for v in value)
     ):
+        for index, text in enumerate(value):
+            try:
+                _unicode(text)
+            except ValueError as error:
+                raise ValueError(f"item {index} {error}") from None
         return value
     raise ValueError(f"must be a non-empty string or a list of 1 to {MAX_BATCH} non-empty strings")
 
@@ -48,8 +68,42 @@ def _one_or_many(value: object) -> object:
 TextOrTexts = Annotated[str | list[str], BeforeValidator(_one_or_many)]
 
 
-class TranslateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+def _openai_stops(value: object) -> object:
+    """OpenAI's `stop`: a string or a list of up to 4, as a list; one error for every wrong shape."""
+    stops = [value] if isinstance(value, str) else value
+    if not (
+        isinstance(stops, list) and len(stops) <= 4 and all(isinstance(s, str) and s for s in stops)
+    ):
+        raise ValueError("must be a non-empty string or a list of at most 4 non-empty strings")
+    return [_unicode(s) for s in stops]
+
+
+OpenAIStops = Annotated[list[str], BeforeValidator(_openai_stops)]
+
+
+class Body(BaseModel):
+    """What every request body shares: strict types, finite numbers (`1e999` is not a penalty),
+    and null taken as "the default" for fields that have no meaning of their own for it, as
+    OpenAI's and TGI's servers take it (the `openai` package sends an explicit None as null)."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_the_default(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        return {
+            name: value
+            for name, value in data.items()
+            if value is not None
+            or name not in cls.model_fields
+            or type(None) in get_args(cls.model_fields[name].annotation)
+        }
+
+
+class TranslateRequest(Body):
+    model_config = ConfigDict(extra="forbid")
 
     model: str | None = None
     text: TextOrTexts
@@ -85,12 +139,12 @@ class TranslateRequest(BaseModel):
         return self
 
 
-class TgiParameters(BaseModel):
+class TgiParameters(Body):
     """TGI's `parameters`. Options we do not implement are refused when set (`best_of` > 1,
     `grammar`, `watermark`, `typical_p`, `decoder_input_details`, `adapter_id`), accepted when
     left at their defaults, as clients send them."""
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="ignore")
 
     max_new_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, gt=0.0, le=10.0)
@@ -102,7 +156,7 @@ class TgiParameters(BaseModel):
     adapter_id: str | None = None
     do_sample: bool = False
     seed: int | None = Field(None, ge=0, le=2**64 - 1)  # TGI's u64
-    stop: list[str] = Field(default_factory=list, max_length=8)
+    stop: list[Text] = Field(default_factory=list, max_length=8)
     details: bool = False
     return_full_text: bool | None = False
     decoder_input_details: bool = False
@@ -146,8 +200,8 @@ class TgiParameters(BaseModel):
         )
 
 
-class TgiRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+class TgiRequest(Body):
+    model_config = ConfigDict(extra="ignore")
 
     inputs: NonEmptyText
     parameters: TgiParameters = Field(default_factory=lambda: TgiParameters())
@@ -155,16 +209,14 @@ class TgiRequest(BaseModel):
     model: str | None = None
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(strict=True)
-
+class StreamOptions(Body):
     include_usage: bool = False
 
 
-class CompletionRequest(BaseModel):
+class CompletionRequest(Body):
     """OpenAI's legacy completions body; unsupported options are refused, not ignored."""
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
     prompt: TextOrTexts
@@ -172,7 +224,7 @@ class CompletionRequest(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=16)
-    stop: str | list[str] | None = None
+    stop: OpenAIStops = Field(default_factory=list)
     seed: Seed | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -194,21 +246,11 @@ class CompletionRequest(BaseModel):
     @classmethod
     def _biases(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
         for token, value in (bias or {}).items():
-            if not token.isdigit():
+            if not (token.isascii() and token.isdigit()):
                 raise ValueError(f"keys must be token ids, not {token!r}")
             if not -100 <= value <= 100:
                 raise ValueError(f"the bias of token {token} must be in [-100, 100]")
         return bias
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, stop: str | list[str] | None) -> list[str]:
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences")
-        if any(not s for s in stops):
-            raise ValueError("stop sequences must not be empty")
-        return stops
 
     @model_validator(mode="after")
     def _supported(self) -> CompletionRequest:
@@ -218,4 +260,11 @@ class CompletionRequest(BaseModel):
             raise FieldError("suffix", "suffix is not supported")
         if self.best_of not in (None, 1, self.n):
             raise FieldError("best_of", "best_of is not supported")
+        if self.stream_options is not None and not self.stream:
+            raise FieldError("stream_options", "stream_options is only allowed with stream: true")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise FieldError(
+                "min_tokens",
+                f"min_tokens ({self.min_tokens}) is over max_tokens ({self.max_tokens})",
+            )
         return self
