@@ -519,6 +519,22 @@ def test_openai_streamed_logprobs_keep_tokens_whose_text_was_held_back(server):
     assert [o for lp in streamed for o in lp.text_offset] == plain.text_offset
 
 
+def test_openai_prompts_of_token_ids_as_vllm_takes_them(server, client):
+    openai_client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    ids = server.engine("tiny-lm").input_ids("Open the")  # what the text prompt becomes
+    ask = dict(model="tiny-lm", max_tokens=6, temperature=0)
+    by_text = openai_client.completions.create(prompt="Open the", **ask)
+    by_ids = openai_client.completions.create(prompt=ids, **ask)
+    assert by_ids.choices[0].text == by_text.choices[0].text
+    assert by_ids.usage.prompt_tokens == by_text.usage.prompt_tokens == len(ids)
+    several = openai_client.completions.create(prompt=[ids, ids[:1]], **ask)
+    assert [c.index for c in several.choices] == [0, 1]
+    assert several.choices[0].text == by_text.choices[0].text
+    for bad in ([ids, "Open"], [10**6], [[]], [-1]):
+        r = client.post("/v1/completions", json={"model": "tiny-lm", "prompt": bad})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", (bad, r.text)
+
+
 def test_frequency_penalty_is_the_same_on_openai_and_tgi_routes(server, client):
     openai_client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
     ask = dict(model="tiny-lm", prompt="Open", max_tokens=12, temperature=0.0)

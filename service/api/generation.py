@@ -90,7 +90,10 @@ def _overloaded(served: ServedModel, why: str) -> ApiError:
 
 
 def start_all(
-    served: ServedModel, jobs: list[tuple[str, SamplingParams]], ctx: Context, param: str
+    served: ServedModel,
+    jobs: list[tuple[str | list[int], SamplingParams]],
+    ctx: Context,
+    param: str,
 ) -> list[AsyncIterator[RequestOutput]]:
     """`start` for a batch, all or nothing: refused before anything is queued when the queue
     cannot take all of it; if one is refused later, the ones queued are aborted."""

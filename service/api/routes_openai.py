@@ -132,7 +132,10 @@ def _by_text(tokenizer, step: dict[int, float]) -> dict[str, float]:
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
     served: ServedModel = request.app.state.registry.get(body.model)
-    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    prompts = body.prompt  # texts or token ids
+    vocab_size = served.llm.model_config.vocab_size
+    if any(isinstance(p, list) and max(p) >= vocab_size for p in prompts):
+        raise ApiError(422, f"prompt: token ids must be below {vocab_size}", param="prompt")
     if body.stream and len(prompts) * body.n > 1 and body.logprobs is not None:
         raise ApiError(
             422, "logprobs with several streamed choices is not supported", param="logprobs"

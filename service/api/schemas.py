@@ -68,6 +68,36 @@ def _one_or_many(value: object) -> object:
 TextOrTexts = Annotated[str | list[str], BeforeValidator(_one_or_many)]
 
 
+def _is_token_ids(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
+    )
+
+
+def _prompts(value: object) -> object:
+    """OpenAI's `prompt`: a text, a list of texts, token ids, or a list of token id lists; as
+    a list of prompts (a text or a list of ids each)."""
+    if _is_token_ids(value):
+        return [value]
+    if isinstance(value, list) and value and all(_is_token_ids(v) for v in value):
+        if len(value) > MAX_BATCH:
+            raise ValueError(f"at most {MAX_BATCH} prompts in one request")
+        return value
+    try:
+        texts = _one_or_many(value)
+    except ValueError:
+        raise ValueError(
+            f"must be a non-empty string, a list of 1 to {MAX_BATCH} non-empty strings, "
+            "a list of token ids, or a list of such lists"
+        ) from None
+    return [texts] if isinstance(texts, str) else texts
+
+
+Prompts = Annotated[list[str | list[int]], BeforeValidator(_prompts)]
+
+
 def _openai_stops(value: object) -> object:
     """OpenAI's `stop`: a string or a list of up to 4, as a list; one error for every wrong shape."""
     stops = [value] if isinstance(value, str) else value
@@ -219,7 +249,7 @@ class CompletionRequest(Body):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    prompt: TextOrTexts
+    prompt: Prompts
     max_tokens: int | None = Field(16, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
