@@ -6,9 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Literal
 
-import torch
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.engine import device_problem
 
 CHECKPOINTS = Path(__file__).resolve().parents[2] / "model" / "checkpoints"
 DEFAULT_MODELS = [f"en-de={CHECKPOINTS / 'en-de'}", f"en-lm={CHECKPOINTS / 'en-lm'}"]
@@ -55,16 +56,9 @@ class Settings(BaseSettings):
     @field_validator("device")
     @classmethod
     def _device_exists(cls, device: str) -> str:
-        try:
-            parsed = torch.device(device)
-        except RuntimeError:
-            raise ValueError(f"{device!r} is not a device: cpu, cuda or cuda:N") from None
-        if parsed.type not in ("cpu", "cuda"):
-            raise ValueError(f"{device!r}: only cpu and cuda are supported")
-        if parsed.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("no CUDA device here (torch.cuda.is_available() is False)")
-        if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
-            raise ValueError(f"{device!r}: there are {torch.cuda.device_count()} CUDA devices")
+        problem = device_problem(device)
+        if problem:
+            raise ValueError(problem)
         return device
 
     @field_validator("models")

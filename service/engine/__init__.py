@@ -1,7 +1,7 @@
 """The engine: paged KV cache, continuous batching, sampling and beam search (see engine.py)."""
 
 from service.engine.async_engine import AsyncEngine
-from service.engine.engine import EngineConfig, LLMEngine, StepStats
+from service.engine.engine import EngineConfig, LLMEngine, StepStats, device_problem
 from service.engine.request import (
     EngineOverloaded,
     FinishReason,
@@ -22,4 +22,5 @@ __all__ = [
     "SamplingParams",
     "SchedulerConfig",
     "StepStats",
+    "device_problem",
 ]

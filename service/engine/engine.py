@@ -55,6 +55,21 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
+def device_problem(device: str) -> str | None:
+    """Why the engine cannot run on `device` here ("cpu", "cuda", "cuda:N"), or None."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        return f"{device!r} is not a device: cpu, cuda or cuda:N"
+    if parsed.type not in ("cpu", "cuda"):
+        return f"{device!r}: only cpu and cuda are supported"
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device here (torch.cuda.is_available() is False)"
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        return f"{device!r}: there are {torch.cuda.device_count()} CUDA devices"
+    return None
+
+
 @dataclass(frozen=True)
 class StepStats:
     """What one step did; the HTTP layer turns these into metrics."""
