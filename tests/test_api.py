@@ -519,6 +519,39 @@ def test_openai_streamed_logprobs_keep_tokens_whose_text_was_held_back(server):
     assert [o for lp in streamed for o in lp.text_offset] == plain.text_offset
 
 
+def test_openai_streamed_choices_come_together_and_each_equals_its_non_streamed_self(
+    server, client
+):
+    openai_client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    ask = dict(
+        model="tiny-lm", prompt=["Open", "Save the"], n=2, max_tokens=12, seed=5, logprobs=1,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    plain = openai_client.completions.create(**ask).choices
+    chunks = [c for c in openai_client.completions.create(**ask, stream=True) if c.choices]
+    for k, choice in enumerate(plain):
+        mine = [c.choices[0] for c in chunks if c.choices[0].index == k]
+        assert "".join(c.text for c in mine) == choice.text
+        assert [t for c in mine if c.logprobs for t in c.logprobs.tokens] == choice.logprobs.tokens
+        assert mine[-1].finish_reason == choice.finish_reason == "length"
+    indexes = [c.choices[0].index for c in chunks]
+    assert indexes != sorted(indexes)  # interleaved as generated, not one choice after another
+    # A client that leaves the stream cancels all four choices, not only the one it was reading.
+    cancelled = "attnserve_request_finished_total{finish_reason=cancelled,model=tiny-lm}"
+    before = metrics(client).get(cancelled, 0)
+    raw = {"model": "tiny-lm", "prompt": ["Open", "Save the"], "n": 2, "max_tokens": 64}
+    with httpx.stream(
+        "POST", f"{server.url}/v1/completions", json=raw | {"ignore_eos": True, "stream": True}
+    ) as r:
+        next(r.iter_lines())
+    wait_idle(server, "tiny-lm")
+    for _ in range(100):  # counted as each stream closes, just after the engine is idle
+        if metrics(client).get(cancelled, 0) == before + 4:
+            break
+        time.sleep(0.02)
+    assert metrics(client).get(cancelled, 0) == before + 4
+
+
 def test_openai_prompts_of_token_ids_as_vllm_takes_them(server, client):
     openai_client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
     ids = server.engine("tiny-lm").input_ids("Open the")  # what the text prompt becomes

@@ -567,6 +567,16 @@ def test_async_engine_streams_and_a_consumer_that_leaves_aborts(tokenizer):
                 break
             await asyncio.sleep(0.01)
         assert leaver.finish_reason == FinishReason.CANCELLED
+        # Dropped without ever being read (an HTTP response whose body never started): an
+        # async generator that never started runs no `finally`, and yet the request is aborted.
+        unread = async_engine.generate([9, 10], long, request_id="unread")
+        request = engine._requests["unread"]
+        del unread
+        for _ in range(100):
+            if engine.blocks.num_used == 0 and not engine.has_unfinished:
+                break
+            await asyncio.sleep(0.01)
+        assert request.finish_reason == FinishReason.CANCELLED
 
     try:
         asyncio.run(scenario())

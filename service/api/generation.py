@@ -203,6 +203,39 @@ async def final_outputs(
     return results.result()
 
 
+async def merged(
+    streams: list[AsyncIterator[RequestOutput]],
+) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """The outputs of several streams as they come, each with its stream's index; closing
+    this closes every stream (each one is read from the start, so each one's cleanup runs)."""
+    queue: asyncio.Queue[tuple[int, RequestOutput | Exception | None]] = asyncio.Queue()
+
+    async def pump(k: int, stream: AsyncIterator[RequestOutput]) -> None:
+        try:
+            async for output in stream:
+                queue.put_nowait((k, output))
+        except Exception as error:
+            queue.put_nowait((k, error))
+        finally:
+            queue.put_nowait((k, None))  # this stream is done
+
+    tasks = [asyncio.ensure_future(pump(k, stream)) for k, stream in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            k, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield k, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def sse_event(data: dict | str) -> str:
     payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
     return f"data: {payload}\n\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -14,6 +15,7 @@ from service.api.generation import (
     Context,
     check_finished,
     final_outputs,
+    merged,
     new_tokens_limit,
     sse_event,
     start_all,
@@ -136,10 +138,6 @@ async def completions(body: CompletionRequest, request: Request):
     vocab_size = served.llm.model_config.vocab_size
     if any(isinstance(p, list) and max(p) >= vocab_size for p in prompts):
         raise ApiError(422, f"prompt: token ids must be below {vocab_size}", param="prompt")
-    if body.stream and len(prompts) * body.n > 1 and body.logprobs is not None:
-        raise ApiError(
-            422, "logprobs with several streamed choices is not supported", param="logprobs"
-        )
     ctx = Context.of(request, served, "prompt", "max_tokens")
     jobs = [(p, i) for p in prompts for i in range(body.n)]  # choice index = position in jobs
     too_many = "n" if body.n > 1 else "prompt"  # the field to blame if the jobs cannot fit
@@ -188,6 +186,17 @@ def _usage(outputs: list[RequestOutput], prompts_counted_once: int) -> dict:
     }
 
 
+@dataclass
+class _Unsent:
+    """One streamed choice's tokens not sent yet (their text is held back: half a character, or
+    what may start a stop string), and where its next token starts in its text."""
+
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top: list[dict[int, float]] = field(default_factory=list)
+    text_offset: int = 0
+
+
 async def _stream_events(
     streams: list[AsyncIterator[RequestOutput]],
     served: ServedModel,
@@ -196,11 +205,11 @@ async def _stream_events(
     created: int,
     timeout_s: float | None,
 ) -> AsyncIterator[str]:
-    """Chunks of every choice in turn (choices stream one after another), then usage, [DONE].
+    """A chunk per new piece of text of any choice, as the choices generate it (together, as
+    vLLM streams them), then usage, then [DONE].
 
-    A token whose text is held back (half a character, or what may start a stop string) goes
-    out with the next chunk that has text, so that the chunks' logprobs list every token once,
-    at the offsets of the non-streamed response.
+    A token whose text is held back goes out with its choice's next chunk that has text, so
+    that the chunks' logprobs list every token once, at the offsets of the non-streamed response.
     """
 
     def chunk(choices: list[dict], usage: dict | None = None) -> str:
@@ -215,42 +224,39 @@ async def _stream_events(
             data["usage"] = usage
         return sse_event(data)
 
-    finished: list[RequestOutput] = []
+    finished: dict[int, RequestOutput] = {}
+    unsent = [_Unsent() for _ in streams]
+    outputs = merged(streams)
     try:
-        for k, stream in enumerate(streams):
-            text_offset = 0  # of this choice's next token
-            ids: list[int] = []  # the tokens not yet sent, their logprobs and likeliest tokens
-            logprobs_of: list[float] = []
-            top: list[dict[int, float]] = []
-            async for output in stream:
-                if output.finished:
-                    check_finished(output, timeout_s)
-                    finished.append(output)
-                ids += output.new_token_ids
-                logprobs_of += output.new_logprobs
-                top += output.new_top_logprobs
-                if not output.text_delta and not output.finished:
-                    continue
-                logprobs = None
-                if body.logprobs is not None and ids:
-                    logprobs = _logprobs(served, ids, logprobs_of, top, text_offset)
-                    text_offset = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
-                ids, logprobs_of, top = [], [], []
-                yield chunk(
-                    [
-                        {
-                            "text": output.text_delta,
-                            "index": k,
-                            "logprobs": logprobs,
-                            "finish_reason": _finish(output) if output.finished else None,
-                        }
-                    ]
-                )
+        async for k, output in outputs:
+            if output.finished:
+                finished[k] = check_finished(output, timeout_s)
+            held = unsent[k]
+            held.ids += output.new_token_ids
+            held.logprobs += output.new_logprobs
+            held.top += output.new_top_logprobs
+            if not output.text_delta and not output.finished:
+                continue
+            logprobs, next_offset = None, held.text_offset
+            if body.logprobs is not None and held.ids:
+                logprobs = _logprobs(served, held.ids, held.logprobs, held.top, held.text_offset)
+                next_offset = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
+            unsent[k] = _Unsent(text_offset=next_offset)
+            yield chunk(
+                [
+                    {
+                        "text": output.text_delta,
+                        "index": k,
+                        "logprobs": logprobs,
+                        "finish_reason": _finish(output) if output.finished else None,
+                    }
+                ]
+            )
         if body.stream_options is not None and body.stream_options.include_usage:
-            yield chunk([], _usage(finished, prompts_counted_once=body.n))
+            in_order = [finished[k] for k in sorted(finished)]
+            yield chunk([], _usage(in_order, prompts_counted_once=body.n))
     except ApiError as error:
         yield sse_event(error_body(error, openai=True))
     finally:
-        for stream in streams:
-            await stream.aclose()  # type: ignore[attr-defined]
+        await outputs.aclose()  # type: ignore[attr-defined]
     yield sse_event("[DONE]")

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import threading
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 
 from service.engine.engine import LLMEngine
@@ -46,7 +47,8 @@ class AsyncEngine:
         """Queue a request now and return its outputs, step by step; the last one is finished.
 
         Raises RequestTooLong or EngineOverloaded right here, before anything is queued.
-        Closing the iterator early (or cancelling the task reading it) aborts the request.
+        Closing the iterator early, cancelling the task reading it, or dropping it unread
+        aborts the request.
         """
         request_id = request_id if request_id is not None else uuid.uuid4().hex
         if request_id in self._streams:  # not replaced: its consumer would wait forever
@@ -59,7 +61,16 @@ class AsyncEngine:
             self._streams.pop(request_id, None)
             raise
         self._wake.set()
-        return self._outputs(request_id, queue)
+        outputs = self._outputs(request_id, queue)
+        # An iterator dropped before it was ever read runs none of its code (no `finally`), so
+        # its request would run on unread: abort it when the iterator goes away. A no-op for
+        # one that finished or was closed, whose `finally` has already removed the stream.
+        weakref.finalize(outputs, self._abort_if_unread, request_id)
+        return outputs
+
+    def _abort_if_unread(self, request_id: str) -> None:
+        if request_id in self._streams:
+            self.abort(request_id)
 
     async def _outputs(
         self, request_id: str, queue: asyncio.Queue[RequestOutput]
