@@ -170,7 +170,16 @@ class BeamSearch:
         return parents
 
     def best(self, n: int) -> list[Hypothesis]:
-        return self.finished[:n]
+        """The `n` best hypotheses, best first. A search stopped before it is done (its
+        deadline passed) also offers its live beams, scored at their length so far."""
+        if self.is_done:
+            return self.finished[:n]
+        live = [
+            Hypothesis(ids, score / len(ids) ** self.length_penalty)
+            for ids, score in zip(self.tokens, self.scores, strict=True)
+            if ids
+        ]
+        return sorted(self.finished + live, key=lambda h: h.score, reverse=True)[:n]
 
 
 @torch.inference_mode()

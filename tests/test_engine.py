@@ -522,6 +522,36 @@ def test_deadline_finishes_with_timeout_and_frees_the_cache(tokenizer):
     assert_cache_empty(engine)
 
 
+def test_a_beam_search_cut_by_its_deadline_returns_its_best_beams_so_far(tokenizer):
+    engine = make_engine(tokenizer, "encoder-decoder")
+    params = SamplingParams(max_new_tokens=100, beam_size=4, num_hypotheses=3)
+    request = engine.add_request([5, 6, 7], params)
+    run, eos = engine.runner.run, engine.model_config.eos_token_id
+
+    @torch.inference_mode()
+    def never_eos(prefill, decode):  # so no beam finishes before the deadline
+        logits = run(prefill, decode)
+        for x in logits:
+            x[:, eos] = float("-inf")
+        return logits
+
+    engine.runner.run = never_eos
+    for _ in range(6):
+        engine.step()
+    search = request.beam_search
+    assert search is not None and not search.finished and len(search.tokens[0]) == 6
+    request.deadline = 0.0  # it has passed
+    (output,) = engine.step()
+    assert output.finish_reason == FinishReason.TIMEOUT
+    assert len(output.hypotheses) == 3
+    scores = [h.score for h in output.hypotheses]
+    assert scores == sorted(scores, reverse=True)
+    best = max(zip(search.scores, search.tokens, strict=True))[1]  # the likeliest live beam
+    assert output.token_ids == output.hypotheses[0].token_ids == best
+    assert output.text == tokenizer.decode(best) != ""
+    assert_cache_empty(engine)
+
+
 def test_input_too_long_and_overload_are_refused_up_front(tokenizer):
     engine = make_engine(tokenizer, "encoder-decoder", max_waiting_requests=2)
     with pytest.raises(RequestTooLong, match="exceeds the model.s 256 positions") as refused:
