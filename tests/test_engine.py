@@ -305,6 +305,25 @@ def test_a_request_that_fails_finishes_alone_and_the_batch_goes_on(tokenizer, mo
     assert_cache_empty(engine)
 
 
+def test_a_failing_step_hook_loses_no_output(tokenizer, monkeypatch):
+    """Outputs of a step are delivered even when the metrics hook raises, and a failure in the
+    batch's log-softmax finishes the step's requests with an error instead of losing them."""
+    engine = make_engine(tokenizer, "encoder-decoder")
+    engine.on_step = lambda stats: 1 / 0
+    (output,) = engine.generate([[5, 6, 7]], SamplingParams(max_new_tokens=4, ignore_eos=True))
+    assert len(output.token_ids) == 4
+
+    def broken(logits, ran):
+        raise RuntimeError("log-softmax broke")
+
+    monkeypatch.setattr(engine, "_log_softmax_and_greedy", broken)
+    (failed,) = engine.generate([[5, 6, 7]], GREEDY)
+    assert failed.finish_reason == FinishReason.ERROR and "log-softmax broke" in (
+        failed.error or ""
+    )
+    assert_cache_empty(engine)
+
+
 @pytest.mark.parametrize("length_penalty", [1.0, 0.6])
 def test_beam_search_in_the_batcher_equals_beam_search_alone(tokenizer, length_penalty):
     engine = make_engine(tokenizer, "encoder-decoder")

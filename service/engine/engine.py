@@ -253,28 +253,14 @@ class LLMEngine:
         try:
             self.runner.copy_blocks(plan.copies)
             logits = self.runner.run(plan.prefill, plan.decode)
+            logprobs, greedy = self._log_softmax_and_greedy(logits, ran)
         except Exception as error:  # never let one bad step take the engine down
             log.exception("engine step failed")
             for request in ran:
                 self.scheduler.finish(request, FinishReason.ERROR)
                 outputs.append(self._finished_output(request, "", error=str(error)))
-            ran, logits = [], []
+            ran, logits, logprobs, greedy = [], [], [], []
         now = time.perf_counter()
-        logprobs: list[torch.Tensor] = []
-        greedy: list[tuple[int, float]] = []
-        if logits:  # once for the whole batch: log-probabilities, and the greedy choice
-            all_logits = torch.cat(logits)  # (rows, V)
-            all_logprobs = all_logits.log_softmax(-1)
-            if any(r.beam_search is None for r in ran):  # beams choose their own
-                best = all_logits.argmax(-1, keepdim=True)  # as the reference: argmax of logits
-                greedy = list(
-                    zip(
-                        best[:, 0].tolist(),
-                        all_logprobs.gather(1, best)[:, 0].tolist(),
-                        strict=True,
-                    )
-                )
-            logprobs = list(all_logprobs.split([len(x) for x in logits]))
         row = 0
         for request, request_logits, request_logprobs in zip(ran, logits, logprobs, strict=True):
             if request.timings.first_token is None:
@@ -295,6 +281,23 @@ class LLMEngine:
             row += len(request_logits)
         self._record_stats(plan, num_prefill_tokens, start)
         return outputs
+
+    @staticmethod
+    def _log_softmax_and_greedy(
+        logits: list[Tensor], ran: list[Request]
+    ) -> tuple[list[Tensor], list[tuple[int, float]]]:
+        """Once for the whole batch: each request's log-probabilities (beams, V), and every row's
+        greedy choice with its log-probability (none when every request is a beam search)."""
+        if not logits:
+            return [], []
+        all_logits = torch.cat(logits)  # (rows, V)
+        all_logprobs = all_logits.log_softmax(-1)
+        greedy: list[tuple[int, float]] = []
+        if any(r.beam_search is None for r in ran):  # beams choose their own
+            best = all_logits.argmax(-1, keepdim=True)  # as the reference: argmax of logits
+            chosen = all_logprobs.gather(1, best)[:, 0]
+            greedy = list(zip(best[:, 0].tolist(), chosen.tolist(), strict=True))
+        return list(all_logprobs.split([len(x) for x in logits])), greedy
 
     def _advance_sample(
         self,
@@ -427,7 +430,10 @@ class LLMEngine:
         )
         self.last_stats = stats
         if self.on_step is not None:
-            self.on_step(stats)
+            try:
+                self.on_step(stats)
+            except Exception:  # a metrics hook must not lose this step's outputs
+                log.exception("the on_step callback failed")
 
     # -- offline ----------------------------------------------------------------------------------
 
