@@ -1,8 +1,10 @@
 """The Transformer of "Attention is All You Need": encoder-decoder or decoder-only, one implementation.
 
 A decoder-only model is the decoder stack without cross-attention. Training calls
-`forward(src, tgt)` / `forward(tokens)` without a cache; decoding calls `encode` once and
-`decode` per step with a `KVCache`, so keys and values of earlier positions are never recomputed.
+`forward(src, tgt)` / `forward(tokens)` without a cache. The serving engine calls `encode` and
+`write_cross_kv` once per source, then `forward_paged` each step over its paged KV cache
+(model/paged.py); the reference decoders (model/decoding.py) call `decode` with a contiguous
+`KVCache`. Either way keys and values of earlier positions are never recomputed.
 """
 
 from __future__ import annotations

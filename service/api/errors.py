@@ -31,7 +31,6 @@ class ApiError(Exception):
         message: str,
         error_type: str = "validation",
         param: str | None = None,
-        status_openai: int | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ):
@@ -41,7 +40,7 @@ class ApiError(Exception):
         self.error_type = error_type
         self.param = param
         # OpenAI clients expect 400 for invalid requests where our native routes say 422.
-        self.status_openai = status_openai or (400 if status == 422 else status)
+        self.status_openai = 400 if status == 422 else status
         self.code = code
         self.headers = headers or {}
 

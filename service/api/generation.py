@@ -236,6 +236,17 @@ async def merged(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def timings_header(timings: dict[str, float]) -> dict[str, str]:
+    parts = [f"{name.removesuffix('_ms')};dur={ms:.1f}" for name, ms in timings.items()]
+    return {"Server-Timing": ", ".join(parts)}
+
+
+def merged_timings(outputs: list[RequestOutput]) -> dict[str, float]:
+    """A batch's timings: each phase's longest, so the slowest text is accounted for."""
+    names = ("queue_ms", "prefill_ms", "decode_ms", "total_ms")
+    return {name: round(max(o.timings_ms[name] for o in outputs), 2) for name in names}
+
+
 def sse_event(data: dict | str) -> str:
     payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
     return f"data: {payload}\n\n"

@@ -20,7 +20,7 @@ class ServedModel:
     path: Path
     engine: AsyncEngine
     created: int = field(default_factory=lambda: int(time.time()))
-    _finish_times: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    _finish_times: deque[float] = field(default_factory=lambda: deque(maxlen=32))
 
     @property
     def llm(self) -> LLMEngine:
@@ -44,9 +44,10 @@ class ServedModel:
 
     def retry_after_s(self) -> int:
         """Seconds until the queue has likely drained, at the rate of the last finishes (the
-        last 32 in the last 10 s: earlier ones, from quieter times, would make it too slow)."""
+        last 32 in the last 10 s: earlier ones, from quieter times, would make it too slow);
+        at most a minute, so that a stalled server's clients still come back to look."""
         now = time.monotonic()
-        recent = [t for t in list(self._finish_times)[-32:] if now - t < 10]
+        recent = [t for t in self._finish_times if now - t < 10]
         num_waiting = len(self.llm.scheduler.waiting)
         if len(recent) < 2:
             return 1

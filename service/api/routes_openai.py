@@ -16,13 +16,14 @@ from service.api.generation import (
     check_finished,
     final_outputs,
     merged,
+    merged_timings,
     new_tokens_limit,
     sse_event,
     start_all,
+    timings_header,
     with_keepalive,
 )
 from service.api.registry import ModelRegistry, ServedModel
-from service.api.routes_translate import merged_timings, timings_header
 from service.api.schemas import CompletionRequest
 from service.engine import FinishReason, RequestOutput, SamplingParams
 

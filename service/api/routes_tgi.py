@@ -16,10 +16,10 @@ from service.api.generation import (
     new_tokens_limit,
     sse_event,
     start,
+    timings_header,
     with_keepalive,
 )
 from service.api.registry import ServedModel
-from service.api.routes_translate import timings_header
 from service.api.schemas import TgiRequest
 from service.engine import FinishReason, RequestOutput, SamplingParams
 

@@ -13,10 +13,12 @@ from service.api.generation import (
     Context,
     check_finished,
     final_outputs,
+    merged_timings,
     new_tokens_limit,
     sse_event,
     start,
     start_all,
+    timings_header,
     with_keepalive,
 )
 from service.api.registry import ServedModel
@@ -43,17 +45,6 @@ def sampling_params(body: TranslateRequest, request: Request) -> SamplingParams:
         num_hypotheses=body.num_hypotheses,
         timeout_s=body.timeout_s or settings.request_timeout_s,
     )
-
-
-def timings_header(timings: dict[str, float]) -> dict[str, str]:
-    parts = [f"{name.removesuffix('_ms')};dur={ms:.1f}" for name, ms in timings.items()]
-    return {"Server-Timing": ", ".join(parts)}
-
-
-def merged_timings(outputs: list[RequestOutput]) -> dict[str, float]:
-    """A batch's timings: each phase's longest, so the slowest text is accounted for."""
-    names = ("queue_ms", "prefill_ms", "decode_ms", "total_ms")
-    return {name: round(max(o.timings_ms[name] for o in outputs), 2) for name in names}
 
 
 @router.post("/v1/translate")

@@ -34,7 +34,9 @@ class Settings(BaseSettings):
     max_queued_requests: int = Field(
         256, ge=1, description="requests waiting per model; more are refused with 429"
     )
-    max_tokens_per_step: int = Field(4096, ge=16, description="input tokens prefilled per step")
+    max_tokens_per_step: int = Field(
+        4096, ge=16, description="tokens a step may run: prefills plus one per decoding beam"
+    )
     kv_cache_mb: float = Field(256.0, gt=0, description="KV cache memory per model, MiB")
     block_size: int = Field(16, ge=1, description="token positions per KV cache block")
     max_input_tokens: int = Field(256, ge=1, description="longer inputs are refused")
@@ -96,6 +98,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "--log-level": str,
         "--max-body-bytes": int,
         "--drain-timeout-s": float,
+        "--keepalive-s": float,
     }
     for flag, kind in flags.items():
         p.add_argument(flag, type=kind, default=None, help=_help(flag))

@@ -13,7 +13,8 @@ class BlockManager:
         assert num_blocks >= 2, "the cache needs the scratch block and at least one more"
         self.block_size = block_size
         self.num_blocks = num_blocks - 1  # usable
-        self._free = [b for b in range(num_blocks - 1, 0, -1) if b != SCRATCH_BLOCK]  # a stack
+        assert SCRATCH_BLOCK == 0, "block 0 is never handed out"
+        self._free = list(range(num_blocks - 1, 0, -1))  # a stack
         self._refs = [0] * num_blocks
 
     @property

@@ -49,7 +49,7 @@ class EngineConfig:
     max_input_tokens: int | None = None  # longer inputs are refused (RequestTooLong)
     prepack_weights: bool = False  # CPU fp32: oneDNN-packed Linear weights (model/cpu_kernels.py)
     # torch.compile the model's serving forward (dynamic shapes). Same tokens; on the 2-core CPU
-    # of docs/benchmarks.md it is no faster than eager and compiles for 5-25 s, so it is off by
+    # of docs/benchmarks.md it is no faster than eager and compiles for 5-35 s, so it is off by
     # default (for CUDA).
     compile: bool = False
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -247,7 +247,7 @@ class LLMEngine:
         start = time.perf_counter()
         with self._lock:
             plan = self.scheduler.schedule(start)
-        num_prefill_tokens = sum(self._prefill_tokens(r) for r in plan.prefill)
+        num_prefill_tokens = sum(self.scheduler.prefill_tokens(r) for r in plan.prefill)
         outputs = [self._finished_output(r, "") for r in plan.finished]
         ran = plan.prefill + plan.decode
         try:
@@ -410,10 +410,6 @@ class LLMEngine:
         output.timings_ms = request.timings.durations_ms()
         output.error = error
         return output
-
-    def _prefill_tokens(self, request: Request) -> int:
-        source = len(request.input_ids) if self.model_config.is_encoder_decoder else 0
-        return source + sum(len(b.tokens) for b in request.beams)
 
     def _record_stats(self, plan: SchedulerOutput, num_prefill_tokens: int, start: float) -> None:
         stats = StepStats(

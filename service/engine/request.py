@@ -218,17 +218,12 @@ class Request:
         self.generator = torch.Generator()
         seed = params.seed if params.seed is not None else random.getrandbits(63)
         self.generator.manual_seed(seed % 2**64)  # any int: torch takes 64 bits
-        self.num_preemptions = 0
         self.is_aborted = False
         self.finish_reason: FinishReason | None = None
 
     @property
     def num_output_tokens(self) -> int:
         return len(self.output_ids) if self.beam_search is None else self.beam_search.num_steps
-
-    @property
-    def is_prefilled(self) -> bool:
-        return self.status == RequestStatus.RUNNING
 
     def reset_for_recompute(self) -> None:
         """After preemption: the cache is gone; prefill will recompute every beam's tokens."""

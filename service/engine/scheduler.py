@@ -30,10 +30,6 @@ class SchedulerOutput:
     finished: list[Request] = field(default_factory=list)  # cancelled or timed out: already freed
     num_preempted: int = 0
 
-    @property
-    def is_empty(self) -> bool:
-        return not (self.prefill or self.decode or self.finished)
-
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig, blocks: BlockManager, is_encoder_decoder: bool):
@@ -121,11 +117,15 @@ class Scheduler:
                         out.copies.append(copy)
                 out.decode.append(request)
 
+    def prefill_tokens(self, request: Request) -> int:
+        """Tokens a request's prefill runs: its source (encoder-decoder) and every beam's tokens."""
+        source = len(request.input_ids) if self.is_encoder_decoder else 0
+        return source + sum(len(b.tokens) for b in request.beams)
+
     def _preempt(self, request: Request) -> None:
         self.running.remove(request)
         self._free_blocks(request)
         request.reset_for_recompute()
-        request.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(request)  # first in line again
 
@@ -136,11 +136,9 @@ class Scheduler:
         num_tokens = sum(len(r.beams) for r in out.decode)
         while self.waiting and len(self.running) < config.max_running_requests:
             request = self.waiting[0]
-            prefill_tokens = len(request.input_ids) * self.is_encoder_decoder + sum(
-                len(b.tokens) for b in request.beams
-            )
+            prefill_tokens = self.prefill_tokens(request)
             if out.prefill and num_tokens + prefill_tokens > config.max_tokens_per_step:
-                break  # a request over the whole budget still runs, alone
+                break  # a request over the whole budget still runs, as its step's only prefill
             need = self._prefill_blocks(request)
             if config.reserve_full_length:
                 need = max(need, self.worst_case_blocks(request))
