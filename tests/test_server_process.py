@@ -19,6 +19,29 @@ def models(tmp_path_factory) -> list[str]:
     return tiny_checkpoints(tmp_path_factory.mktemp("models"))
 
 
+def wait_until_accepted(url: str, num_requests: int) -> None:
+    """Until the translation engine has taken `num_requests` requests: queued, running or
+    finished (the gauges move at each engine step)."""
+    for _ in range(500):
+        text = httpx.get(f"{url}/metrics").text
+        taken = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(
+                (
+                    "attnserve_requests_waiting{",
+                    "attnserve_requests_running{",
+                    "attnserve_request_finished_total{",
+                )
+            )
+            and 'model="tiny-mt"' in line
+        )
+        if taken >= num_requests:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the server never took {num_requests} requests")
+
+
 def test_sigterm_drains_in_flight_requests_then_exits_cleanly(models):
     # One request runs at a time, so the streams queued behind a batch end well after uvicorn's
     # own 5 s grace period: only the drain keeps them alive that long.
@@ -41,7 +64,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_cleanly(models):
         threads += [threading.Thread(target=streaming) for _ in range(60)]
         for thread in threads:
             thread.start()
-        time.sleep(0.5)  # all queued
+        wait_until_accepted(url, 16 + 60)  # the batch's texts and the streams
         process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         time.sleep(0.2)
@@ -56,6 +79,45 @@ def test_sigterm_drains_in_flight_requests_then_exits_cleanly(models):
         last_end = max(end for _, end in result["streams"])
         assert last_end - signalled > 5, "the streams must outlast uvicorn's grace period"
         assert process.wait(30) == 0
+    finally:
+        process.kill()
+
+
+def test_when_the_drain_runs_out_of_time_what_is_left_gets_a_503_not_a_cut(models):
+    process, url = start_server(
+        models, "--threads", "1", "--max-running-requests", "1", "--drain-timeout-s", "1"
+    )
+    try:
+        slow = {"text": [f"Open file {i}" for i in range(16)], "beam_size": 8}
+        result: dict = {"streams": []}
+
+        def in_flight() -> None:
+            result["response"] = httpx.post(f"{url}/v1/translate", json=slow, timeout=120)
+
+        def streaming() -> None:
+            body = {"text": "Open file", "stream": True, "max_new_tokens": 64}
+            with httpx.stream("POST", f"{url}/v1/translate", json=body, timeout=120) as r:
+                result["streams"].append([line for line in r.iter_lines() if line])
+
+        threads = [threading.Thread(target=in_flight)]
+        threads += [threading.Thread(target=streaming) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        wait_until_accepted(url, 16 + 20)
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        for thread in threads:
+            thread.join(60)
+        response = result["response"]  # finished, or the API's 503, never uvicorn's bare 500
+        assert response.status_code in (200, 503), response.text
+        assert response.status_code == 200 or response.json()["error_type"] == "not_ready"
+        assert len(result["streams"]) == 20
+        for lines in result["streams"]:  # each one finished, or ended by an error event
+            assert lines[-1] == "data: [DONE]"
+        cut = [lines for lines in result["streams"] if '"error_type": "not_ready"' in lines[-2]]
+        assert cut, "some streams were still queued when the drain ran out"
+        assert process.wait(30) == 0
+        assert time.monotonic() - signalled < 4, "no waiting out uvicorn's grace period"
     finally:
         process.kill()
 

@@ -24,6 +24,9 @@ from service.engine import (
     SamplingParams,
 )
 
+# The error of requests still running when the drain on SIGTERM runs out of time: a 503.
+SHUT_DOWN = "the server shut down before this request finished"
+
 
 class ClientDisconnected(Exception):
     """The client went away before its answer was ready; the request was aborted."""
@@ -157,6 +160,8 @@ def _observe_finish(m: Metrics, model: str, output: RequestOutput, e2e_s: float)
 
 def check_finished(output: RequestOutput, timeout_s: float | None) -> RequestOutput:
     """Errors a finished request may carry: failure inside generation, or expiry in the queue."""
+    if output.finish_reason == FinishReason.ERROR and output.error == SHUT_DOWN:
+        raise ApiError(503, SHUT_DOWN, "not_ready")
     if output.finish_reason == FinishReason.ERROR:
         raise ApiError(500, f"generation failed: {output.error}", "generation")
     if output.finish_reason == FinishReason.TIMEOUT and not output.was_scheduled:

@@ -117,6 +117,10 @@ class ModelRegistry:
             raise ApiError(422, f"model {model_id!r} is not a translation model", param="model")
         return served
 
+    def fail_all(self, error: str) -> None:
+        for served in self.models.values():
+            served.engine.fail_all(error)
+
     @property
     def num_in_flight(self) -> int:
         """Engine requests queued or running, over every model."""

@@ -14,6 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.api.app import create_app
+from service.api.generation import SHUT_DOWN
 from service.api.settings import Settings
 
 log = logging.getLogger("attnserve")
@@ -45,6 +46,13 @@ class DrainingServer(uvicorn.Server):
         deadline = time.monotonic() + self.drain_timeout_s
         while self._num_in_flight() > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        if self._num_in_flight() > 0:  # out of time: answer what is left (503, or an error
+            # event that ends its stream) rather than leave it to uvicorn's cancellation
+            log.info("drain timeout: %d requests still in flight get a 503", self._num_in_flight())
+            self.app.state.registry.fail_all(SHUT_DOWN)
+            answered_by = time.monotonic() + 2  # one engine step, and the handlers' replies
+            while self._num_in_flight() > 0 and time.monotonic() < answered_by:
+                await asyncio.sleep(0.05)
         log.info("drained (%d still in flight); exiting", self._num_in_flight())
         self.should_exit = (
             True  # not super().handle_exit: uvicorn would re-raise the signal (exit ≠ 0)

@@ -92,6 +92,13 @@ class AsyncEngine:
         self.engine.abort(request_id)
         self._wake.set()
 
+    def fail_all(self, error: str) -> None:
+        """Finish every request still streaming as failed with `error`: their consumers get
+        that at the next step (the server's drain ran out of time)."""
+        for request_id in list(self._streams):
+            self.engine.abort(request_id, error)
+        self._wake.set()
+
     def _loop(self) -> None:
         while not self._stopping:
             if not self.engine.has_unfinished:

@@ -192,11 +192,13 @@ class LLMEngine:
                 "max_new_tokens" if fits_alone <= self.blocks.num_blocks else "input",
             )
 
-    def abort(self, request_id: str) -> None:
-        """Cancel a request: it is finished and its blocks freed at the next step."""
+    def abort(self, request_id: str, error: str | None = None) -> None:
+        """Cancel a request: it is finished and its blocks freed at the next step; with an
+        `error`, it finishes as failed (FinishReason.ERROR) with that message."""
         request = self._requests.get(request_id)
         if request is not None:
             request.is_aborted = True
+            request.abort_error = error
 
     def describe(self) -> dict:
         """What /info shows about this model."""
@@ -248,7 +250,7 @@ class LLMEngine:
         with self._lock:
             plan = self.scheduler.schedule(start)
         num_prefill_tokens = sum(self.scheduler.prefill_tokens(r) for r in plan.prefill)
-        outputs = [self._finished_output(r, "") for r in plan.finished]
+        outputs = [self._finished_output(r, "", error=r.abort_error) for r in plan.finished]
         ran = plan.prefill + plan.decode
         try:
             self.runner.copy_blocks(plan.copies)

@@ -219,6 +219,7 @@ class Request:
         seed = params.seed if params.seed is not None else random.getrandbits(63)
         self.generator.manual_seed(seed % 2**64)  # any int: torch takes 64 bits
         self.is_aborted = False
+        self.abort_error: str | None = None  # aborted as failed, with this message
         self.finish_reason: FinishReason | None = None
 
     @property

@@ -87,7 +87,7 @@ class Scheduler:
         for queue in (self.waiting, self.running):
             for request in list(queue):
                 if request.is_aborted:
-                    reason = FinishReason.CANCELLED
+                    reason = FinishReason.ERROR if request.abort_error else FinishReason.CANCELLED
                 elif request.deadline is not None and now >= request.deadline:
                     reason = FinishReason.TIMEOUT
                 else:
