@@ -24,7 +24,7 @@ class ServedModel:
 
     @property
     def llm(self) -> LLMEngine:
-        return self.engine.engine
+        return self.engine.llm
 
     @property
     def eos_id(self) -> int:

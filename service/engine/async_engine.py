@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 class AsyncEngine:
     def __init__(self, engine: LLMEngine):
-        self.engine = engine
+        self.llm = engine
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._wake = threading.Event()
         self._stopping = False
@@ -56,7 +56,7 @@ class AsyncEngine:
         queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
         self._streams[request_id] = (asyncio.get_running_loop(), queue)  # before the engine sees it
         try:
-            self.engine.add_request(prompt, params, request_id, arrival)
+            self.llm.add_request(prompt, params, request_id, arrival)
         except Exception:
             self._streams.pop(request_id, None)
             raise
@@ -89,24 +89,24 @@ class AsyncEngine:
     def abort(self, request_id: str) -> None:
         """Cancel a request, whether or not its outputs were ever read."""
         self._streams.pop(request_id, None)
-        self.engine.abort(request_id)
+        self.llm.abort(request_id)
         self._wake.set()
 
     def fail_all(self, error: str) -> None:
         """Finish every request still streaming as failed with `error`: their consumers get
         that at the next step (the server's drain ran out of time)."""
         for request_id in list(self._streams):
-            self.engine.abort(request_id, error)
+            self.llm.abort(request_id, error)
         self._wake.set()
 
     def _loop(self) -> None:
         while not self._stopping:
-            if not self.engine.has_unfinished:
+            if not self.llm.has_unfinished:
                 self._wake.wait(timeout=0.5)
                 self._wake.clear()
                 continue
             try:
-                outputs = self.engine.step()
+                outputs = self.llm.step()
             except Exception:  # the engine finishes failed requests itself; this is a last resort
                 log.exception("engine loop error")
                 continue
