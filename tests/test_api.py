@@ -441,6 +441,33 @@ def test_tgi_stream_tokens_add_up_to_generated_text_with_a_stop_sequence(server,
     assert last["details"]["generated_tokens"] >= 1 and last["details"]["finish_reason"]
 
 
+def test_huggingface_hub_reaches_every_model_through_its_own_base_url(server, client):
+    """TGI serves one model, so its client never names one: each model has a base URL."""
+    body = {"model": "tiny-lm", "inputs": "Open the", "parameters": {"max_new_tokens": 8}}
+    expected = client.post("/generate", json=body).json()["generated_text"]
+    lm = InferenceClient(base_url=f"{server.url}/models/tiny-lm")
+    assert lm.text_generation("Open the", max_new_tokens=8) == expected
+    streamed = lm.text_generation("Open the", max_new_tokens=8, stream=True)
+    assert "".join(streamed) == expected
+    mt = InferenceClient(base_url=f"{server.url}/models/tiny-mt")
+    translated = client.post("/v1/translate", json={"text": "Open", "beam_size": 1}).json()
+    assert mt.translation("Open").translation_text == translated["translations"][0]["text"]
+    r = client.post("/models/tiny-lm/generate", json=body | {"model": "tiny-mt"})
+    assert r.status_code == 422 and "model" in r.json()["error"]
+    assert client.post("/models/nope/generate", json=body).status_code == 422
+
+
+def test_model_ids_with_a_slash_are_served_and_retrieved(models):
+    lm = next(m for m in models if m.startswith("tiny-lm="))
+    with ServerThread(settings([lm.replace("tiny-lm=", "org/tiny-lm=")])) as running:
+        openai_client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="unused")
+        assert openai_client.models.retrieve("org/tiny-lm").id == "org/tiny-lm"
+        done = openai_client.completions.create(model="org/tiny-lm", prompt="Open", max_tokens=3)
+        assert done.model == "org/tiny-lm"
+        hub = InferenceClient(base_url=f"{running.url}/models/org/tiny-lm")
+        assert isinstance(hub.text_generation("Open", max_new_tokens=3), str)
+
+
 def test_huggingface_hub_client_streams_with_details(server):
     hf = InferenceClient(base_url=server.url)
     whole = hf.text_generation("Open the", max_new_tokens=12)

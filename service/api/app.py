@@ -27,6 +27,7 @@ from service.api.settings import Settings
 log = logging.getLogger("attnserve")
 UNAUTHENTICATED_PATHS = {"/health", "/ready", "/metrics"}
 GENERATION_PATHS = {"/v1/translate", "/generate", "/generate_stream", "/", "/v1/completions"}
+MODEL_PATHS = "/models/"  # TGI's routes, one base URL per model (routes_tgi.py)
 
 
 def create_app(settings: Settings, registry: ModelRegistry | None = None) -> FastAPI:
@@ -81,7 +82,9 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
         request.state.arrival = time.perf_counter()
         request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         path = request.url.path
-        is_generation = request.method == "POST" and path in GENERATION_PATHS
+        is_generation = request.method == "POST" and (
+            path in GENERATION_PATHS or path.startswith(MODEL_PATHS)
+        )
         app.state.num_in_flight += is_generation
         try:
             response = await _guarded(request, call_next, is_generation)

@@ -53,7 +53,7 @@ async def list_models(request: Request):
     return {"object": "list", "data": [_model_card(served) for served in models]}
 
 
-@router.get("/v1/models/{model_id}")
+@router.get("/v1/models/{model_id:path}")  # ids may hold a slash: org/name
 async def retrieve_model(model_id: str, request: Request):
     registry = _registry(request)
     if model_id not in registry.models:

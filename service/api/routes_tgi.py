@@ -163,6 +163,33 @@ async def compat(body: TgiRequest, request: Request):
     return JSONResponse([result], headers=headers)
 
 
+# One base URL per model: TGI serves one model per server, so its clients (huggingface_hub's
+# InferenceClient) never name the model in the body: `InferenceClient("http://host/models/en-lm")`.
+
+
+def _for_model(body: TgiRequest, model_id: str) -> TgiRequest:
+    if body.model not in (None, model_id):
+        raise ApiError(
+            422, f"model: the URL names {model_id!r}, the body {body.model!r}", param="model"
+        )
+    return body.model_copy(update={"model": model_id})
+
+
+@router.post("/models/{model_id:path}/generate")
+async def generate_for(model_id: str, body: TgiRequest, request: Request):
+    return await generate(_for_model(body, model_id), request)
+
+
+@router.post("/models/{model_id:path}/generate_stream")
+async def generate_stream_for(model_id: str, body: TgiRequest, request: Request):
+    return await generate_stream(_for_model(body, model_id), request)
+
+
+@router.post("/models/{model_id:path}")
+async def compat_for(model_id: str, body: TgiRequest, request: Request):
+    return await compat(_for_model(body, model_id), request)
+
+
 async def _stream_events(
     outputs: AsyncIterator[RequestOutput],
     served: ServedModel,
