@@ -185,6 +185,7 @@ def test_alignments_show_where_each_target_token_looked(server, client):
         ({"text": "hi", "model": "tiny-lm"}, "model"),
         ({"text": ["a", "b"], "stream": True}, "stream"),
         ({"text": "word " * 200}, "text"),
+        ({"text": ["Open", "word " * 200]}, "text[1]"),  # which text of the batch
         ({"text": "hi", "colour": "red"}, "colour"),
         ({"txt": "hi"}, "text"),
         ({"text": "hi", "beam_size": "4"}, "beam_size"),  # types are strict, as TGI's
@@ -736,6 +737,30 @@ def test_clients_that_disconnect_leave_nothing_running(server, client):
         time.sleep(0.02)
     assert after.get(translate % 499, 0) == before.get(translate % 499, 0) + 1
     assert after.get(translate % 500, 0) == before.get(translate % 500, 0)
+
+
+def test_token_counters_count_a_prompt_once_and_the_tokens_of_cancelled_requests(models):
+    with ServerThread(settings(models)) as running, httpx.Client(base_url=running.url) as c:
+        lm = "{model=tiny-lm}"
+        assert metrics(c).get(f"attnserve_batch_size_count{lm}", 0) == 0  # the warm-up is not
+        body = {"model": "tiny-lm", "prompt": "Open the", "max_tokens": 5, "ignore_eos": True}
+        usage = c.post("/v1/completions", json=body | {"n": 4}).json()["usage"]
+        counted = metrics(c)
+        assert counted[f"attnserve_prompt_tokens_total{lm}"] == usage["prompt_tokens"]
+        assert counted[f"attnserve_generation_tokens_total{lm}"] == usage["completion_tokens"] == 20
+        with c.stream(
+            "POST", "/v1/completions", json=body | {"max_tokens": 60, "stream": True}
+        ) as r:
+            next(r.iter_lines())  # one token, then the client leaves
+        wait_idle(running, "tiny-lm")
+        cancelled = "attnserve_request_finished_total{finish_reason=cancelled,model=tiny-lm}"
+        for _ in range(100):
+            after = metrics(c)
+            if after.get(cancelled, 0) == 1:
+                break
+            time.sleep(0.02)
+        assert after[f"attnserve_prompt_tokens_total{lm}"] == 2 * usage["prompt_tokens"]
+        assert after[f"attnserve_generation_tokens_total{lm}"] > 20
 
 
 def test_metrics_parse_and_the_histograms_move(client):

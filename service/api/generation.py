@@ -68,8 +68,11 @@ def start(
     params: SamplingParams,
     ctx: Context,
     suffix: str = "",
+    counts_prompt: bool = True,
 ) -> AsyncIterator[RequestOutput]:
-    """Queue one engine request now (errors become ApiError here) and return its outputs."""
+    """Queue one engine request now (errors become ApiError here) and return its outputs.
+    `counts_prompt`: whether its input counts in `prompt_tokens_total` (once per prompt, not
+    once per choice of `n`)."""
     if not served.engine.is_running:
         raise ApiError(503, "the server is shutting down", "not_ready")
     try:
@@ -79,7 +82,7 @@ def start(
         raise ApiError(422, f"{param}: {error}", param=param) from None
     except EngineOverloaded as error:
         raise _overloaded(served, str(error)) from None
-    return _observed(served, outputs, ctx)
+    return _observed(served, outputs, ctx, counts_prompt)
 
 
 def _overloaded(served: ServedModel, why: str) -> ApiError:
@@ -97,9 +100,11 @@ def start_all(
     jobs: list[tuple[str | list[int], SamplingParams]],
     ctx: Context,
     param: str,
+    choices_per_prompt: int = 1,
 ) -> list[AsyncIterator[RequestOutput]]:
     """`start` for a batch, all or nothing: refused before anything is queued when the queue
-    cannot take all of it; if one is refused later, the ones queued are aborted."""
+    cannot take all of it; if one is refused later, the ones queued are aborted. `jobs` are
+    each prompt's `choices_per_prompt` choices in turn."""
     capacity = served.llm.config.scheduler.max_waiting_requests
     if len(jobs) > capacity:  # never fits: a 429 would only make the client retry forever
         raise ApiError(
@@ -111,25 +116,33 @@ def start_all(
     if num_waiting + len(jobs) > capacity:
         raise _overloaded(served, f"{num_waiting} requests are already waiting")
     streams = []
+    k = 0
     try:
         for k, (prompt, params) in enumerate(jobs):
-            streams.append(start(served, prompt, params, ctx, suffix=f"-{k}"))
-    except ApiError:
-        for k in range(len(streams)):
-            served.engine.abort(f"{ctx.engine_id}-{k}")
+            first_choice = k % choices_per_prompt == 0
+            streams.append(start(served, prompt, params, ctx, f"-{k}", counts_prompt=first_choice))
+    except ApiError as error:
+        for started in range(len(streams)):
+            served.engine.abort(f"{ctx.engine_id}-{started}")
+        if len(jobs) > choices_per_prompt and error.param == ctx.input_param:  # which one
+            name = ctx.input_param
+            error.message = error.message.replace(f"{name}:", f"{name}[{k // choices_per_prompt}]:")
         raise
     return streams
 
 
 async def _observed(
-    served: ServedModel, outputs: AsyncIterator[RequestOutput], ctx: Context
+    served: ServedModel, outputs: AsyncIterator[RequestOutput], ctx: Context, counts_prompt: bool
 ) -> AsyncIterator[RequestOutput]:
-    """Pass outputs through, feeding the per-request metrics; a consumer that leaves cancels."""
+    """Pass outputs through, feeding the per-request metrics; a consumer that leaves cancels
+    (and the tokens it had are counted all the same)."""
     m, model = ctx.metrics, served.model_id
     last_token_at: float | None = None
     finished = False
+    last: RequestOutput | None = None
     try:
         async for output in outputs:
+            last = output
             now = time.perf_counter()
             if output.new_token_ids or (output.finished and output.token_ids):
                 if last_token_at is None:
@@ -145,14 +158,16 @@ async def _observed(
     finally:
         if not finished:
             m.finished.labels(model, FinishReason.CANCELLED.value).inc()
+        if last is not None:
+            m.generation_tokens.labels(model).inc(len(last.token_ids))
+            if counts_prompt:
+                m.prompt_tokens.labels(model).inc(last.num_input_tokens)
         await outputs.aclose()  # type: ignore[attr-defined]
 
 
 def _observe_finish(m: Metrics, model: str, output: RequestOutput, e2e_s: float) -> None:
     assert output.finish_reason is not None
     m.finished.labels(model, output.finish_reason.value).inc()
-    m.prompt_tokens.labels(model).inc(output.num_input_tokens)
-    m.generation_tokens.labels(model).inc(len(output.token_ids))
     m.e2e.labels(model).observe(e2e_s)
     if output.was_scheduled:
         m.queue_time.labels(model).observe(output.timings_ms["queue_ms"] / 1000)

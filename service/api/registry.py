@@ -92,7 +92,11 @@ class ModelRegistry:
     def warm_up(self) -> None:
         """One short request through each engine, so the first user does not pay for it."""
         for served in self.models.values():
-            served.llm.generate(["Hello"], SamplingParams(max_new_tokens=2))
+            hook, served.llm.on_step = served.llm.on_step, None  # not a step users asked for
+            try:
+                served.llm.generate(["Hello"], SamplingParams(max_new_tokens=2))
+            finally:
+                served.llm.on_step = hook
 
     def shutdown(self) -> None:
         for served in self.models.values():

@@ -142,9 +142,8 @@ async def completions(body: CompletionRequest, request: Request):
     ctx = Context.of(request, served, "prompt", "max_tokens")
     jobs = [(p, i) for p in prompts for i in range(body.n)]  # choice index = position in jobs
     too_many = "n" if body.n > 1 else "prompt"  # the field to blame if the jobs cannot fit
-    streams = start_all(
-        served, [(p, sampling_params(body, request, served, i)) for p, i in jobs], ctx, too_many
-    )
+    generations = [(p, sampling_params(body, request, served, i)) for p, i in jobs]
+    streams = start_all(served, generations, ctx, too_many, choices_per_prompt=body.n)
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     timeout_s = request.app.state.settings.request_timeout_s
