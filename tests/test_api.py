@@ -928,6 +928,15 @@ def test_the_bundled_models_translate_and_generate_end_to_end():
             "/generate", json={"model": "en-lm", "inputs": "Click here to", "parameters": {}}
         ).json()["generated_text"]
         assert generated.strip()
+        # /info's limits are what each model can take (under the server's 256): a request sized
+        # by them is served. A decoder-only model's prompt and new tokens share its positions.
+        mt, lm = c.get("/info").json()["models"]
+        assert mt["limits"]["max_new_tokens"] < mt["max_positions"] < 256
+        body = {"text": "Open", "max_new_tokens": mt["limits"]["max_new_tokens"]}
+        assert c.post("/v1/translate", json=body).status_code == 200
+        room = lm["limits"]["max_new_tokens"] - 1  # "Click" is 2 tokens with BOS, not 1
+        body = {"model": "en-lm", "prompt": "Click", "max_tokens": room}
+        assert c.post("/v1/completions", json=body).status_code == 200
 
 
 @pytest.mark.parametrize("at_fault, param", [("max_new_tokens", "max_tokens"), ("input", "prompt")])

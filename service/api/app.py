@@ -21,7 +21,7 @@ from service.api import routes_openai, routes_tgi, routes_translate
 from service.api.errors import ApiError, error_response, install_error_handlers
 from service.api.generation import ClientDisconnected
 from service.api.metrics import Metrics
-from service.api.registry import ModelRegistry
+from service.api.registry import ModelRegistry, ServedModel
 from service.api.settings import Settings
 
 log = logging.getLogger("attnserve")
@@ -158,9 +158,7 @@ def _add_operations(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     @app.get("/info")
     async def info():
         registry = app.state.registry
-        limits = {
-            "max_input_tokens": settings.max_input_tokens,
-            "max_new_tokens": settings.max_new_tokens,
+        server_limits = {
             "max_running_requests": settings.max_running_requests,
             "max_queued_requests": settings.max_queued_requests,
             "max_tokens_per_step": settings.max_tokens_per_step,
@@ -168,9 +166,22 @@ def _add_operations(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
             "request_timeout_s": settings.request_timeout_s,
             "batching": settings.batching,
         }
+
+        def limits(served: ServedModel) -> dict:
+            """The server's limits, within what this model's positions allow (a decoder-only
+            model's prompt and new tokens share them)."""
+            positions = served.llm.model_config.max_positions
+            return {
+                "max_input_tokens": min(
+                    settings.max_input_tokens, positions if served.is_translation else positions - 1
+                ),
+                "max_new_tokens": min(settings.max_new_tokens, positions - 1),
+                **server_limits,
+            }
+
         models = [] if registry is None else [
             {"id": m.model_id, "task": "translation" if m.is_translation else "generation",
-             **m.llm.describe(), "limits": limits}
+             **m.llm.describe(), "limits": limits(m)}
             for m in registry.models.values()
         ]  # fmt: skip
         return {
