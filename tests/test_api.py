@@ -130,6 +130,11 @@ def test_translate_n_best_is_sorted_by_score(client):
     assert len(scores) == 3 and scores == sorted(scores, reverse=True)
     assert translation["text"] == translation["hypotheses"][0]["text"]
     assert translation["score"] == scores[0]
+    greedy = body | {"beam_size": 1, "num_hypotheses": 1, "max_new_tokens": 12}
+    (translation,) = client.post("/v1/translate", json=greedy).json()["translations"]
+    assert translation["score"] < 0  # its mean log-probability, as a beam's score would be
+    sampled = greedy | {"temperature": 0.8, "seed": 1}
+    assert client.post("/v1/translate", json=sampled).json()["translations"][0]["score"] < 0
 
 
 def test_streamed_translation_concatenates_to_the_non_streamed_text(client):
@@ -357,8 +362,11 @@ def test_malformed_json_and_oversized_bodies(client):
     counted = metrics(client)  # logged and counted like any other answer
     assert counted["attnserve_requests_total{model=,route=/v1/translate,status=413}"] >= 2
     assert client.get("/no/such/route").status_code == 404
-    unknown = client.get("/v1/no/such/route")
-    assert unknown.status_code == 404 and "message" in unknown.json()["error"]  # OpenAI's shape
+    unknown = client.post("/v1/chat/completions", json={})
+    assert unknown.status_code == 404  # in OpenAI's shape, saying what there is instead
+    assert "/v1/completions" in unknown.json()["error"]["message"]
+    for probe in ("/health", "/ready"):  # load balancers may probe with HEAD
+        assert client.head(probe).status_code == 200
 
 
 # -- TGI --------------------------------------------------------------------------------------

@@ -132,6 +132,12 @@ def test_api_key_is_required_when_configured(models):
         )
         assert ok.status_code == 200
         assert httpx.get(f"{url}/health").status_code == 200  # probes need no key
+        lower = httpx.post(  # the scheme is case-insensitive (RFC 7235)
+            f"{url}/v1/translate", json=body, headers={"Authorization": "bearer s3cret"}
+        )
+        assert lower.status_code == 200
+        wrong = httpx.post(f"{url}/v1/translate", json=body, headers={"Authorization": "Bearer x"})
+        assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0

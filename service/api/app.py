@@ -4,6 +4,7 @@ and routes. Nothing here runs at import time."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import time
@@ -92,17 +93,32 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
             app.state.num_in_flight -= is_generation
         response.headers["X-Request-Id"] = request.state.request_id
         if is_generation:
-            _log_and_count(request, response)
+            model = getattr(request.state, "model_id", "")
+            metrics.requests.labels(model, path, str(response.status_code)).inc()
+            body = getattr(response, "body_iterator", None)  # call_next's responses stream
+            if body is not None and response.headers.get("content-type", "").startswith(
+                "text/event-stream"
+            ):
+                response.body_iterator = _logged_at_the_end(body, request, response)  # type: ignore[attr-defined]
+            else:
+                _log(request, response)
         return response
 
     async def _guarded(request: Request, call_next, is_generation: bool) -> Response:
         path = request.url.path
         try:
-            authorized = request.headers.get("authorization") == f"Bearer {settings.api_key}"
-            if settings.api_key and path not in UNAUTHENTICATED_PATHS and not authorized:
-                raise ApiError(
-                    401, "missing or wrong API key (Authorization: Bearer …)", "authentication"
+            if settings.api_key and path not in UNAUTHENTICATED_PATHS:
+                scheme, _, key = request.headers.get("authorization", "").partition(" ")
+                authorized = scheme.lower() == "bearer" and hmac.compare_digest(
+                    key.strip().encode(), settings.api_key.encode()
                 )
+                if not authorized:
+                    raise ApiError(
+                        401,
+                        "missing or wrong API key (Authorization: Bearer …)",
+                        "authentication",
+                        headers={"WWW-Authenticate": "Bearer"},
+                    )
             if is_generation and app.state.status != "ready":
                 raise ApiError(503, f"the server is {app.state.status}", "not_ready")
             return await call_next(request)
@@ -116,15 +132,21 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
                 ApiError(500, f"internal error: {type(error).__name__}", "generation"), path
             )
 
-    def _log_and_count(request: Request, response: Response) -> None:
-        model = getattr(request.state, "model_id", "")
-        metrics.requests.labels(model, request.url.path, str(response.status_code)).inc()
+    async def _logged_at_the_end(body, request: Request, response: Response):
+        """A stream's log line is written when it ends, with its whole duration."""
+        try:
+            async for chunk in body:
+                yield chunk
+        finally:
+            _log(request, response)
+
+    def _log(request: Request, response: Response) -> None:
         log.info(
             json.dumps(
                 {
                     "request_id": request.state.request_id,
                     "route": request.url.path,
-                    "model": model,
+                    "model": getattr(request.state, "model_id", ""),
                     "status": response.status_code,
                     "server_timing": response.headers.get("server-timing"),
                     "ms": round(1000 * (time.perf_counter() - request.state.arrival), 1),
@@ -140,13 +162,13 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
 
 
 def _add_operations(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         if app.state.status == "failed":  # the models could not load: restart me
             return JSONResponse({"status": "failed"}, status_code=503)
         return {"status": "ok"}
 
-    @app.get("/ready")
+    @app.api_route("/ready", methods=["GET", "HEAD"])
     async def ready():
         status = app.state.status
         return JSONResponse({"status": status}, status_code=200 if status == "ready" else 503)

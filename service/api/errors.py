@@ -111,6 +111,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and exc.detail == UNPARSEABLE_BODY:  # an invalid body: 422
             error = ApiError(422, f"the body could not be parsed as JSON ({exc.__cause__})")
+        elif exc.status_code == 404 and exc.detail == "Not Found":  # no such route
+            message = (
+                f"no route {request.method} {request.url.path}: this server has /v1/translate, "
+                "/v1/completions, /v1/models, TGI's /generate, /generate_stream and /models/{id}"
+                " (see /docs)"
+            )
+            error = ApiError(404, message, "not_found")
         else:
             error_type = {404: "not_found", 405: "method_not_allowed"}.get(
                 exc.status_code, "validation"

@@ -89,6 +89,9 @@ def _translation(output: RequestOutput, body: TranslateRequest) -> dict:
         ]
     if body.return_scores and output.hypotheses:
         translation["score"] = round(output.hypotheses[0].score, 5)
+    elif body.return_scores and output.logprobs:  # greedy or sampled: scored as a beam would be
+        score = sum(output.logprobs) / len(output.logprobs) ** body.length_penalty
+        translation["score"] = round(score, 5)
     return translation
 
 
