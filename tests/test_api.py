@@ -191,6 +191,8 @@ def test_alignments_show_where_each_target_token_looked(server, client):
         ({"text": ["a", "b"], "stream": True}, "stream"),
         ({"text": "word " * 200}, "text"),
         ({"text": ["Open", "word " * 200]}, "text[1]"),  # which text of the batch
+        ({"text": " \t\n"}, "text"),  # nothing to translate
+        ({"text": ["Open", " "]}, "item 1"),
         ({"text": "hi", "colour": "red"}, "colour"),
         ({"txt": "hi"}, "text"),
         ({"text": "hi", "beam_size": "4"}, "beam_size"),  # types are strict, as TGI's

@@ -152,6 +152,17 @@ class TranslateRequest(Body):
     stream: bool = False
     timeout_s: float | None = Field(None, gt=0)
 
+    @field_validator("text")
+    @classmethod
+    def _has_words(cls, text: str | list[str]) -> str | list[str]:
+        """Whitespace alone has nothing to translate (the model would make something up)."""
+        texts = [text] if isinstance(text, str) else text
+        for index, item in enumerate(texts):
+            if not item.strip():
+                where = "" if isinstance(text, str) else f"item {index} "
+                raise ValueError(f"{where}is only whitespace: there is nothing to translate")
+        return text
+
     @model_validator(mode="after")
     def _consistent(self) -> TranslateRequest:
         sampling = self.temperature > 0
