@@ -69,17 +69,22 @@ def start(
     ctx: Context,
     suffix: str = "",
     counts_prompt: bool = True,
+    input_name: str | None = None,
 ) -> AsyncIterator[RequestOutput]:
     """Queue one engine request now (errors become ApiError here) and return its outputs.
     `counts_prompt`: whether its input counts in `prompt_tokens_total` (once per prompt, not
-    once per choice of `n`)."""
+    once per choice of `n`); `input_name`: what an error calls its input (`text[3]` in a
+    batch), by default the body's field."""
     if not served.engine.is_running:
         raise ApiError(503, "the server is shutting down", "not_ready")
     try:
         outputs = served.engine.generate(prompt, params, ctx.engine_id + suffix, ctx.arrival)
     except RequestTooLong as error:
-        param = ctx.max_tokens_param if error.field == "max_new_tokens" else ctx.input_param
-        raise ApiError(422, f"{param}: {error}", param=param) from None
+        if error.field == "max_new_tokens":
+            param, name = ctx.max_tokens_param, ctx.max_tokens_param
+        else:
+            param, name = ctx.input_param, input_name or ctx.input_param
+        raise ApiError(422, f"{name}: {error}", param=param) from None
     except EngineOverloaded as error:
         raise _overloaded(served, str(error)) from None
     return _observed(served, outputs, ctx, counts_prompt)
@@ -116,17 +121,15 @@ def start_all(
     if num_waiting + len(jobs) > capacity:
         raise _overloaded(served, f"{num_waiting} requests are already waiting")
     streams = []
-    k = 0
+    several = len(jobs) > choices_per_prompt  # several prompts: errors say which one
     try:
         for k, (prompt, params) in enumerate(jobs):
-            first_choice = k % choices_per_prompt == 0
-            streams.append(start(served, prompt, params, ctx, f"-{k}", counts_prompt=first_choice))
-    except ApiError as error:
-        for started in range(len(streams)):
-            served.engine.abort(f"{ctx.engine_id}-{started}")
-        if len(jobs) > choices_per_prompt and error.param == ctx.input_param:  # which one
-            name = ctx.input_param
-            error.message = error.message.replace(f"{name}:", f"{name}[{k // choices_per_prompt}]:")
+            prompt_index, choice = divmod(k, choices_per_prompt)
+            name = f"{ctx.input_param}[{prompt_index}]" if several else None
+            streams.append(start(served, prompt, params, ctx, f"-{k}", choice == 0, name))
+    except ApiError:
+        for k in range(len(streams)):
+            served.engine.abort(f"{ctx.engine_id}-{k}")
         raise
     return streams
 
