@@ -11,10 +11,18 @@ install: $(STAMP)
 
 # torch==2.13.0 goes in first and alone: any other torch requirement resolved before it
 # pulls the CUDA build (gigabytes). The project pins the same version, so pip keeps it.
+# PyPI's torch for Linux is the CUDA build: unless pip already finds a CPU wheel (a local
+# file, as on the project machines), it comes from TORCH_INDEX (a cu128 index for CUDA).
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
+	if $(PY) -m pip install --dry-run --quiet --no-deps --report - torch==2.13.0 2>/dev/null \
+			| grep -q 'cpu-cp3'; then \
+		$(PY) -m pip install --quiet torch==2.13.0; \
+	else \
+		$(PY) -m pip install --quiet torch==2.13.0 --index-url $(TORCH_INDEX); \
+	fi
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)

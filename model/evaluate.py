@@ -74,10 +74,13 @@ def main() -> None:
         "--save-hypotheses", type=Path, help="write the hypotheses of each beam size here"
     )
     args = parser.parse_args()
+    split_file = args.corpus / f"{args.split}.tsv"
+    if not split_file.exists():
+        parser.error(f"{split_file} does not exist: build the corpus first (`make corpus`)")
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_checkpoint(args.checkpoint)
-    pairs = read_tsv(args.corpus / f"{args.split}.tsv")[: args.limit]
+    pairs = read_tsv(split_file)[: args.limit]
     references = [p.de for p in pairs]
     results = {
         "checkpoint": str(args.checkpoint),

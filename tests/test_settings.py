@@ -30,12 +30,33 @@ def test_help_describes_every_flag(capsys):
 @pytest.mark.parametrize(
     "argv, env, message",
     [
-        (["--port", "99999"], {}, "--port: Input should be less than or equal to 65535"),
-        (["--threads", "0"], {}, "--threads: Input should be greater than or equal to 1"),
-        (["--dtype", "fp8"], {}, "--dtype: Input should be 'float32', 'float16' or 'bfloat16'"),
-        (["--model", "en-de"], {}, "--model: expects ID=PATH, got 'en-de'"),
-        (["--device", "tpu"], {}, "--device: 'tpu' is not a device: cpu, cuda or cuda:N"),
-        ([], {"ATTNSERVE_PORT": "abc"}, "--port: Input should be a valid integer"),
+        (
+            ["--port", "99999"],
+            {},
+            "--port (or ATTNSERVE_PORT): Input should be less than or equal to 65535",
+        ),
+        (
+            ["--threads", "0"],
+            {},
+            "--threads (or ATTNSERVE_THREADS): Input should be greater than or equal to 1",
+        ),
+        (
+            ["--dtype", "fp8"],
+            {},
+            "--dtype (or ATTNSERVE_DTYPE): Input should be 'float32', 'float16' or 'bfloat16'",
+        ),
+        (["--model", "en-de"], {}, "--model (or ATTNSERVE_MODELS): expects ID=PATH, got 'en-de'"),
+        (
+            ["--device", "tpu"],
+            {},
+            "--device (or ATTNSERVE_DEVICE): 'tpu' is not a device: cpu, cuda or cuda:N",
+        ),
+        (
+            [],
+            {"ATTNSERVE_PORT": "abc"},
+            "--port (or ATTNSERVE_PORT): Input should be a valid integer",
+        ),
+        (["--log-level", "bogus"], {}, "--log-level (or ATTNSERVE_LOG_LEVEL): Input should be"),
     ],
 )
 def test_a_bad_value_is_a_usage_error_naming_its_flag(capsys, monkeypatch, argv, env, message):
@@ -51,4 +72,4 @@ def test_a_bad_value_is_a_usage_error_naming_its_flag(capsys, monkeypatch, argv,
 def test_cuda_without_a_cuda_device_is_refused_before_loading(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--device", "cuda"])
-    assert "--device: no CUDA device here" in capsys.readouterr().err
+    assert "--device (or ATTNSERVE_DEVICE): no CUDA device here" in capsys.readouterr().err

@@ -48,12 +48,19 @@ class Settings(BaseSettings):
         "continuous", description="static: the benchmark's baseline"
     )
     api_key: str | None = Field(None, description="require Authorization: Bearer KEY")
-    log_level: str = Field("info", description="debug, info, warning or error")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", description="debug, info, warning, error or critical"
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger bodies get a 413")
     drain_timeout_s: float = Field(
         30.0, ge=0, description="on SIGTERM, how long accepted requests may still run"
     )
     keepalive_s: float = Field(15.0, gt=0, description="SSE keep-alive comment interval")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case(cls, level: object) -> object:
+        return level.lower() if isinstance(level, str) else level
 
     @field_validator("device")
     @classmethod
@@ -129,8 +136,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
 
 
 def _flag(loc: tuple) -> str:
+    """The flag of a setting, and its environment variable: either may have set it."""
     name = str(loc[0]) if loc else "?"
-    return "--model" if name == "models" else "--" + name.replace("_", "-")
+    flag = "--model" if name == "models" else "--" + name.replace("_", "-")
+    return f"{flag} (or ATTNSERVE_{name.upper()})"
 
 
 def _help(flag: str) -> str:

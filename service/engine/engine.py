@@ -172,9 +172,9 @@ class LLMEngine:
         cfg = self.model_config
         limit = self.config.max_input_tokens
         num_input, max_new = len(request.input_ids), request.params.max_new_tokens
-        if limit is not None and num_input > limit:
-            raise RequestTooLong(f"input has {num_input} tokens, more than the limit of {limit}")
         start = len(request.beams[0].tokens)  # the decoder's start: the prompt, for decoder-only
+        if limit is not None and num_input > limit and limit < cfg.max_positions:
+            raise RequestTooLong(f"input has {num_input} tokens, more than the limit of {limit}")
         if start + 1 > cfg.max_positions or num_input > cfg.max_positions:
             raise RequestTooLong(
                 f"input of {num_input} tokens exceeds the model's {cfg.max_positions} positions"
