@@ -298,7 +298,11 @@ def peer_b1_row(model: Transformer, checkpoint: Path, tokenizer: Tokenizer, n: i
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
-    p.add_argument("--quick", action="store_true", help="a reduced run (64 requests, 32 new tokens): under a minute")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a reduced run (64 requests, 32 new tokens): under a minute",
+    )
     p.add_argument("--json", type=Path, help="write every figure here")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-running", type=int, default=32, help="the batch budget of both modes")
