@@ -162,13 +162,15 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
 
 
 def _add_operations(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
-    @app.api_route("/health", methods=["GET", "HEAD"])
+    @app.get("/health")
+    @app.head("/health", include_in_schema=False)  # probes may use HEAD
     async def health():
         if app.state.status == "failed":  # the models could not load: restart me
             return JSONResponse({"status": "failed"}, status_code=503)
         return {"status": "ok"}
 
-    @app.api_route("/ready", methods=["GET", "HEAD"])
+    @app.get("/ready")
+    @app.head("/ready", include_in_schema=False)  # probes may use HEAD
     async def ready():
         status = app.state.status
         return JSONResponse({"status": status}, status_code=200 if status == "ready" else 503)
@@ -191,12 +193,10 @@ def _add_operations(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
 
         def limits(served: ServedModel) -> dict:
             """The server's limits, within what this model's positions allow (a decoder-only
-            model's prompt and new tokens share them)."""
+            model's prompt and new tokens share them; the decoder's start takes one)."""
             positions = served.llm.model_config.max_positions
             return {
-                "max_input_tokens": min(
-                    settings.max_input_tokens, positions if served.is_translation else positions - 1
-                ),
+                "max_input_tokens": served.llm.max_input_tokens,
                 "max_new_tokens": min(settings.max_new_tokens, positions - 1),
                 **server_limits,
             }

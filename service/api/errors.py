@@ -112,10 +112,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and exc.detail == UNPARSEABLE_BODY:  # an invalid body: 422
             error = ApiError(422, f"the body could not be parsed as JSON ({exc.__cause__})")
         elif exc.status_code == 404 and exc.detail == "Not Found":  # no such route
+            routes = sorted(request.app.openapi()["paths"])  # every route the app has
             message = (
-                f"no route {request.method} {request.url.path}: this server has /v1/translate, "
-                "/v1/completions, /v1/models, TGI's /generate, /generate_stream and /models/{id}"
-                " (see /docs)"
+                f"no route {request.method} {request.url.path}; the routes: {', '.join(routes)}"
             )
             error = ApiError(404, message, "not_found")
         else:

@@ -192,6 +192,15 @@ class LLMEngine:
                 "max_new_tokens" if fits_alone <= self.blocks.num_blocks else "input",
             )
 
+    @property
+    def max_input_tokens(self) -> int:
+        """The longest input `add_request` takes: the configured limit, within the model's
+        positions (a decoder-only prompt leaves one for its first new token)."""
+        cfg = self.model_config
+        positions = cfg.max_positions if cfg.is_encoder_decoder else cfg.max_positions - 1
+        limit = self.config.max_input_tokens
+        return positions if limit is None else min(limit, positions)
+
     def abort(self, request_id: str, error: str | None = None) -> None:
         """Cancel a request: it is finished and its blocks freed at the next step; with an
         `error`, it finishes as failed (FinishReason.ERROR) with that message."""
