@@ -2,11 +2,14 @@
 and the peers (Hugging Face generate() and CTranslate2) on the same weights.
 
     python -m loadtests.bench_engine [--quick] [--json PATH] [--threads 2] [--no-peers]
+                                     [--no-prepack | --quantize int8]
 
 Same weights and the same requests for every mode, in one run; prints a table of generated
 tokens per second and the ratios `cache_vs_nocache_b1` (128 new tokens, or 32 with --quick)
 and `continuous_vs_static` (greedy, the bundled model). The peers get our weights through
 `model.convert` (to-hf, to-ct2), batches of --max-running requests, fp32, the same threads.
+With --quantize int8 our Linear layers are int8 on both sides of the cache comparison, and
+CTranslate2 runs with its int8 compute type; HF generate() stays fp32.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import TransformerConfig
-from model.cpu_kernels import prepacked
+from model.cpu_kernels import prepacked, quantized
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
 from service.engine import EngineConfig, LLMEngine, SamplingParams, SchedulerConfig
@@ -55,19 +58,29 @@ def nocache_tokens_per_s(model: Transformer, src: list[int], num_new: int) -> fl
     return num_new / (time.perf_counter() - start)
 
 
+# The Linear layers measured: "packed" (oneDNN-packed fp32, the server's default), "plain"
+# (F.linear) or "int8" (--quantize int8). The no-cache loop runs on the same kernels.
+KERNELS = {"plain": lambda m: m, "packed": prepacked, "int8": quantized}
+
+
 def engine_run(
     model: Transformer,
     tokenizer: Tokenizer,
     requests: list[tuple[list[int], SamplingParams]],
     static: bool,
     max_running: int,
-    prepack: bool,
+    weights: str,
     keep_outputs: bool = False,
 ) -> dict:
     scheduler = SchedulerConfig(
         max_running_requests=max_running, max_waiting_requests=10**6, static_batching=static
     )
-    config = EngineConfig(kv_cache_mb=1024, scheduler=scheduler, prepack_weights=prepack)
+    config = EngineConfig(
+        kv_cache_mb=1024,
+        scheduler=scheduler,
+        prepack_weights=weights == "packed",
+        quantize="int8" if weights == "int8" else None,
+    )
     engine = LLMEngine(model, tokenizer, config)
     start = time.perf_counter()
     request_ids = [engine.add_request(ids, params).request_id for ids, params in requests]
@@ -91,9 +104,9 @@ def engine_run(
     return result
 
 
-def cache_rows(model, tokenizer, lengths: list[int], repeats: int, prepack: bool) -> dict:
+def cache_rows(model, tokenizer, lengths: list[int], repeats: int, weights: str) -> dict:
     src = list(range(10, 30))
-    nocache_model = prepacked(model) if prepack else model  # the same kernels on both sides
+    nocache_model = KERNELS[weights](model)  # the same kernels on both sides
     rows = {}
     for n in lengths:
         params = SamplingParams(max_new_tokens=n, ignore_eos=True)
@@ -101,7 +114,7 @@ def cache_rows(model, tokenizer, lengths: list[int], repeats: int, prepack: bool
         for _ in range(repeats):  # interleaved, medians
             uncached.append(nocache_tokens_per_s(nocache_model, src, n))
             cached.append(
-                engine_run(model, tokenizer, [(src, params)], False, 1, prepack)["tokens_per_s"]
+                engine_run(model, tokenizer, [(src, params)], False, 1, weights)["tokens_per_s"]
             )
         rows[n] = {
             "nocache_tokens_per_s": round(statistics.median(uncached), 1),
@@ -142,7 +155,7 @@ def corpus_requests(n: int, beam: int, tokenizer: Tokenizer, seed: int = 0):
 # -- the peers on the same weights: Hugging Face generate() and CTranslate2 --------------------
 
 
-def export_peers(checkpoint: Path, out: Path) -> tuple:
+def export_peers(checkpoint: Path, out: Path, weights: str) -> tuple:
     """Our checkpoint as a transformers model and a CTranslate2 translator (model.convert)."""
     import transformers
     from transformers import AutoModelForSeq2SeqLM
@@ -153,18 +166,19 @@ def export_peers(checkpoint: Path, out: Path) -> tuple:
     to_hf(checkpoint, out / "hf")
     to_ctranslate2(checkpoint, out / "ct2")
     hf = AutoModelForSeq2SeqLM.from_pretrained(out / "hf").eval()
-    return hf, CT2Process(out / "ct2", torch.get_num_threads())
+    compute_type = "int8_float32" if weights == "int8" else "float32"
+    return hf, CT2Process(out / "ct2", torch.get_num_threads(), compute_type)
 
 
 _translator = None  # the CTranslate2 model, in the CT2Process worker
 
 
-def _ct2_load(model_dir: str, threads: int) -> None:
+def _ct2_load(model_dir: str, threads: int, compute_type: str) -> None:
     import ctranslate2
 
     global _translator
     _translator = ctranslate2.Translator(
-        model_dir, device="cpu", compute_type="float32", inter_threads=1, intra_threads=threads
+        model_dir, device="cpu", compute_type=compute_type, inter_threads=1, intra_threads=threads
     )
 
 
@@ -178,12 +192,15 @@ class CT2Process:
     PyTorch at about half speed for the rest of the process (measured: 313-345 → 142-197 tok/s
     at batch 1), which would make every later figure unfair."""
 
-    def __init__(self, model_dir: Path, threads: int):
+    def __init__(self, model_dir: Path, threads: int, compute_type: str):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         self.pool = ProcessPoolExecutor(
-            1, multiprocessing.get_context("spawn"), _ct2_load, (str(model_dir), threads)
+            1,
+            multiprocessing.get_context("spawn"),
+            _ct2_load,
+            (str(model_dir), threads, compute_type),
         )
         self.translate([["<unk>"]])  # load the model before anything is timed
 
@@ -251,15 +268,15 @@ def peer_run(
 
 
 def peer_rows(model: Transformer, checkpoint: Path, tokenizer: Tokenizer, num_requests: int,
-              max_running: int, prepack: bool, tmp: Path) -> dict:  # fmt: skip
+              max_running: int, weights: str, tmp: Path) -> dict:  # fmt: skip
     """The bundled model: engine (continuous) vs HF generate() vs CTranslate2, same requests."""
-    hf, ct2 = export_peers(checkpoint, tmp)
+    hf, ct2 = export_peers(checkpoint, tmp, weights)
     rows: dict = {}
     for beam in (1, 4):
         label = "greedy" if beam == 1 else f"beam{beam}"
         requests = corpus_requests(num_requests, beam, tokenizer)
         ours = engine_run(
-            model, tokenizer, requests, False, max_running, prepack, keep_outputs=True
+            model, tokenizer, requests, False, max_running, weights, keep_outputs=True
         )
         row = {"attnserve": ours}
         for kind, peer in (("hf", hf), ("ctranslate2", ct2)):
@@ -276,16 +293,16 @@ def peer_rows(model: Transformer, checkpoint: Path, tokenizer: Tokenizer, num_re
     return rows
 
 
-def peer_b1_row(model: Transformer, checkpoint: Path, tokenizer: Tokenizer, n: int, prepack: bool,
+def peer_b1_row(model: Transformer, checkpoint: Path, tokenizer: Tokenizer, n: int, weights: str,
                 tmp: Path, repeats: int) -> dict:  # fmt: skip
     """Batch 1, exactly `n` new tokens (EOS ignored): the latency of one request, three ways."""
-    hf, ct2 = export_peers(checkpoint, tmp)
+    hf, ct2 = export_peers(checkpoint, tmp, weights)
     src = list(range(10, 30)) + [tokenizer.eos_id]
     params = SamplingParams(max_new_tokens=n, ignore_eos=True)
     runs: dict[str, list[float]] = {"attnserve": [], "hf": [], "ctranslate2": []}
     for _ in range(repeats):  # interleaved, medians
         runs["attnserve"].append(
-            engine_run(model, tokenizer, [(src, params)], False, 1, prepack)["tokens_per_s"]
+            engine_run(model, tokenizer, [(src, params)], False, 1, weights)["tokens_per_s"]
         )
         for kind, peer in (("hf", hf), ("ctranslate2", ct2)):
             runs[kind].append(
@@ -306,10 +323,14 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="write every figure here")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-running", type=int, default=32, help="the batch budget of both modes")
-    p.add_argument("--no-prepack", action="store_true", help="plain F.linear weights")
+    kernels = p.add_mutually_exclusive_group()
+    kernels.add_argument("--no-prepack", action="store_true", help="plain F.linear weights")
+    kernels.add_argument(
+        "--quantize", choices=["int8"], help="int8 Linear layers (CTranslate2: int8_float32)"
+    )
     p.add_argument("--no-peers", action="store_true", help="skip HF generate() and CTranslate2")
     args = p.parse_args()
-    prepack = not args.no_prepack
+    weights = "int8" if args.quantize else "plain" if args.no_prepack else "packed"
     torch.set_num_threads(args.threads)
     num_requests = 64 if args.quick else 256
     lengths = [32] if args.quick else [32, 64, 128]
@@ -320,7 +341,7 @@ def main() -> None:
         {"bundled": bundled} if args.quick else {"bundled": bundled, "base": base_model(tokenizer)}
     )
     report: dict = {
-        "prepack_weights": prepack,
+        "weights": weights,
         "threads": args.threads,
         "num_requests": num_requests,
         "models": {},
@@ -328,7 +349,7 @@ def main() -> None:
     for name, model in models.items():
         print(f"== {name}: {model.num_parameters() / 1e6:.1f}M parameters", flush=True)
         figures: dict = {
-            "cache_vs_nocache": cache_rows(model, tokenizer, lengths, repeats, prepack)
+            "cache_vs_nocache": cache_rows(model, tokenizer, lengths, repeats, weights)
         }
         for n, row in figures["cache_vs_nocache"].items():
             print(f"b1, {n} new tokens: no cache {row['nocache_tokens_per_s']} tok/s, "
@@ -345,7 +366,7 @@ def main() -> None:
                 for mode in runs:
                     runs[mode].append(
                         engine_run(
-                            model, tokenizer, requests, mode == "static", args.max_running, prepack
+                            model, tokenizer, requests, mode == "static", args.max_running, weights
                         )
                     )
             for mode, results in runs.items():
@@ -368,7 +389,7 @@ def main() -> None:
                     checkpoint, peer_tokenizer = Path(tmp) / "ours", id_tokenizer(model.config)
                     save_checkpoint(model, peer_tokenizer, checkpoint)
                 figures["peers_b1"] = peer_b1_row(
-                    model, checkpoint, peer_tokenizer, max(lengths), prepack, Path(tmp), repeats
+                    model, checkpoint, peer_tokenizer, max(lengths), weights, Path(tmp), repeats
                 )
                 if name == "bundled":
                     figures["peers"] = peer_rows(
@@ -377,7 +398,7 @@ def main() -> None:
                         tokenizer,
                         num_requests,
                         args.max_running,
-                        prepack,
+                        weights,
                         Path(tmp),
                     )
         report["models"][name] = figures

@@ -3,6 +3,7 @@
 
     python -m model.evaluate model/checkpoints/en-de --split test [--json results.json]
     python -m model.evaluate model/checkpoints/en-lm --split test
+    python -m model.evaluate model/checkpoints/en-de --quantize int8   # int8 Linear layers
 
 Scores are sacrebleu's on detokenized text: the hypotheses are decoded to plain strings and
 compared with the untouched reference strings of the split.
@@ -20,6 +21,7 @@ import sacrebleu
 import torch
 
 from model.checkpoint import load_checkpoint
+from model.cpu_kernels import quantized
 from model.data import read_tsv
 from model.decoding import beam_search_batch, greedy_batch
 from model.tokenizer import Tokenizer
@@ -36,6 +38,7 @@ def translate(
     max_new_tokens: int,
 ) -> list[str]:
     """Translate in batches of similar source length (restored to input order)."""
+    max_new_tokens = min(max_new_tokens, model.config.max_positions - 1)  # the decoder's positions
     sources = [ids + [tokenizer.eos_id] for ids in tokenizer.encode_batch(texts)]
     order = sorted(range(len(texts)), key=lambda i: len(sources[i]))
     outputs: list[str] = [""] * len(texts)
@@ -68,7 +71,12 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="only the first N pairs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
-        "--json", type=Path, help="write the scores here (default: CHECKPOINT/eval_SPLIT.json)"
+        "--quantize", choices=["int8"], help="int8 Linear layers, as the server's --quantize"
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help="write the scores here (default: CHECKPOINT/eval_SPLIT.json, eval_SPLIT_int8.json)",
     )
     parser.add_argument(
         "--save-hypotheses", type=Path, help="write the hypotheses of each beam size here"
@@ -80,11 +88,14 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_checkpoint(args.checkpoint)
+    if args.quantize == "int8":
+        model = quantized(model)
     pairs = read_tsv(split_file)[: args.limit]
     references = [p.de for p in pairs]
     results = {
         "checkpoint": str(args.checkpoint),
         "split": args.split,
+        "quantize": args.quantize,
         "sentences": len(pairs),
         "scores": {},
     }
@@ -117,7 +128,8 @@ def main() -> None:
             (args.save_hypotheses / f"{args.split}.{name}.de").write_text(
                 "\n".join(hypotheses) + "\n"
             )
-    out = args.json or args.checkpoint / f"eval_{args.split}.json"
+    suffix = f"_{args.quantize}" if args.quantize else ""
+    out = args.json or args.checkpoint / f"eval_{args.split}{suffix}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
 

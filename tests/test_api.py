@@ -95,6 +95,28 @@ def test_health_ready_info_and_models(client):
     assert [m["object"] for m in listing["data"]] == ["model", "model"]
 
 
+def test_quantize_int8_serves_the_offline_int8_engines_tokens(models):
+    """`--quantize int8`: /info says so, and the server's greedy translation is the offline int8
+    engine's, not the float32 one's."""
+    from model.cpu_kernels import Int8Linear
+    from service.engine import EngineConfig, LLMEngine, SamplingParams
+
+    path = dict(m.split("=", 1) for m in models)["tiny-mt"]
+    offline = LLMEngine.from_checkpoint(path, EngineConfig(quantize="int8"))
+    expected = offline.generate(["Open the file"], SamplingParams(max_new_tokens=12))[0].text
+    with (
+        ServerThread(settings(models, quantize="int8")) as server,
+        httpx.Client(base_url=server.url, timeout=60) as c,
+    ):
+        assert isinstance(server.engine("tiny-mt").runner.model.packed_head, Int8Linear)
+        mt = next(m for m in c.get("/info").json()["models"] if m["id"] == "tiny-mt")
+        assert mt["quantize"] == "int8"
+        body = {"text": "Open the file", "beam_size": 1, "max_new_tokens": 12}
+        r = c.post("/v1/translate", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["translations"][0]["text"] == expected
+
+
 def test_every_response_carries_a_request_id_and_server_timing(client):
     r = client.post(
         "/v1/translate", json={"text": "Open the file"}, headers={"X-Request-Id": "abc-1"}

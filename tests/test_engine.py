@@ -673,6 +673,75 @@ def test_prepacked_logits_match_the_plain_model(activation):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_int8_engine_gives_the_int8_reference_tokens_joined_mid_flight(tokenizer, architecture):
+    """`quantize="int8"`: greedy tokens equal the uncached reference decoder's on the same int8
+    model, for requests that join mid-flight, and a request's tokens alone equal its tokens in
+    the batch (each input row is quantized with a scale of its own)."""
+    from model.cpu_kernels import Int8Linear
+
+    model = tiny_model(architecture, vocab_size=tokenizer.vocab_size, max_positions=256)
+    engine = LLMEngine(model, tokenizer, EngineConfig(kv_cache_mb=4, block_size=4, quantize="int8"))
+    int8_model = engine.runner.model
+    assert isinstance(int8_model.decoder_layers[0].ffn.fc1, Int8Linear)
+    inputs = prompts(tokenizer, 8, seed=10)
+    first = engine.add_request(inputs[0], GREEDY)
+    for _ in range(3):
+        engine.step()
+    late = [engine.add_request(ids, GREEDY) for ids in inputs[1:]]
+    done: dict[str, list[int]] = {}
+    while engine.has_unfinished:
+        done |= {o.request_id: o.token_ids for o in engine.step() if o.finished}
+    batched = [done[r.request_id] for r in [first, *late]]
+    for ids, tokens in zip(inputs, batched, strict=True):
+        assert tokens == greedy_reference(int8_model, ids, 24)
+    assert [engine.generate([ids], GREEDY)[0].token_ids for ids in inputs] == batched
+    assert_cache_empty(engine)
+
+
+def test_int8_beam_search_in_the_batcher_equals_int8_beam_search_alone(tokenizer):
+    model = tiny_model("encoder-decoder", vocab_size=tokenizer.vocab_size, max_positions=256)
+    engine = LLMEngine(model, tokenizer, EngineConfig(kv_cache_mb=4, block_size=4, quantize="int8"))
+    sources = prompts(tokenizer, 6, seed=11)
+    params = SamplingParams(max_new_tokens=12, beam_size=4, num_hypotheses=2)
+    for src, output in zip(sources, engine.generate(sources, params), strict=True):
+        (expected,) = beam_search_batch(engine.runner.model, [src], 4, 12, num_hypotheses=2)
+        assert [h.token_ids for h in output.hypotheses] == [h.token_ids for h in expected]
+    assert_cache_empty(engine)
+
+
+def test_int8_linear_is_close_to_float32_and_each_row_is_its_own():
+    from model.cpu_kernels import Int8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 40)
+    int8 = Int8Linear(linear.weight, linear.bias)
+    x = torch.randn(2, 7, 96) * torch.logspace(-3, 3, 7)[:, None]  # rows of very different scale
+    with torch.inference_mode():
+        expected, got = linear(x), int8(x)
+        error = (got - expected).norm(dim=-1) / expected.norm(dim=-1)
+        assert error.max() < 0.03, error
+        assert torch.equal(int8(x[:, 3:4]), got[:, 3:4]), "a row alone == the row in a batch"
+        assert int8(x[:, :0]).shape == (2, 0, 40)
+
+
+def test_int8_matmul_sums_exactly():
+    """`torch._int_mm` must not saturate (CPUs without VNNI may, in some int8 kernels): extreme
+    values against an int64 matmul."""
+    for low, high in [(-127, 128), (100, 128), (-127, -100)]:
+        a = torch.randint(low, high, (5, 512), dtype=torch.int8)
+        b = torch.randint(low, high, (512, 48), dtype=torch.int8)
+        assert torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long())
+
+
+def test_int8_is_refused_off_the_cpu_in_half_precision_or_compiled(tokenizer):
+    model = tiny_model("encoder-decoder", vocab_size=tokenizer.vocab_size)
+    with pytest.raises(ValueError, match="int8 is for the CPU in float32"):
+        LLMEngine(model, tokenizer, EngineConfig(dtype="bfloat16", quantize="int8"))
+    with pytest.raises(ValueError, match="int8 does not go with compile"):
+        LLMEngine(model, tokenizer, EngineConfig(compile=True, quantize="int8"))
+
+
 @pytest.mark.parametrize(
     ("architecture", "prepack"), [("encoder-decoder", True), ("decoder-only", False)]
 )

@@ -57,6 +57,16 @@ def test_help_describes_every_flag(capsys):
             "--port (or ATTNSERVE_PORT): Input should be a valid integer",
         ),
         (["--log-level", "bogus"], {}, "--log-level (or ATTNSERVE_LOG_LEVEL): Input should be"),
+        (
+            ["--quantize", "int8", "--dtype", "float16"],
+            {},
+            "--quantize (or ATTNSERVE_QUANTIZE): int8 is for the CPU in float32, not cpu in float16",
+        ),
+        (
+            ["--compile"],
+            {"ATTNSERVE_QUANTIZE": "int8"},
+            "--quantize (or ATTNSERVE_QUANTIZE): int8 does not go with compile",
+        ),
     ],
 )
 def test_a_bad_value_is_a_usage_error_naming_its_flag(capsys, monkeypatch, argv, env, message):

@@ -75,6 +75,7 @@ class ModelRegistry:
             num_threads=settings.threads,
             max_input_tokens=settings.max_input_tokens,
             prepack_weights=settings.prepack_weights,
+            quantize=settings.quantize,
             compile=settings.compile,
             scheduler=scheduler,
         )

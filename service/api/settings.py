@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.engine import device_problem
+from service.engine import device_problem, quantize_problem
 
 CHECKPOINTS = Path(__file__).resolve().parents[2] / "model" / "checkpoints"
 DEFAULT_MODELS = [f"en-de={CHECKPOINTS / 'en-de'}", f"en-lm={CHECKPOINTS / 'en-lm'}"]
@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     threads: int | None = Field(None, ge=1, description="torch intra-op threads")
     prepack_weights: bool = True  # CPU fp32: oneDNN-packed Linear weights (same math, faster)
     compile: bool = False  # torch.compile the model's forward (no faster on CPU: for CUDA)
+    quantize: Literal["int8"] | None = Field(
+        None, description="int8: int8 Linear layers on the CPU (faster; tokens may differ)"
+    )
     max_running_requests: int = Field(32, ge=1, description="requests decoded together, per model")
     max_queued_requests: int = Field(
         256, ge=1, description="requests waiting per model; more are refused with 429"
@@ -70,6 +73,20 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return device
 
+    @field_validator("quantize")
+    @classmethod
+    def _quantize_fits(cls, quantize: str | None, info: ValidationInfo) -> str | None:
+        data = info.data
+        problem = quantize_problem(
+            quantize,
+            data.get("device", "cpu"),
+            data.get("dtype", "float32"),
+            data.get("compile", False),
+        )
+        if problem:
+            raise ValueError(problem)
+        return quantize
+
     @field_validator("models")
     @classmethod
     def _id_equals_path(cls, models: list[str]) -> list[str]:
@@ -92,6 +109,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "--port": int,
         "--device": str,
         "--dtype": str,
+        "--quantize": str,
         "--threads": int,
         "--max-running-requests": int,
         "--max-queued-requests": int,

@@ -1,7 +1,13 @@
 """The engine: paged KV cache, continuous batching, sampling and beam search (see engine.py)."""
 
 from service.engine.async_engine import AsyncEngine
-from service.engine.engine import EngineConfig, LLMEngine, StepStats, device_problem
+from service.engine.engine import (
+    EngineConfig,
+    LLMEngine,
+    StepStats,
+    device_problem,
+    quantize_problem,
+)
 from service.engine.request import (
     EngineOverloaded,
     FinishReason,
@@ -23,4 +29,5 @@ __all__ = [
     "SchedulerConfig",
     "StepStats",
     "device_problem",
+    "quantize_problem",
 ]

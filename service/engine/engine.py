@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from model.checkpoint import load_checkpoint
-from model.cpu_kernels import can_prepack, prepacked
+from model.cpu_kernels import can_prepack, prepacked, quantized
 from model.paged import PagedKVCache
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
@@ -48,6 +48,9 @@ class EngineConfig:
     num_threads: int | None = None  # torch intra-op threads (process-wide); None: leave as is
     max_input_tokens: int | None = None  # longer inputs are refused (RequestTooLong)
     prepack_weights: bool = False  # CPU fp32: oneDNN-packed Linear weights (model/cpu_kernels.py)
+    # "int8": int8 Linear layers on the CPU (model/cpu_kernels.py), instead of packed float32 ones.
+    # Faster, ~1% error per layer: the tokens may differ from float32's.
+    quantize: str | None = None
     # torch.compile the model's serving forward (dynamic shapes). Same tokens; on the 2-core CPU
     # of docs/benchmarks.md it is no faster than eager and compiles for 5-35 s, so it is off by
     # default (for CUDA).
@@ -67,6 +70,19 @@ def device_problem(device: str) -> str | None:
         return "no CUDA device here (torch.cuda.is_available() is False)"
     if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
         return f"{device!r}: there are {torch.cuda.device_count()} CUDA devices"
+    return None
+
+
+def quantize_problem(quantize: str | None, device: str, dtype: str, compile: bool) -> str | None:
+    """Why `quantize` cannot be used with these settings, or None."""
+    if quantize not in (None, "int8"):
+        return f"{quantize!r}: the only quantization is int8"
+    if quantize and (torch.device(device).type != "cpu" or dtype != "float32"):
+        return f"int8 is for the CPU in float32, not {device} in {dtype}"
+    if quantize and compile:
+        # Compiled, the other ops round differently, and int8 rounding turns ~1e-7 into whole
+        # quantization steps: a tiny model's greedy tokens differed from eager's at near-ties.
+        return "int8 does not go with compile (its tokens would differ from eager int8's)"
     return None
 
 
@@ -95,6 +111,9 @@ class LLMEngine:
         on_step: Callable[[StepStats], None] | None = None,
     ):
         self.config = config = config or EngineConfig()
+        problem = quantize_problem(config.quantize, config.device, config.dtype, config.compile)
+        if problem:
+            raise ValueError(problem)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         dtype = getattr(torch, config.dtype)
@@ -113,7 +132,9 @@ class LLMEngine:
         self.blocks = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(config.scheduler, self.blocks, model.config.is_encoder_decoder)
         runner_model = self.model
-        if config.prepack_weights and can_prepack(self.model):
+        if config.quantize == "int8":
+            runner_model = quantized(self.model)  # int8 matmuls: faster, not the same math
+        elif config.prepack_weights and can_prepack(self.model):
             runner_model = prepacked(self.model)  # same math, faster CPU matmuls
         self.runner = ModelRunner(runner_model, cache, compile=config.compile)
         self.on_step = on_step
@@ -219,6 +240,7 @@ class LLMEngine:
             "max_positions": cfg.max_positions,
             "device": self.config.device,
             "dtype": self.config.dtype,
+            "quantize": self.config.quantize,
             "kv_cache_blocks": self.blocks.num_blocks,
             "block_size": self.config.block_size,
         }
