@@ -95,6 +95,14 @@ def test_health_ready_info_and_models(client):
     assert [m["object"] for m in listing["data"]] == ["model", "model"]
 
 
+def test_docs_pages_load_their_scripts_from_this_server(client):
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assert "/docs-assets/" in html and "cdn" not in html, html
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
+        assert client.get(f"/docs-assets/{asset}").status_code == 200
+
+
 def test_quantize_int8_serves_the_offline_int8_engines_tokens(models):
     """`--quantize int8`: /info says so, and the server's greedy translation is the offline int8
     engine's, not the float32 one's."""

@@ -87,3 +87,27 @@ def test_generation_model_whole_completion_shows_the_server_timing(page):
     assert page.inner_text("#output").startswith("Open the")
     timings = page.inner_text("#timings")
     assert all(name in timings for name in ("queue", "prefill", "decode", "total"))
+
+
+def test_docs_and_redoc_render_with_no_internet(page):
+    """Swagger UI and ReDoc load their scripts from this server: every request to another host
+    is blocked, as it would fail in a cluster without internet, and both still render the API."""
+    base = page.url.rstrip("/")
+    docs = page.context.browser.new_page()
+    outside: list[str] = []
+
+    def block(route):
+        outside.append(route.request.url)
+        route.abort()
+
+    docs.route(lambda url: not url.startswith(base), block)
+    try:
+        docs.goto(f"{base}/docs")
+        docs.wait_for_selector(".opblock", timeout=30_000)  # one per operation
+        assert docs.locator(".opblock").count() >= 10
+        assert "/v1/translate" in docs.inner_text("body")
+        assert outside == [], "Swagger UI should need nothing from outside"
+        docs.goto(f"{base}/redoc")  # (its footer's logo comes from its CDN: blocked, harmless)
+        docs.wait_for_selector("[data-section-id^='operation/']", timeout=30_000)
+    finally:
+        docs.close()

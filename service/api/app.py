@@ -12,8 +12,11 @@ import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import fastapi_offline
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,6 +30,9 @@ from service.api.settings import Settings
 
 log = logging.getLogger("attnserve")
 UNAUTHENTICATED_PATHS = {"/health", "/ready", "/metrics"}
+# Swagger UI's and ReDoc's scripts, as the fastapi-offline package ships them: /docs and /redoc
+# load them from this server, not from a CDN, so they work where the server has no internet.
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 GENERATION_PATHS = {"/v1/translate", "/generate", "/generate_stream", "/", "/v1/completions"}
 MODEL_PATHS = "/models/"  # TGI's routes, one base URL per model (routes_tgi.py)
 
@@ -62,7 +68,13 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
         if app.state.registry is not None:
             app.state.registry.shutdown()
 
-    app = FastAPI(title="attnserve", version=service.__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="attnserve",
+        version=service.__version__,
+        lifespan=lifespan,
+        docs_url=None,  # served below, with local assets
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
@@ -212,6 +224,30 @@ def _add_operations(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
             "status": app.state.status,
             "models": models,
         }
+
+    app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request):
+        assets = request.scope.get("root_path", "") + "/docs-assets"
+        return get_swagger_ui_html(
+            openapi_url=request.scope.get("root_path", "") + "/openapi.json",
+            title="attnserve - Swagger UI",
+            swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+            swagger_css_url=f"{assets}/swagger-ui.css",
+            swagger_favicon_url=f"{assets}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request):
+        assets = request.scope.get("root_path", "") + "/docs-assets"
+        return get_redoc_html(
+            openapi_url=request.scope.get("root_path", "") + "/openapi.json",
+            title="attnserve - ReDoc",
+            redoc_js_url=f"{assets}/redoc.standalone.js",
+            redoc_favicon_url=f"{assets}/favicon.png",
+            with_google_fonts=False,
+        )
 
     playground = (Path(__file__).parent / "playground.html").read_text(encoding="utf-8")
 
