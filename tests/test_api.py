@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 from huggingface_hub import InferenceClient
+from huggingface_hub.errors import HfHubHTTPError
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.api.errors import ApiError
@@ -427,6 +428,15 @@ def test_huggingface_hub_translation_gets_the_translation(server, client):
     )
     generated = client.post("/", json={"model": "tiny-lm", "inputs": "Open"}).json()[0]
     assert "translation_text" not in generated  # only translation models
+    # transformers' generate() options, as translation() sends them: taken, or refused by name
+    short = hf.translation("Open the file", generate_parameters={"max_new_tokens": 2})
+    body = {"inputs": "Open the file", "parameters": {"max_new_tokens": 2}}
+    assert short.translation_text == client.post("/generate", json=body).json()["generated_text"]
+    assert short.translation_text != translated.translation_text
+    with pytest.raises(HfHubHTTPError) as refused:
+        hf.translation("Open the file", generate_parameters={"num_beams": 4})
+    assert refused.value.response.status_code == 422
+    assert "generate_parameters: num_beams not supported" in refused.value.response.text
 
 
 def test_tgi_top_n_tokens_lists_the_likeliest_tokens_best_first(server, client):

@@ -180,10 +180,18 @@ class TranslateRequest(Body):
         return self
 
 
+# `InferenceClient.translation()` sends transformers' generate() options as
+# `parameters.generate_parameters`: these are TGI parameters too and are taken as such.
+GENERATE_PARAMETERS = (
+    "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "seed",
+)  # fmt: skip
+
+
 class TgiParameters(Body):
     """TGI's `parameters`. Options we do not implement are refused when set (`best_of` > 1,
-    `grammar`, `watermark`, `typical_p`, `decoder_input_details`, `adapter_id`), accepted when
-    left at their defaults, as clients send them."""
+    `grammar`, `watermark`, `typical_p`, `decoder_input_details`, `adapter_id`, and
+    `generate_parameters` beyond GENERATE_PARAMETERS), accepted when left at their defaults, as
+    clients send them."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -206,6 +214,26 @@ class TgiParameters(Body):
     best_of: int | None = None
     grammar: dict | None = None
     watermark: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_generate_parameters(cls, data: object) -> object:
+        """`generate_parameters` entries become the parameters of the same name (a parameter
+        given itself wins)."""
+        if not isinstance(data, dict) or data.get("generate_parameters") is None:
+            return data
+        data = dict(data)
+        extra = data.pop("generate_parameters")
+        if not isinstance(extra, dict):
+            raise FieldError("generate_parameters", "generate_parameters must be an object")
+        unknown = sorted(set(extra) - set(GENERATE_PARAMETERS))
+        if unknown:
+            raise FieldError(
+                "generate_parameters",
+                f"generate_parameters: {', '.join(unknown)} not supported; "
+                f"supported: {', '.join(GENERATE_PARAMETERS)}",
+            )
+        return {**extra, **{k: v for k, v in data.items() if v is not None}}
 
     @model_validator(mode="after")
     def _supported(self) -> TgiParameters:
