@@ -125,10 +125,6 @@ class Int8Linear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
-def can_quantize(model: Transformer) -> bool:
-    return model.embed.tokens.weight.device.type == "cpu"
-
-
 @torch.inference_mode()
 def quantized(model: Transformer) -> Transformer:
     """A float32 copy of `model` whose Linear layers and output projection are Int8Linear.

@@ -304,7 +304,7 @@ class Transformer(nn.Module):
             self.register_buffer("final_logits_bias", torch.zeros(config.vocab_size))
         else:
             self.final_logits_bias = None
-        self.packed_head: nn.Module | None = None  # set by model.cpu_kernels.prepacked
+        self.packed_head: nn.Module | None = None  # set by model.cpu_kernels.prepacked or quantized
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -356,7 +356,7 @@ class Transformer(nn.Module):
         return self.project(x)
 
     def project(self, x: Tensor) -> Tensor:
-        if self.packed_head is not None:  # model.cpu_kernels.prepacked
+        if self.packed_head is not None:  # model.cpu_kernels.prepacked or quantized
             logits = self.packed_head(x)
         else:
             weight = self.embed.tokens.weight if self.lm_head is None else self.lm_head.weight
