@@ -42,6 +42,9 @@ class Tokenizer:
     ):
         """Special ids default to our own tokens' ids; converted models pass their config's."""
         self.hf = hf
+        # Text is text: a "</s>" or "<pad>" in user input is those characters, never the control
+        # token (by default `tokenizers` matches special tokens' strings inside the text).
+        hf.encode_special_tokens = True
         self.pad_id = self._id(PAD) if pad_id is None else pad_id
         self.bos_id = self._id(BOS) if bos_id is None else bos_id
         self.eos_id = self._id(EOS) if eos_id is None else eos_id

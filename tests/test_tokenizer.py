@@ -11,6 +11,7 @@ TEXTS = [
     "Speichern unter „Dokument“",
     "  two  spaces\tand a tab",
     "emoji 🎉 and CJK 文件",
+    "<s>Old price</s> New price <pad> <unk>",  # markup that looks like special tokens
 ]
 
 
@@ -29,6 +30,13 @@ def test_special_tokens_have_fixed_ids_and_are_skipped_when_decoding(tokenizer):
     assert (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id) == (0, 1, 2)
     ids = tokenizer.encode("Datei öffnen")
     assert tokenizer.decode([tokenizer.bos_id, *ids, tokenizer.eos_id]) == "Datei öffnen"
+
+
+def test_special_tokens_strings_in_text_are_plain_text(tokenizer):
+    """A user's `</s>` must not end the source, nor `<s>` start a new one."""
+    ids = tokenizer.encode("<s>Old price</s> New price")
+    assert not {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id} & set(ids)
+    assert not {tokenizer.pad_id, tokenizer.eos_id} & set(tokenizer.encode_batch(["</s>"])[0])
 
 
 def test_frequent_words_become_single_tokens(tokenizer):
