@@ -500,6 +500,8 @@ def test_huggingface_hub_reaches_every_model_through_its_own_base_url(server, cl
     assert lm.text_generation("Open the", max_new_tokens=8) == expected
     streamed = lm.text_generation("Open the", max_new_tokens=8, stream=True)
     assert "".join(streamed) == expected
+    slashed = InferenceClient(base_url=f"{server.url}/models/tiny-lm/")  # as users often write it
+    assert slashed.text_generation("Open the", max_new_tokens=8) == expected
     mt = InferenceClient(base_url=f"{server.url}/models/tiny-mt")
     translated = client.post("/v1/translate", json={"text": "Open", "beam_size": 1}).json()
     assert mt.translation("Open").translation_text == translated["translations"][0]["text"]

@@ -168,6 +168,7 @@ async def compat(body: TgiRequest, request: Request):
 
 
 def _for_model(body: TgiRequest, model_id: str) -> TgiRequest:
+    model_id = model_id.rstrip("/")  # a base URL given with its trailing slash
     if body.model not in (None, model_id):
         raise ApiError(
             422, f"model: the URL names {model_id!r}, the body {body.model!r}", param="model"
