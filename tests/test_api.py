@@ -419,6 +419,20 @@ def test_tgi_generate_and_compat_route(client):
     assert all(e["details"] is None for e in plain[:-1] if e != "[DONE]")  # details: not asked
 
 
+def test_tgi_details_tokens_are_the_streams_tokens_and_add_up_to_the_text(client):
+    """A character split over byte-level tokens comes whole with its last token, as streamed:
+    a lone token's decoding ("\ufffd") is never a token's text."""
+    for model in ("tiny-mt", "tiny-lm"):
+        for seed in range(6):  # random tiny models: some outputs split characters
+            body = {"model": model, "inputs": "Größe ändern 🎉", "parameters": {
+                "max_new_tokens": 24, "details": True, "do_sample": True, "seed": seed}}  # fmt: skip
+            result = client.post("/generate", json=body).json()
+            tokens = [(t["id"], t["text"]) for t in result["details"]["tokens"]]
+            assert "".join(text for _, text in tokens) == result["generated_text"]
+            streamed = sse_data(client.post("/generate_stream", json=body))
+            assert [(e["token"]["id"], e["token"]["text"]) for e in streamed] == tokens
+
+
 def test_huggingface_hub_translation_gets_the_translation(server, client):
     hf = InferenceClient(base_url=server.url)  # posts {"inputs", "parameters"} to /
     translated = hf.translation("Open the file")

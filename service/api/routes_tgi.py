@@ -22,6 +22,7 @@ from service.api.generation import (
 from service.api.registry import ServedModel
 from service.api.schemas import TgiRequest
 from service.engine import FinishReason, RequestOutput, SamplingParams
+from service.engine.detokenizer import IncrementalDetokenizer
 
 router = APIRouter()
 
@@ -108,13 +109,26 @@ async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str,
     if body.parameters.details:
         result["details"] = _details(output, params, output.stopped_on is not None) | {
             "prefill": [],
-            "tokens": _tokens(served, output.token_ids, output.logprobs),
+            "tokens": _sequence_tokens(served, output.token_ids, output.logprobs),
         }
         if params.num_top_logprobs:
             result["details"]["top_tokens"] = [
                 _top_tokens(served, step, params.num_top_logprobs) for step in output.top_logprobs
             ]
     return result, timings_header(output.timings_ms)
+
+
+def _sequence_tokens(served: ServedModel, ids: list[int], logprobs: list[float]) -> list[dict]:
+    """`details.tokens`: each token's text as a stream gives it, so that a character split over
+    several byte-level tokens comes whole with its last token (a lone token decodes to U+FFFD)."""
+    detokenizer = IncrementalDetokenizer(served.llm.tokenizer)
+    texts = [detokenizer.add([i]) for i in ids]
+    if texts:
+        texts[-1] += detokenizer.finish()
+    tokens = _tokens(served, ids, logprobs)
+    for token, text in zip(tokens, texts, strict=True):
+        token["text"] = text
+    return tokens
 
 
 def _tokens(served: ServedModel, ids: list[int], logprobs: list[float]) -> list[dict]:
