@@ -180,6 +180,12 @@ def test_streamed_translation_concatenates_to_the_non_streamed_text(client):
     assert "".join(e["text"] for e in events[:-2]) == whole
     assert all(isinstance(e["token"]["id"], int) for e in events[:-2])
     assert all(e["text"] for e in events[:-2])  # one event per new piece of text, none for EOS
+    assert "score" not in final
+    scored = body | {"return_scores": True}
+    score = client.post("/v1/translate", json=scored).json()["translations"][0]["score"]
+    assert (
+        sse_data(client.post("/v1/translate", json=scored | {"stream": True}))[-2]["score"] == score
+    )
 
 
 def test_alignments_show_where_each_target_token_looked(server, client):

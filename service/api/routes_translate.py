@@ -58,7 +58,8 @@ async def translate(body: TranslateRequest, request: Request):
         outputs = start(served, text, params, ctx)
         alignment_of = (lambda o: alignment(served, text, o)) if body.return_alignments else None
         events = with_keepalive(
-            _stream_events(outputs, params, alignment_of), request.app.state.settings.keepalive_s
+            _stream_events(outputs, params, body, alignment_of),
+            request.app.state.settings.keepalive_s,
         )
         return StreamingResponse(events, media_type="text/event-stream")
     texts = [body.text] if isinstance(body.text, str) else body.text
@@ -87,12 +88,20 @@ def _translation(output: RequestOutput, body: TranslateRequest) -> dict:
         translation["hypotheses"] = [
             {"text": h.text, "score": round(h.score, 5)} for h in output.hypotheses
         ]
-    if body.return_scores and output.hypotheses:
-        translation["score"] = round(output.hypotheses[0].score, 5)
-    elif body.return_scores and output.logprobs:  # greedy or sampled: scored as a beam would be
-        score = sum(output.logprobs) / len(output.logprobs) ** body.length_penalty
-        translation["score"] = round(score, 5)
+    score = _score(output, body)
+    if score is not None:
+        translation["score"] = score
     return translation
+
+
+def _score(output: RequestOutput, body: TranslateRequest) -> float | None:
+    """With `return_scores`: the best hypothesis's score; greedy or sampled output is scored as
+    a beam would be (sum of log-probabilities / length ** length_penalty)."""
+    if body.return_scores and output.hypotheses:
+        return round(output.hypotheses[0].score, 5)
+    if body.return_scores and output.logprobs:
+        return round(sum(output.logprobs) / len(output.logprobs) ** body.length_penalty, 5)
+    return None
 
 
 async def alignment(served: ServedModel, text: str, output: RequestOutput) -> dict:
@@ -118,6 +127,7 @@ async def alignment(served: ServedModel, text: str, output: RequestOutput) -> di
 async def _stream_events(
     outputs: AsyncIterator[RequestOutput],
     params: SamplingParams,
+    body: TranslateRequest,
     alignment_of: Callable[[RequestOutput], Awaitable[dict]] | None = None,
 ) -> AsyncIterator[str]:
     try:
@@ -145,6 +155,9 @@ async def _stream_events(
                     },
                     "timings": {k: round(v, 2) for k, v in output.timings_ms.items()},
                 }
+                score = _score(output, body)
+                if score is not None:
+                    final["score"] = score
                 if alignment_of is not None:
                     final["alignments"] = await alignment_of(output)
                 yield sse_event(final)
