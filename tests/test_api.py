@@ -230,6 +230,8 @@ def test_alignments_show_where_each_target_token_looked(server, client):
         ({"text": ["Open", "word " * 200]}, "text[1]"),  # which text of the batch
         ({"text": " \t\n"}, "text"),  # nothing to translate
         ({"text": ["Open", " "]}, "item 1"),
+        ({"text": ["Open", "", "Save"]}, "text: item 1 must be a non-empty string"),
+        ({"text": ["Open", None]}, "text: item 1 must be a non-empty string, not None"),
         ({"text": "hi", "colour": "red"}, "colour"),
         ({"txt": "hi"}, "text"),
         ({"text": "hi", "beam_size": "4"}, "beam_size"),  # types are strict, as TGI's
@@ -303,6 +305,11 @@ def test_bad_tgi_parameters_get_422_naming_the_field(client, parameters, field):
     r = client.post("/generate", json={"inputs": "Open", "parameters": parameters})
     assert r.status_code == 422, r.text
     assert r.json()["error_type"] == "validation" and field in r.json()["error"]
+
+
+def test_empty_tgi_inputs_are_named_as_a_string(client):
+    r = client.post("/generate", json={"inputs": ""})
+    assert r.status_code == 422 and r.json()["error"] == "inputs: must not be empty", r.text
 
 
 @pytest.mark.parametrize(

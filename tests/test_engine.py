@@ -573,10 +573,10 @@ def test_a_beam_search_cut_by_its_deadline_returns_its_best_beams_so_far(tokeniz
 
 def test_input_too_long_and_overload_are_refused_up_front(tokenizer):
     engine = make_engine(tokenizer, "encoder-decoder", max_waiting_requests=2)
-    with pytest.raises(RequestTooLong, match="exceeds the model.s 256 positions") as refused:
+    with pytest.raises(RequestTooLong, match="300 tokens is longer than the 256") as refused:
         engine.add_request([5] * 300, GREEDY)
     assert refused.value.field == "input"
-    with pytest.raises(RequestTooLong, match="max_new_tokens 300") as refused:
+    with pytest.raises(RequestTooLong, match="300 new tokens do not fit .* at most 255") as refused:
         engine.add_request([5] * 10, SamplingParams(max_new_tokens=300))
     assert refused.value.field == "max_new_tokens"  # the input alone would fit
     engine.add_request([5], GREEDY)

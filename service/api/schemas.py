@@ -33,7 +33,13 @@ def _unicode(value: object) -> object:
 
 
 Text = Annotated[str, AfterValidator(_unicode)]
-NonEmptyText = Annotated[Text, Field(min_length=1)]
+def _non_empty(text: str) -> str:
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+NonEmptyText = Annotated[Text, AfterValidator(_non_empty)]
 MAX_BATCH = 64  # texts or prompts in one request
 # Seeds: any 64-bit value (n > 1 completions use seed + index).
 Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
@@ -51,12 +57,10 @@ def _one_or_many(value: object) -> object:
     """One clear error for the string-or-list inputs, instead of one per union member."""
     if isinstance(value, str) and value:
         return _unicode(value)
-    if (
-        isinstance(value, list)
-        and 1 <= len(value) <= MAX_BATCH
-        and all(isinstance(v, str) and v for v in value)
-    ):
+    if isinstance(value, list) and 1 <= len(value) <= MAX_BATCH:
         for index, text in enumerate(value):
+            if not isinstance(text, str) or not text:
+                raise ValueError(f"item {index} must be a non-empty string, not {text!r}")
             try:
                 _unicode(text)
             except ValueError as error:

@@ -190,26 +190,28 @@ class LLMEngine:
         return request
 
     def _check_fits(self, request: Request) -> None:
-        cfg = self.model_config
-        limit = self.config.max_input_tokens
+        """Refuse what can never run. The messages name no field: the HTTP layer prefixes the
+        field's name on its route (`max_tokens`, `max_new_tokens`, ...)."""
+        positions = self.model_config.max_positions
         num_input, max_new = len(request.input_ids), request.params.max_new_tokens
         start = len(request.beams[0].tokens)  # the decoder's start: the prompt, for decoder-only
-        if limit is not None and num_input > limit and limit < cfg.max_positions:
-            raise RequestTooLong(f"input has {num_input} tokens, more than the limit of {limit}")
-        if start + 1 > cfg.max_positions or num_input > cfg.max_positions:
+        if num_input > self.max_input_tokens:
             raise RequestTooLong(
-                f"input of {num_input} tokens exceeds the model's {cfg.max_positions} positions"
+                f"input of {num_input} tokens is longer than the {self.max_input_tokens} this "
+                "model takes"
             )
-        if start + max_new > cfg.max_positions:
+        if start + max_new > positions:
+            room = positions - start
             raise RequestTooLong(
-                f"input of {num_input} tokens plus max_new_tokens {max_new} exceeds the model's "
-                f"{cfg.max_positions} positions",
+                f"{max_new} new tokens do not fit the decoder's {positions} positions: "
+                f"at most {room}"
+                + ("" if self.is_encoder_decoder else f" after an input of {num_input} tokens"),
                 "max_new_tokens",
             )
         if self.scheduler.worst_case_blocks(request) > self.blocks.num_blocks:
             fits_alone = self.scheduler.worst_case_blocks(request, max_new_tokens=1)
             raise RequestTooLong(
-                f"input of {num_input} tokens with max_new_tokens {max_new} cannot fit the KV cache",
+                f"input of {num_input} tokens with {max_new} new tokens cannot fit the KV cache",
                 "max_new_tokens" if fits_alone <= self.blocks.num_blocks else "input",
             )
 
