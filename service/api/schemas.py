@@ -33,6 +33,8 @@ def _unicode(value: object) -> object:
 
 
 Text = Annotated[str, AfterValidator(_unicode)]
+
+
 def _non_empty(text: str) -> str:
     if not text:
         raise ValueError("must not be empty")
