@@ -96,6 +96,23 @@ def test_health_ready_info_and_models(client):
     assert [m["object"] for m in listing["data"]] == ["model", "model"]
 
 
+def test_openapi_documents_each_routes_error_shape_and_event_streams(client):
+    spec = client.get("/openapi.json").json()
+    assert "HTTPValidationError" not in spec["components"]["schemas"]  # FastAPI's, not ours
+
+    def responses(path):
+        return spec["paths"][path]["post"]["responses"]
+
+    for path, shape in [("/v1/completions", "OpenAIError"), ("/v1/translate", "NativeError"),
+                        ("/generate", "NativeError")]:  # fmt: skip
+        for codes in ("4XX", "5XX"):
+            schema = responses(path)[codes]["content"]["application/json"]["schema"]
+            assert schema["$ref"].endswith(f"/{shape}"), (path, schema)
+    assert list(responses("/generate_stream")["200"]["content"]) == ["text/event-stream"]
+    for path in ("/v1/translate", "/v1/completions", "/"):
+        assert "text/event-stream" in responses(path)["200"]["content"]
+
+
 def test_docs_pages_load_their_scripts_from_this_server(client):
     for page in ("/docs", "/redoc"):
         html = client.get(page).text

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.schemas import FieldError
@@ -43,6 +46,52 @@ class ApiError(Exception):
         self.status_openai = 400 if status == 422 else status
         self.code = code
         self.headers = headers or {}
+
+
+# What /openapi.json says the errors look like (FastAPI would document its own 422 shape).
+
+
+class NativeError(BaseModel):
+    error: str  # names the field at fault, for invalid requests
+    error_type: str  # validation, overloaded, not_ready, timeout, generation, authentication
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIError(BaseModel):
+    error: OpenAIErrorDetail
+
+
+def documented_errors(openai: bool) -> dict[int | str, dict[str, Any]]:
+    """The `responses` of a router's routes: every 4xx and 5xx in the route's error shape."""
+    model = OpenAIError if openai else NativeError
+    invalid = "400" if openai else "422"
+    return {
+        "4XX": {
+            "model": model,
+            "description": f"{invalid}: invalid request (the message names the field); 401: no "
+            "or a wrong API key; 413: body too large; 429: overloaded, retry after Retry-After",
+        },
+        "5XX": {
+            "model": model,
+            "description": "500: generation failed; 503: loading or shutting down; 504: the "
+            "request's deadline passed",
+        },
+    }
+
+
+# A streamed answer (`"stream": true`, or a streaming route): server-sent events.
+SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON, or server-sent events when streaming",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
 
 
 def is_openai_route(path: str) -> bool:

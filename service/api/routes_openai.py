@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from service.api.errors import ApiError, error_body
+from service.api.errors import SSE_RESPONSE, ApiError, documented_errors, error_body
 from service.api.generation import (
     Context,
     check_finished,
@@ -27,7 +27,7 @@ from service.api.registry import ModelRegistry, ServedModel
 from service.api.schemas import CompletionRequest
 from service.engine import FinishReason, RequestOutput, SamplingParams
 
-router = APIRouter()
+router = APIRouter(responses=documented_errors(openai=True))
 
 
 def _registry(request: Request) -> ModelRegistry:
@@ -132,7 +132,7 @@ def _by_text(tokenizer, step: dict[int, float]) -> dict[str, float]:
     return by_text
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses=SSE_RESPONSE)
 async def completions(body: CompletionRequest, request: Request):
     served: ServedModel = request.app.state.registry.get(body.model)
     prompts = body.prompt  # texts or token ids

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from service.api.errors import ApiError
+from service.api.errors import SSE_RESPONSE, ApiError, documented_errors
 from service.api.generation import (
     Context,
     check_finished,
@@ -24,7 +24,14 @@ from service.api.schemas import TgiRequest
 from service.engine import FinishReason, RequestOutput, SamplingParams
 from service.engine.detokenizer import IncrementalDetokenizer
 
-router = APIRouter()
+
+class EventStream(StreamingResponse):
+    """What /openapi.json shows for the streaming-only routes."""
+
+    media_type = "text/event-stream"
+
+
+router = APIRouter(responses=documented_errors(openai=False))
 
 # TGI's reasons: a deadline cut the text short, as max_new_tokens would ("length").
 TGI_FINISH = {
@@ -151,7 +158,7 @@ async def generate(body: TgiRequest, request: Request):
     return JSONResponse(result, headers=headers)
 
 
-@router.post("/generate_stream")
+@router.post("/generate_stream", response_class=EventStream)
 async def generate_stream(body: TgiRequest, request: Request):
     served: ServedModel = request.app.state.registry.get(body.model)
     params = sampling_params(body, request)
@@ -164,7 +171,7 @@ async def generate_stream(body: TgiRequest, request: Request):
     )
 
 
-@router.post("/")
+@router.post("/", responses=SSE_RESPONSE)
 async def compat(body: TgiRequest, request: Request):
     """TGI's `/`: streams when `stream` is true; otherwise a one-element list. A translation
     model's result also has the Inference API's `translation_text`, so that
@@ -195,12 +202,12 @@ async def generate_for(model_id: str, body: TgiRequest, request: Request):
     return await generate(_for_model(body, model_id), request)
 
 
-@router.post("/models/{model_id:path}/generate_stream")
+@router.post("/models/{model_id:path}/generate_stream", response_class=EventStream)
 async def generate_stream_for(model_id: str, body: TgiRequest, request: Request):
     return await generate_stream(_for_model(body, model_id), request)
 
 
-@router.post("/models/{model_id:path}")
+@router.post("/models/{model_id:path}", responses=SSE_RESPONSE)
 async def compat_for(model_id: str, body: TgiRequest, request: Request):
     return await compat(_for_model(body, model_id), request)
 

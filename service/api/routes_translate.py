@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from service.api.errors import ApiError
+from service.api.errors import SSE_RESPONSE, ApiError, documented_errors
 from service.api.generation import (
     Context,
     check_finished,
@@ -25,7 +25,7 @@ from service.api.registry import ServedModel
 from service.api.schemas import TranslateRequest
 from service.engine import RequestOutput, SamplingParams
 
-router = APIRouter()
+router = APIRouter(responses=documented_errors(openai=False))
 
 
 def sampling_params(body: TranslateRequest, request: Request) -> SamplingParams:
@@ -47,7 +47,7 @@ def sampling_params(body: TranslateRequest, request: Request) -> SamplingParams:
     )
 
 
-@router.post("/v1/translate")
+@router.post("/v1/translate", responses=SSE_RESPONSE)
 async def translate(body: TranslateRequest, request: Request):
     served: ServedModel = request.app.state.registry.get(body.model, translation=True)
     params = sampling_params(body, request)
