@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -25,6 +26,8 @@ def save_checkpoint(
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save(directory / "tokenizer.json")
+    tokenizer_config = {"split_special_tokens": tokenizer.split_special_tokens}
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config) + "\n")
 
 
 def load_checkpoint(
@@ -44,7 +47,12 @@ def load_checkpoint(
         raise ValueError(f"{directory}: missing weights {missing}, unexpected weights {unexpected}")
     _rebuild_buffers(model, device, dtype)
     special_ids = (config.pad_token_id, config.bos_token_id, config.eos_token_id)
-    return model.eval(), Tokenizer.from_file(directory / "tokenizer.json", special_ids)
+    tokenizer_config = directory / "tokenizer_config.json"
+    split = tokenizer_config.exists() and json.loads(tokenizer_config.read_text()).get(
+        "split_special_tokens", False
+    )
+    tokenizer = Tokenizer.from_file(directory / "tokenizer.json", special_ids, split)
+    return model.eval(), tokenizer
 
 
 def _rebuild_buffers(model: Transformer, device, dtype) -> None:

@@ -351,8 +351,12 @@ def from_hf(src: str | Path, out: str | Path) -> Transformer:
         hf_tokenizer = marian_tokenizer(src, config)
     else:
         hf_tokenizer = gpt2_tokenizer(src)
+    hf_tokenizer_config = src / "tokenizer_config.json"  # transformers' own setting, if any
+    split = hf_tokenizer_config.exists() and bool(
+        json.loads(hf_tokenizer_config.read_text()).get("split_special_tokens", False)
+    )
     tokenizer = Tokenizer(
-        hf_tokenizer, config.pad_token_id, config.bos_token_id, config.eos_token_id
+        hf_tokenizer, config.pad_token_id, config.bos_token_id, config.eos_token_id, split
     )
     save_checkpoint(model, tokenizer, out)
     (out / "CONVERTED_FROM.md").write_text(
@@ -475,6 +479,9 @@ def to_hf(checkpoint: str | Path, out: str | Path) -> None:
     }
     if tokenizer.token_to_id("<unk>") is not None:
         tokenizer_config["unk_token"] = "<unk>"
+    saved = checkpoint / "tokenizer_config.json"  # save_checkpoint's: split_special_tokens
+    if saved.exists():
+        tokenizer_config |= json.loads(saved.read_text())
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
 
 

@@ -39,12 +39,18 @@ class Tokenizer:
         pad_id: int | None = None,
         bos_id: int | None = None,
         eos_id: int | None = None,
+        split_special_tokens: bool = False,
     ):
-        """Special ids default to our own tokens' ids; converted models pass their config's."""
+        """Special ids default to our own tokens' ids; converted models pass their config's.
+
+        `split_special_tokens` (transformers' name, kept in a checkpoint's tokenizer_config.json):
+        a special token's string in the text ("</s>") is encoded as plain text, not as the token.
+        Our own checkpoints set it: their special tokens look like markup ("<s>" is an HTML tag)
+        that user text may hold. Off, as in transformers, vLLM and TGI by default, a converted
+        GPT-2 reads "<|endoftext|>" in a prompt as its end-of-text token."""
         self.hf = hf
-        # Text is text: a "</s>" or "<pad>" in user input is those characters, never the control
-        # token (by default `tokenizers` matches special tokens' strings inside the text).
-        hf.encode_special_tokens = True
+        self.split_special_tokens = split_special_tokens
+        hf.encode_special_tokens = split_special_tokens
         self.pad_id = self._id(PAD) if pad_id is None else pad_id
         self.bos_id = self._id(BOS) if bos_id is None else bos_id
         self.eos_id = self._id(EOS) if eos_id is None else eos_id
@@ -57,10 +63,14 @@ class Tokenizer:
 
     @classmethod
     def from_file(
-        cls, path: str | Path, special_ids: tuple[int, int, int] | None = None
+        cls,
+        path: str | Path,
+        special_ids: tuple[int, int, int] | None = None,
+        split_special_tokens: bool = False,
     ) -> Tokenizer:
         """`special_ids`: (pad, bos, eos), as a model's config.json gives them."""
-        return cls(HFTokenizer.from_file(str(path)), *(special_ids or ()))
+        pad, bos, eos = special_ids or (None, None, None)
+        return cls(HFTokenizer.from_file(str(path)), pad, bos, eos, split_special_tokens)
 
     def save(self, path: str | Path) -> None:
         self.hf.save(str(path))

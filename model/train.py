@@ -160,7 +160,8 @@ def train(args: argparse.Namespace) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
-    tokenizer = Tokenizer.from_file(Path(args.corpus) / "tokenizer.json")
+    # Our own vocabulary: a "</s>" in user text is text (see Tokenizer.split_special_tokens).
+    tokenizer = Tokenizer.from_file(Path(args.corpus) / "tokenizer.json", split_special_tokens=True)
     is_lm = args.architecture == "decoder-only"
     train_pairs = read_tsv(Path(args.corpus) / "train.tsv")
     valid_pairs = read_tsv(Path(args.corpus) / "valid.tsv")

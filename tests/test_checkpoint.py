@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer as HFTokenizer
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.tokenizer import Tokenizer, train_tokenizer
@@ -55,3 +56,14 @@ def test_loading_a_checkpoint_with_a_missing_weight_names_it(tmp_path, tokenizer
     save_file(weights, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match=r"decoder_layers\.0\.ffn\.fc1\.weight"):
         load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_split_special_tokens_is_kept_with_the_checkpoint(tmp_path, tokenizer, split):
+    """tokenizer_config.json, as transformers keeps it: our own checkpoints read "</s>" in user
+    text as text; converted ones keep transformers' default."""
+    ours = Tokenizer(HFTokenizer.from_str(tokenizer.hf.to_str()), split_special_tokens=split)
+    save_checkpoint(tiny_model(vocab_size=tokenizer.vocab_size), ours, tmp_path)
+    _, loaded = load_checkpoint(tmp_path)
+    assert loaded.split_special_tokens is split
+    assert (loaded.eos_id in loaded.encode("a</s>")) is not split

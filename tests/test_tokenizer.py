@@ -1,6 +1,9 @@
 """The shared byte-level BPE vocabulary: every string round-trips, special tokens have fixed ids."""
 
+from pathlib import Path
+
 import pytest
+from tokenizers import Tokenizer as HFTokenizer
 
 from model.tokenizer import Tokenizer, train_tokenizer
 
@@ -11,7 +14,6 @@ TEXTS = [
     "Speichern unter „Dokument“",
     "  two  spaces\tand a tab",
     "emoji 🎉 and CJK 文件",
-    "<s>Old price</s> New price <pad> <unk>",  # markup that looks like special tokens
 ]
 
 
@@ -32,11 +34,23 @@ def test_special_tokens_have_fixed_ids_and_are_skipped_when_decoding(tokenizer):
     assert tokenizer.decode([tokenizer.bos_id, *ids, tokenizer.eos_id]) == "Datei öffnen"
 
 
-def test_special_tokens_strings_in_text_are_plain_text(tokenizer):
-    """A user's `</s>` must not end the source, nor `<s>` start a new one."""
-    ids = tokenizer.encode("<s>Old price</s> New price")
-    assert not {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id} & set(ids)
-    assert not {tokenizer.pad_id, tokenizer.eos_id} & set(tokenizer.encode_batch(["</s>"])[0])
+def test_special_tokens_strings_in_text_are_plain_text_with_split_special_tokens(tokenizer):
+    """Our checkpoints: a user's `</s>` must not end the source, nor `<s>` start a new one."""
+    split = Tokenizer(HFTokenizer.from_str(tokenizer.hf.to_str()), split_special_tokens=True)
+    ids = split.encode("<s>Old price</s> New price")
+    assert not {split.pad_id, split.bos_id, split.eos_id} & set(ids)
+    assert split.decode(ids) == "<s>Old price</s> New price"
+    assert not {split.pad_id, split.eos_id} & set(split.encode_batch(["</s>"])[0])
+    plain = Tokenizer(HFTokenizer.from_str(tokenizer.hf.to_str()))  # transformers' default
+    assert tokenizer.eos_id in plain.encode("Old price</s>")
+
+
+def test_the_bundled_checkpoints_read_special_tokens_strings_as_text():
+    from model.checkpoint import load_checkpoint
+
+    for name in ("en-de", "en-lm"):
+        _, bundled = load_checkpoint(Path(__file__).parents[1] / "model" / "checkpoints" / name)
+        assert bundled.eos_id not in bundled.encode("Old price</s> New price"), name
 
 
 def test_frequent_words_become_single_tokens(tokenizer):
