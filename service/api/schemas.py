@@ -62,7 +62,7 @@ def _one_or_many(value: object) -> object:
     if isinstance(value, list) and 1 <= len(value) <= MAX_BATCH:
         for index, text in enumerate(value):
             if not isinstance(text, str) or not text:
-                raise ValueError(f"item {index} must be a non-empty string, not {text!r}")
+                raise ValueError(f"item {index} must be a non-empty string, not {text!r:.40}")
             try:
                 _unicode(text)
             except ValueError as error:
