@@ -4,8 +4,9 @@
   with the feed-forward activation fused into the first Linear. Same math as `F.linear`; results
   differ only in rounding (~1e-6). The server's default.
 - `quantized`: int8 weights and int8 inputs multiplied in exact integer arithmetic (`--quantize
-  int8`, as CTranslate2's int8 compute type). A quarter of the weight bytes and a faster matmul;
-  ~1% error per layer, so the tokens may differ from float32's.
+  int8`, as CTranslate2's int8 compute type). A quarter of the Linear layers' bytes (embeddings
+  stay float32) and a faster matmul; ~1% error per layer, so the tokens may differ from
+  float32's.
 """
 
 from __future__ import annotations

@@ -477,6 +477,13 @@ def test_huggingface_hub_translation_gets_the_translation(server, client):
     body = {"inputs": "Open the file", "parameters": {"max_new_tokens": 2}}
     assert short.translation_text == client.post("/generate", json=body).json()["generated_text"]
     assert short.translation_text != translated.translation_text
+    # read as generate() reads them: "off" values, and sampling options without do_sample
+    greedy = {"do_sample": False, "temperature": 0.7, "top_p": 1.0, "top_k": 0}
+    assert hf.translation("Open the file", generate_parameters=greedy) == translated
+    body = {"inputs": "Open the file", "parameters": {
+        "max_new_tokens": 3, "generate_parameters": {"max_new_tokens": 2}}}  # fmt: skip
+    given = client.post("/", json=body).json()[0]["generated_text"]
+    assert given != short.translation_text  # a parameter given itself wins
     with pytest.raises(HfHubHTTPError) as refused:
         hf.translation("Open the file", generate_parameters={"num_beams": 4})
     assert refused.value.response.status_code == 422

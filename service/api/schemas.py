@@ -187,10 +187,14 @@ class TranslateRequest(Body):
 
 
 # `InferenceClient.translation()` sends transformers' generate() options as
-# `parameters.generate_parameters`: these are TGI parameters too and are taken as such.
+# `parameters.generate_parameters`: these are TGI parameters too and are taken as such, read
+# as generate() means them. Its "off" values are dropped (TGI refuses top_p 1.0, and would
+# sample for any temperature), as are the sampling options when do_sample is false.
 GENERATE_PARAMETERS = (
     "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "seed",
 )  # fmt: skip
+GENERATE_OFF = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0}
+SAMPLING_ONLY = ("temperature", "top_k", "top_p")
 
 
 class TgiParameters(Body):
@@ -239,6 +243,9 @@ class TgiParameters(Body):
                 f"generate_parameters: {', '.join(unknown)} not supported; "
                 f"supported: {', '.join(GENERATE_PARAMETERS)}",
             )
+        if extra.get("do_sample") is False:
+            extra = {k: v for k, v in extra.items() if k not in SAMPLING_ONLY}
+        extra = {k: v for k, v in extra.items() if k not in GENERATE_OFF or v != GENERATE_OFF[k]}
         return {**extra, **{k: v for k, v in data.items() if v is not None}}
 
     @model_validator(mode="after")

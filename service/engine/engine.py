@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -50,7 +51,7 @@ class EngineConfig:
     prepack_weights: bool = False  # CPU fp32: oneDNN-packed Linear weights (model/cpu_kernels.py)
     # "int8": int8 Linear layers on the CPU (model/cpu_kernels.py), instead of packed float32 ones.
     # Faster, ~1% error per layer: the tokens may differ from float32's.
-    quantize: str | None = None
+    quantize: Literal["int8"] | None = None
     # torch.compile the model's serving forward (dynamic shapes). Same tokens; on the 2-core CPU
     # of docs/benchmarks.md it is no faster than eager and compiles for 5-35 s, so it is off by
     # default (for CUDA).
@@ -131,9 +132,11 @@ class LLMEngine:
         cache = PagedKVCache(model.config, num_blocks, config.block_size, config.device, dtype)
         self.blocks = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(config.scheduler, self.blocks, model.config.is_encoder_decoder)
+        self.num_parameters = self.model.num_parameters()
         runner_model = self.model
-        if config.quantize == "int8":
-            runner_model = quantized(self.model)  # int8 matmuls: faster, not the same math
+        if config.quantize == "int8":  # int8 matmuls: faster, not the same math
+            # The float32 model is let go: alignments come from the model that made the tokens.
+            runner_model = self.model = quantized(self.model)
         elif config.prepack_weights and can_prepack(self.model):
             runner_model = prepacked(self.model)  # same math, faster CPU matmuls
         self.runner = ModelRunner(runner_model, cache, compile=config.compile)
@@ -237,7 +240,7 @@ class LLMEngine:
         cfg = self.model_config
         return {
             "architecture": cfg.architecture,
-            "num_parameters": self.model.num_parameters(),
+            "num_parameters": self.num_parameters,
             "vocab_size": cfg.vocab_size,
             "max_positions": cfg.max_positions,
             "device": self.config.device,
