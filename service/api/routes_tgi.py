@@ -116,7 +116,7 @@ async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str,
     if body.parameters.details:
         result["details"] = _details(output, params, output.stopped_on is not None) | {
             "prefill": [],
-            "tokens": _sequence_tokens(served, output.token_ids, output.logprobs),
+            "tokens": _sequence_tokens(served, output, params),
         }
         if params.num_top_logprobs:
             result["details"]["top_tokens"] = [
@@ -125,17 +125,30 @@ async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str,
     return result, timings_header(output.timings_ms)
 
 
-def _sequence_tokens(served: ServedModel, ids: list[int], logprobs: list[float]) -> list[dict]:
-    """`details.tokens`: each token's text as a stream gives it, so that a character split over
-    several byte-level tokens comes whole with its last token (a lone token decodes to U+FFFD)."""
-    detokenizer = IncrementalDetokenizer(served.llm.tokenizer)
-    texts = [detokenizer.add([i]) for i in ids]
-    if texts:
-        texts[-1] += detokenizer.finish()
-    tokens = _tokens(served, ids, logprobs)
+def _sequence_tokens(
+    served: ServedModel, output: RequestOutput, params: SamplingParams
+) -> list[dict]:
+    """`details.tokens`: each token's text as the stream gives it (the engine's detokenizer, so
+    a character split over byte-level tokens comes whole with its last token, and text that
+    may begin a stop string waits), the rest of the text with the last token."""
+    detokenizer = IncrementalDetokenizer(served.llm.tokenizer, params.stop)
+    texts: list[str] = []
+    for n, token_id in enumerate(output.token_ids):
+        text = detokenizer.add([token_id])
+        if n == len(output.token_ids) - 1:
+            text = _rest_of_text(served, output, "".join(texts), text)
+        texts.append(text)
+    tokens = _tokens(served, output.token_ids, output.logprobs)
     for token, text in zip(tokens, texts, strict=True):
         token["text"] = text
     return tokens
+
+
+def _rest_of_text(served: ServedModel, output: RequestOutput, sent: str, text: str) -> str:
+    """The last token's text: what the new text adds to what was sent (held-back pieces and
+    the stop sequence), or `text` if the new text does not start with it."""
+    new_text = _new_text(served, output)
+    return new_text[len(sent) :] if new_text.startswith(sent) else text
 
 
 def _tokens(served: ServedModel, ids: list[int], logprobs: list[float]) -> list[dict]:
@@ -233,8 +246,7 @@ async def _stream_events(
                 is_last = output.finished and n == len(token_ids) - 1
                 text = output.text_delta if n == len(token_ids) - 1 else ""
                 if is_last:  # the rest of the text: held-back pieces and the stop sequence
-                    new_text = _new_text(served, output)
-                    text = new_text[len(sent) :] if new_text.startswith(sent) else text
+                    text = _rest_of_text(served, output, sent, text)
                 sent += text
                 event: dict = {
                     "index": index,
