@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model.config import TransformerConfig
-from model.tokenizer import Tokenizer
+from model.tokenizer import Tokenizer, read_split_special_tokens
 from model.transformer import Transformer, sinusoidal_table
 
 
@@ -47,10 +47,7 @@ def load_checkpoint(
         raise ValueError(f"{directory}: missing weights {missing}, unexpected weights {unexpected}")
     _rebuild_buffers(model, device, dtype)
     special_ids = (config.pad_token_id, config.bos_token_id, config.eos_token_id)
-    tokenizer_config = directory / "tokenizer_config.json"
-    split = tokenizer_config.exists() and json.loads(tokenizer_config.read_text()).get(
-        "split_special_tokens", False
-    )
+    split = read_split_special_tokens(directory)
     tokenizer = Tokenizer.from_file(directory / "tokenizer.json", special_ids, split)
     return model.eval(), tokenizer
 

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from model.checkpoint import save_checkpoint
 from model.config import TransformerConfig
-from model.tokenizer import Tokenizer
+from model.tokenizer import Tokenizer, read_split_special_tokens
 from model.transformer import Transformer, sinusoidal_table
 
 # Our activation names ↔ the names in Hugging Face configs.
@@ -351,10 +351,7 @@ def from_hf(src: str | Path, out: str | Path) -> Transformer:
         hf_tokenizer = marian_tokenizer(src, config)
     else:
         hf_tokenizer = gpt2_tokenizer(src)
-    hf_tokenizer_config = src / "tokenizer_config.json"  # transformers' own setting, if any
-    split = hf_tokenizer_config.exists() and bool(
-        json.loads(hf_tokenizer_config.read_text()).get("split_special_tokens", False)
-    )
+    split = read_split_special_tokens(src)  # transformers' own setting, if the source has one
     tokenizer = Tokenizer(
         hf_tokenizer, config.pad_token_id, config.bos_token_id, config.eos_token_id, split
     )

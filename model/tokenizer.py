@@ -5,6 +5,7 @@ Byte-level means every string encodes (no unknown token) and decodes back exactl
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -47,9 +48,9 @@ class Tokenizer:
         a special token's string in the text ("</s>") is encoded as plain text, not as the token.
         Our own checkpoints set it: their special tokens look like markup ("<s>" is an HTML tag)
         that user text may hold. Off, as in transformers, vLLM and TGI by default, a converted
-        GPT-2 reads "<|endoftext|>" in a prompt as its end-of-text token."""
+        GPT-2 reads "<|endoftext|>" in a prompt as its end-of-text token. The setting is the
+        `hf` tokenizer's own (`encode_special_tokens`): the constructor sets it there."""
         self.hf = hf
-        self.split_special_tokens = split_special_tokens
         hf.encode_special_tokens = split_special_tokens
         self.pad_id = self._id(PAD) if pad_id is None else pad_id
         self.bos_id = self._id(BOS) if bos_id is None else bos_id
@@ -76,6 +77,10 @@ class Tokenizer:
         self.hf.save(str(path))
 
     @property
+    def split_special_tokens(self) -> bool:
+        return self.hf.encode_special_tokens
+
+    @property
     def vocab_size(self) -> int:
         return self.hf.get_vocab_size()
 
@@ -92,3 +97,9 @@ class Tokenizer:
 
     def decode_batch(self, batch: list[list[int]]) -> list[str]:
         return self.hf.decode_batch(batch, skip_special_tokens=True)
+
+
+def read_split_special_tokens(directory: Path) -> bool:
+    """`split_special_tokens` from a model directory's tokenizer_config.json (False if none)."""
+    path = directory / "tokenizer_config.json"
+    return path.exists() and bool(json.loads(path.read_text()).get("split_special_tokens", False))

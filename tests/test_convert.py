@@ -17,6 +17,7 @@ import sentencepiece
 import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import (
+    AutoTokenizer,
     GPT2Config,
     GPT2LMHeadModel,
     GPT2TokenizerFast,
@@ -272,8 +273,9 @@ def test_gpt2_tokenizer_matches_gpt2_tokenizer(gpt2_dir, converted):
 @pytest.mark.parametrize(("norm_first", "bias"), [(False, False), (False, True), (True, False)])
 @torch.inference_mode()
 def test_round_trip_through_hugging_face_is_bit_identical(tmp_path, norm_first, bias):
-    """Post-norm models go out as MarianMT, pre-norm ones (as the bundled en-de) as Pegasus."""
-    tokenizer = Tokenizer(train_tokenizer(TEXTS, vocab_size=300))
+    """Post-norm models go out as MarianMT, pre-norm ones (as the bundled en-de) as Pegasus.
+    The tokenizer's split_special_tokens goes out and comes back with it."""
+    tokenizer = Tokenizer(train_tokenizer(TEXTS, vocab_size=300), split_special_tokens=bias)
     model = tiny_model(
         vocab_size=tokenizer.vocab_size, final_logits_bias=bias, norm_first=norm_first,
         max_positions=64, activation="gelu_tanh",
@@ -299,6 +301,9 @@ def test_round_trip_through_hugging_face_is_bit_identical(tmp_path, norm_first, 
         tmp_path / "ours" / "tokenizer.json"
     ).read_text()
     assert back_tokenizer.encode("Open the file") == tokenizer.encode("Open the file")
+    assert back_tokenizer.split_special_tokens is bias
+    hf_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert hf_tokenizer("a</s>").input_ids == back_tokenizer.encode("a</s>")
 
 
 def test_unknown_weights_and_architectures_are_refused(marian_dir, tmp_path):
