@@ -123,8 +123,8 @@ def test_docs_pages_load_their_scripts_from_this_server(client):
 
 
 def test_quantize_int8_serves_the_offline_int8_engines_tokens(models):
-    """`--quantize int8`: /info says so, and the server's greedy translation is the offline int8
-    engine's, not the float32 one's."""
+    """`--quantize int8`: /info says so, the server runs the int8 model, and its greedy
+    translation is the offline int8 engine's."""
     from model.cpu_kernels import Int8Linear
     from service.engine import EngineConfig, LLMEngine, SamplingParams
 
@@ -294,6 +294,11 @@ def test_bad_completions_get_400_with_the_field_as_param(client, body, param):
     error = r.json()["error"]
     assert error["param"] == param and error["type"] == "invalid_request_error"
     assert "Value error" not in error["message"] and "constrained" not in error["message"]
+
+
+def test_a_bad_prompt_of_a_list_is_named_by_its_index(client):
+    r = client.post("/v1/completions", json={"model": "tiny-lm", "prompt": ["Open", ""]})
+    assert r.json()["error"]["message"] == "prompt: item 1 must be a non-empty string, not ''"
 
 
 @pytest.mark.parametrize(

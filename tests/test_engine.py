@@ -3,6 +3,7 @@ paged cache, preemption, beams, sampling, stops, cancellation and deadlines (tin
 
 import asyncio
 import dataclasses
+import itertools
 import random
 
 import pytest
@@ -728,8 +729,8 @@ def test_int8_linear_is_close_to_float32_and_each_row_is_its_own():
 def test_int8_matmul_sums_exactly():
     """`torch._int_mm` must not saturate (CPUs without VNNI may, in some int8 kernels): extreme
     values against an int64 matmul."""
-    for low, high in [(-127, 128), (100, 128), (-127, -100)]:
-        a = torch.randint(low, high, (5, 512), dtype=torch.int8)
+    for (low, high), rows in itertools.product([(-127, 128), (100, 128), (-127, -100)], (1, 5)):
+        a = torch.randint(low, high, (rows, 512), dtype=torch.int8)
         b = torch.randint(low, high, (512, 48), dtype=torch.int8)
         assert torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long())
 
@@ -738,6 +739,8 @@ def test_int8_is_refused_off_the_cpu_in_half_precision_or_compiled(tokenizer):
     model = tiny_model("encoder-decoder", vocab_size=tokenizer.vocab_size)
     with pytest.raises(ValueError, match="int8 is for the CPU in float32"):
         LLMEngine(model, tokenizer, EngineConfig(dtype="bfloat16", quantize="int8"))
+    with pytest.raises(ValueError, match="int8 is for the CPU in float32, not cuda"):
+        LLMEngine(model, tokenizer, EngineConfig(device="cuda", quantize="int8"))
     with pytest.raises(ValueError, match="int8 does not go with compile"):
         LLMEngine(model, tokenizer, EngineConfig(compile=True, quantize="int8"))
 

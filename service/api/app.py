@@ -181,7 +181,7 @@ def _add_operations(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
             return JSONResponse({"status": "failed"}, status_code=503)
         return {"status": "ok"}
 
-    @app.get("/ready")
+    @app.get("/ready", responses={503: {"description": "loading, failed to load, or draining"}})
     @app.head("/ready", include_in_schema=False)  # probes may use HEAD
     async def ready():
         status = app.state.status

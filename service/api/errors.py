@@ -53,7 +53,8 @@ class ApiError(Exception):
 
 class NativeError(BaseModel):
     error: str  # names the field at fault, for invalid requests
-    error_type: str  # validation, overloaded, not_ready, timeout, generation, authentication
+    error_type: str  # validation, overloaded, not_ready, timeout, generation, authentication,
+    # not_found, method_not_allowed
 
 
 class OpenAIErrorDetail(BaseModel):
@@ -75,7 +76,8 @@ def documented_errors(openai: bool) -> dict[int | str, dict[str, Any]]:
         "4XX": {
             "model": model,
             "description": f"{invalid}: invalid request (the message names the field); 401: no "
-            "or a wrong API key; 413: body too large; 429: overloaded, retry after Retry-After",
+            "or a wrong API key; 404: unknown model or route; 413: body too large; 429: "
+            "overloaded, retry after Retry-After",
         },
         "5XX": {
             "model": model,

@@ -93,7 +93,9 @@ def _prompts(value: object) -> object:
         return value
     try:
         texts = _one_or_many(value)
-    except ValueError:
+    except ValueError as error:
+        if str(error).startswith("item "):  # a list of texts with one bad item: name it
+            raise
         raise ValueError(
             f"must be a non-empty string, a list of 1 to {MAX_BATCH} non-empty strings, "
             "a list of token ids, or a list of such lists"
