@@ -561,6 +561,10 @@ def test_huggingface_hub_reaches_every_model_through_its_own_base_url(server, cl
     assert "".join(streamed) == expected
     slashed = InferenceClient(base_url=f"{server.url}/models/tiny-lm/")  # as users often write it
     assert slashed.text_generation("Open the", max_new_tokens=8) == expected
+    r = client.post("/models/tiny-lm/generate/", json=body)
+    assert r.status_code == 200 and r.json()["generated_text"] == expected
+    streamed = sse_data(client.post("/models/tiny-lm/generate_stream/", json=body))
+    assert streamed[-1]["generated_text"] == expected
     mt = InferenceClient(base_url=f"{server.url}/models/tiny-mt")
     translated = client.post("/v1/translate", json={"text": "Open", "beam_size": 1}).json()
     assert mt.translation("Open").translation_text == translated["translations"][0]["text"]

@@ -222,6 +222,12 @@ async def generate_stream_for(model_id: str, body: TgiRequest, request: Request)
 
 @router.post("/models/{model_id:path}", responses=SSE_RESPONSE)
 async def compat_for(model_id: str, body: TgiRequest, request: Request):
+    # `.../generate/` with a trailing slash lands here too (the id is a path): route it on.
+    model_id = model_id.rstrip("/")
+    if model_id.endswith("/generate_stream"):
+        return await generate_stream_for(model_id.removesuffix("/generate_stream"), body, request)
+    if model_id.endswith("/generate"):
+        return await generate_for(model_id.removesuffix("/generate"), body, request)
     return await compat(_for_model(body, model_id), request)
 
 
