@@ -15,6 +15,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -41,7 +42,9 @@ def _non_empty(text: str) -> str:
     return text
 
 
-NonEmptyText = Annotated[Text, AfterValidator(_non_empty)]
+NonEmptyText = Annotated[
+    Text, AfterValidator(_non_empty), WithJsonSchema({"type": "string", "minLength": 1})
+]
 MAX_BATCH = 64  # texts or prompts in one request
 # Seeds: any 64-bit value (n > 1 completions use seed + index).
 Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
