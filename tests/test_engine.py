@@ -61,6 +61,18 @@ def assert_cache_empty(engine: LLMEngine) -> None:
     assert not engine.scheduler.running and not engine.scheduler.waiting
 
 
+def greedy_joined_mid_flight(engine: LLMEngine, inputs: list[list[int]]) -> list[list[int]]:
+    """Greedy tokens of each input, in order: the first runs 3 steps alone, then the rest join."""
+    first = engine.add_request(inputs[0], GREEDY)
+    for _ in range(3):
+        engine.step()
+    late = [engine.add_request(ids, GREEDY) for ids in inputs[1:]]
+    done: dict[str, list[int]] = {}
+    while engine.has_unfinished:
+        done |= {o.request_id: o.token_ids for o in engine.step() if o.finished}
+    return [done[r.request_id] for r in [first, *late]]
+
+
 GREEDY = SamplingParams(max_new_tokens=24)
 
 
@@ -686,14 +698,7 @@ def test_int8_engine_gives_the_int8_reference_tokens_joined_mid_flight(tokenizer
     int8_model = engine.runner.model
     assert isinstance(int8_model.decoder_layers[0].ffn.fc1, Int8Linear)
     inputs = prompts(tokenizer, 8, seed=10)
-    first = engine.add_request(inputs[0], GREEDY)
-    for _ in range(3):
-        engine.step()
-    late = [engine.add_request(ids, GREEDY) for ids in inputs[1:]]
-    done: dict[str, list[int]] = {}
-    while engine.has_unfinished:
-        done |= {o.request_id: o.token_ids for o in engine.step() if o.finished}
-    batched = [done[r.request_id] for r in [first, *late]]
+    batched = greedy_joined_mid_flight(engine, inputs)
     for ids, tokens in zip(inputs, batched, strict=True):
         assert tokens == greedy_reference(int8_model, ids, 24)
     assert [engine.generate([ids], GREEDY)[0].token_ids for ids in inputs] == batched
@@ -755,15 +760,8 @@ def test_compiled_forward_gives_the_reference_tokens(tokenizer, architecture, pr
     config = EngineConfig(kv_cache_mb=4, block_size=4, compile=True, prepack_weights=prepack)
     engine = LLMEngine(model, tokenizer, config)
     inputs = prompts(tokenizer, 6, seed=9)
-    first = engine.add_request(inputs[0], GREEDY)
-    for _ in range(3):
-        engine.step()
-    late = [engine.add_request(ids, GREEDY) for ids in inputs[1:]]
-    done: dict[str, list[int]] = {}
-    while engine.has_unfinished:
-        done |= {o.request_id: o.token_ids for o in engine.step() if o.finished}
-    for ids, request in zip(inputs, [first, *late], strict=True):
-        assert done[request.request_id] == greedy_reference(model, ids, 24)
+    for ids, tokens in zip(inputs, greedy_joined_mid_flight(engine, inputs), strict=True):
+        assert tokens == greedy_reference(model, ids, 24)
     assert_cache_empty(engine)
 
 

@@ -227,11 +227,16 @@ def _add_operations(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
 
     app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
 
+    def docs_urls(request: Request) -> tuple[str, str]:
+        """The schema's URL and the assets' folder, behind a proxy's root path too."""
+        root = request.scope.get("root_path", "")
+        return f"{root}/openapi.json", f"{root}/docs-assets"
+
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request):
-        assets = request.scope.get("root_path", "") + "/docs-assets"
+        openapi_url, assets = docs_urls(request)
         return get_swagger_ui_html(
-            openapi_url=request.scope.get("root_path", "") + "/openapi.json",
+            openapi_url=openapi_url,
             title="attnserve - Swagger UI",
             swagger_js_url=f"{assets}/swagger-ui-bundle.js",
             swagger_css_url=f"{assets}/swagger-ui.css",
@@ -240,9 +245,9 @@ def _add_operations(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request):
-        assets = request.scope.get("root_path", "") + "/docs-assets"
+        openapi_url, assets = docs_urls(request)
         return get_redoc_html(
-            openapi_url=request.scope.get("root_path", "") + "/openapi.json",
+            openapi_url=openapi_url,
             title="attnserve - ReDoc",
             redoc_js_url=f"{assets}/redoc.standalone.js",
             redoc_favicon_url=f"{assets}/favicon.png",
