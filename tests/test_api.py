@@ -4,7 +4,6 @@ httpx, the `openai` package and `huggingface_hub.InferenceClient`. Tiny random m
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import threading
 import time
@@ -64,8 +63,12 @@ def sse_data(response: httpx.Response) -> list:
 
 def metrics(client: httpx.Client) -> dict[str, float]:
     """Every sample as 'name{label=value,...}' → value, parsed by prometheus_client."""
+    return parse_metrics(client.get("/metrics").text)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
     samples = {}
-    for family in text_string_to_metric_families(client.get("/metrics").text):
+    for family in text_string_to_metric_families(text):
         for s in family.samples:
             labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
             samples[f"{s.name}{{{labels}}}"] = s.value
@@ -316,7 +319,7 @@ def test_a_bad_prompt_of_a_list_is_named_by_its_index(client):
         ({"grammar": {"type": "json", "value": {}}}, "grammar"),
         ({"watermark": True}, "watermark"),
         ({"truncate": 0}, "truncate"),
-        ({"typical_p": 0.9}, "typical_p"),
+        ({"typical_p": 1.0}, "typical_p"),
         ({"decoder_input_details": True}, "decoder_input_details"),
         ({"adapter_id": "lora-1"}, "adapter_id"),
         ({"frequency_penalty": 3.0}, "frequency_penalty"),
@@ -457,18 +460,26 @@ def test_tgi_generate_and_compat_route(client):
 
 def test_tgi_details_tokens_are_the_streams_tokens_and_add_up_to_the_text(client):
     """A character split over byte-level tokens comes whole with its last token, as streamed:
-    a lone token's decoding ("\ufffd") is never a token's text."""
+    a lone token's decoding ("\ufffd") is never a token's text. A stop string changes no
+    token's text (none waits for it, as TGI's tokens do not): its tokens are those without it,
+    up to where it stopped."""
     for model in ("tiny-mt", "tiny-lm"):
-        for seed, stop in itertools.product(range(6), ([], ["ö", "e D"])):
-            # random tiny models: some outputs split characters, or may begin a stop string
-            body = {"model": model, "inputs": "Größe ändern 🎉", "parameters": {
-                "max_new_tokens": 24, "details": True, "do_sample": True, "seed": seed,
-                "stop": stop}}  # fmt: skip
-            result = client.post("/generate", json=body).json()
-            tokens = [(t["id"], t["text"]) for t in result["details"]["tokens"]]
-            assert "".join(text for _, text in tokens) == result["generated_text"]
-            streamed = sse_data(client.post("/generate_stream", json=body))
-            assert [(e["token"]["id"], e["token"]["text"]) for e in streamed] == tokens
+        for seed in range(6):
+            unstopped: list = []
+            for stop in ([], ["ö", "e D"]):
+                # random tiny models: some outputs split characters, or may begin a stop string
+                body = {"model": model, "inputs": "Größe ändern 🎉", "parameters": {
+                    "max_new_tokens": 24, "details": True, "do_sample": True, "seed": seed,
+                    "stop": stop}}  # fmt: skip
+                result = client.post("/generate", json=body).json()
+                tokens = [(t["id"], t["text"]) for t in result["details"]["tokens"]]
+                assert "".join(text for _, text in tokens) == result["generated_text"]
+                streamed = sse_data(client.post("/generate_stream", json=body))
+                assert [(e["token"]["id"], e["token"]["text"]) for e in streamed] == tokens
+                if not stop:
+                    unstopped = tokens
+                else:  # the last token also takes what is left (a split character, rendered)
+                    assert tokens[:-1] == unstopped[: len(tokens) - 1]
 
 
 def test_huggingface_hub_translation_gets_the_translation(server, client):
@@ -597,6 +608,13 @@ def test_huggingface_hub_client_streams_with_details(server):
         for _ in range(2)
     ]
     assert seeded[0] == seeded[1]
+    # typical_p (LangChain's HuggingFaceEndpoint sends 0.95 by default), as TGI: it samples.
+    # A tiny mass keeps one token a step, the most typical: the seed no longer matters.
+    typical = [
+        hf.text_generation("Datei", max_new_tokens=12, typical_p=p, seed=seed)
+        for p, seed in ((0.95, 1), (0.95, 2), (0.001, 1), (0.001, 2))
+    ]
+    assert typical[0] != typical[1] and typical[2] == typical[3]
 
 
 # -- OpenAI -----------------------------------------------------------------------------------
@@ -948,6 +966,42 @@ def test_deadline_in_the_queue_is_504_and_while_running_keeps_partial_text(slow_
     wait_idle(slow_server, "tiny-mt")
 
 
+def test_cancelled_requests_count_their_tokens_a_beam_search_and_one_still_queued(slow_server):
+    beam = {"text": "Open the file", "beam_size": 4, "max_new_tokens": 40}
+    queued = {"text": "Save", "beam_size": 1, "max_new_tokens": 40}
+    engine = slow_server.engine("tiny-mt")
+    mt = "{model=tiny-mt}"
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=slow_server.url, timeout=60) as c:
+            before = parse_metrics((await c.get("/metrics")).text)
+            running = asyncio.ensure_future(c.post("/v1/translate", json=beam))
+            await asyncio.sleep(0.2)  # the beam search holds the only running slot
+            waiting = asyncio.ensure_future(c.post("/v1/translate", json=queued))
+            await asyncio.sleep(0.1)
+            assert engine.scheduler.waiting  # the second one is still queued
+            for task in (running, waiting):  # both clients leave
+                task.cancel()
+            await asyncio.gather(running, waiting, return_exceptions=True)
+            return before
+
+    before = asyncio.run(scenario())
+    wait_idle(slow_server, "tiny-mt")
+    cancelled = "attnserve_request_finished_total{finish_reason=cancelled,model=tiny-mt}"
+    with httpx.Client(base_url=slow_server.url) as c:
+        for _ in range(100):
+            after = metrics(c)
+            if after.get(cancelled, 0) == before.get(cancelled, 0) + 2:
+                break
+            time.sleep(0.02)
+    assert after[cancelled] == before.get(cancelled, 0) + 2
+    num_input = len(engine.input_ids(beam["text"])) + len(engine.input_ids(queued["text"]))
+    prompt = f"attnserve_prompt_tokens_total{mt}"
+    assert after[prompt] - before.get(prompt, 0) == num_input
+    generated = f"attnserve_generation_tokens_total{mt}"
+    assert 0 < after[generated] - before.get(generated, 0) < 40  # the beam search's steps
+
+
 def test_a_failure_inside_generation_is_a_500_or_an_error_event_and_the_server_lives_on(models):
     with ServerThread(settings(models)) as running:
         runner = running.engine("tiny-lm").runner
@@ -1059,7 +1113,10 @@ def test_a_request_too_long_blames_the_field_at_fault(at_fault, param):
     def refuse(*args):
         raise RequestTooLong("does not fit", at_fault)
 
-    served = SimpleNamespace(engine=SimpleNamespace(is_running=True, generate=refuse))
+    served = SimpleNamespace(
+        engine=SimpleNamespace(is_running=True, generate=refuse),
+        llm=SimpleNamespace(input_ids=lambda prompt: [1, 2]),
+    )
     ctx = Context(metrics=None, arrival=0.0, input_param="prompt", max_tokens_param="max_tokens")
     with pytest.raises(ApiError) as refused:
         start(served, "hi", None, ctx)

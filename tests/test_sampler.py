@@ -1,4 +1,4 @@
-"""The sampler alone: temperature, top-k, top-p, repetition penalty and min_new_tokens change
+"""The sampler alone: temperature, top-k, top-p, typical_p, repetition penalty and min_new_tokens change
 the distribution as their definitions say (fake requests, no model)."""
 
 from collections import Counter
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from service.engine.request import SamplingParams
-from service.engine.sampler import apply_penalties, sample
+from service.engine.sampler import apply_penalties, sample, typical
 
 EOS = 2
 
@@ -39,6 +39,31 @@ def test_top_p_keeps_the_smallest_set_of_tokens_reaching_p():
     assert set(draws(logits, temperature=1.0, top_p=0.4)) == {0}
     assert set(draws(logits, temperature=1.0, top_p=0.6)) == {0, 1}  # 0.5 < 0.6: one more
     assert set(draws(logits, temperature=1.0, top_p=0.9)) == {0, 1, 2}
+
+
+def test_typical_p_keeps_the_tokens_nearest_the_entropy():
+    # Probabilities 0.7, 0.2, 0.1: entropy 0.80 nats; surprises 0.36, 1.61, 2.30. The token
+    # nearest the entropy is 0 (0.44 away), then 1 (0.81), then 2 (1.50).
+    logits = torch.tensor([0.7, 0.2, 0.1]).log().tolist()
+    assert set(draws(logits, temperature=1.0, typical_p=0.5)) == {0}
+    assert set(draws(logits, temperature=1.0, typical_p=0.8)) == {0, 1}  # 0.7 < 0.8: one more
+    assert set(draws(logits, temperature=1.0, typical_p=0.95)) == {0, 1, 2}
+    # Flat but for one likelier token: that one is the least typical.
+    logits = [2.0] + [0.0] * 20  # 27% against 3.7% each
+    assert 0 not in set(draws(logits, temperature=1.0, typical_p=0.2))
+
+
+@pytest.mark.parametrize("mass", [0.2, 0.5, 0.9, 0.95, 0.999])
+def test_typical_p_keeps_what_transformers_keeps(mass):
+    from transformers.generation.logits_process import TopKLogitsWarper, TypicalLogitsWarper
+
+    torch.manual_seed(0)
+    for _ in range(20):
+        logits = torch.randn(1, 500) * 3
+        logits = TopKLogitsWarper(200)(None, logits)  # a warper before it drops tokens (-inf)
+        theirs = TypicalLogitsWarper(mass)(None, logits.clone())[0]
+        ours = typical(logits[0].double(), mass)
+        assert torch.equal(ours.isinf(), theirs.isinf())
 
 
 def test_temperature_sharpens_or_flattens_the_distribution():

@@ -77,8 +77,9 @@ def start(
     batch), by default the body's field."""
     if not served.engine.is_running:
         raise ApiError(503, "the server is shutting down", "not_ready")
+    input_ids = served.llm.input_ids(prompt)  # counted in the metrics however it ends
     try:
-        outputs = served.engine.generate(prompt, params, ctx.engine_id + suffix, ctx.arrival)
+        outputs = served.engine.generate(input_ids, params, ctx.engine_id + suffix, ctx.arrival)
     except RequestTooLong as error:
         if error.field == "max_new_tokens":
             param, name = ctx.max_tokens_param, ctx.max_tokens_param
@@ -87,7 +88,7 @@ def start(
         raise ApiError(422, f"{name}: {error}", param=param) from None
     except EngineOverloaded as error:
         raise _overloaded(served, str(error)) from None
-    return _observed(served, outputs, ctx, counts_prompt)
+    return _observed(served, outputs, ctx, len(input_ids) if counts_prompt else 0)
 
 
 def _overloaded(served: ServedModel, why: str) -> ApiError:
@@ -135,17 +136,17 @@ def start_all(
 
 
 async def _observed(
-    served: ServedModel, outputs: AsyncIterator[RequestOutput], ctx: Context, counts_prompt: bool
+    served: ServedModel, outputs: AsyncIterator[RequestOutput], ctx: Context, num_prompt: int
 ) -> AsyncIterator[RequestOutput]:
-    """Pass outputs through, feeding the per-request metrics; a consumer that leaves cancels
-    (and the tokens it had are counted all the same)."""
+    """Pass outputs through, feeding the per-request metrics; a consumer that leaves cancels.
+    Every accepted request counts its `num_prompt` input tokens and the tokens it generated,
+    however it ends: finished, expired, or cancelled, even while still queued."""
     m, model = ctx.metrics, served.model_id
     last_token_at: float | None = None
     finished = False
-    last: RequestOutput | None = None
+    num_generated = 0
     try:
         async for output in outputs:
-            last = output
             now = time.perf_counter()
             if output.new_token_ids or (output.finished and output.token_ids):
                 if last_token_at is None:
@@ -153,6 +154,8 @@ async def _observed(
                 else:
                     m.itl.labels(model).observe(now - last_token_at)
                 last_token_at = now
+            # a finished beam search's tokens are its best hypothesis; before, its steps
+            num_generated = len(output.token_ids) if output.finished else output.num_output_tokens
             if output.finished:
                 finished = True
                 _observe_finish(m, model, output, now - ctx.arrival)
@@ -161,10 +164,8 @@ async def _observed(
     finally:
         if not finished:
             m.finished.labels(model, FinishReason.CANCELLED.value).inc()
-        if last is not None:
-            m.generation_tokens.labels(model).inc(len(last.token_ids))
-            if counts_prompt:
-                m.prompt_tokens.labels(model).inc(last.num_input_tokens)
+        m.generation_tokens.labels(model).inc(num_generated)
+        m.prompt_tokens.labels(model).inc(num_prompt)
         await outputs.aclose()  # type: ignore[attr-defined]
 
 

@@ -56,6 +56,7 @@ def sampling_params(body: TgiRequest, request: Request) -> SamplingParams:
         temperature=(p.temperature or 1.0) if sampling else 0.0,
         top_k=p.top_k or 0,
         top_p=p.top_p or 1.0,
+        typical_p=p.typical_p or 1.0,
         repetition_penalty=p.repetition_penalty or 1.0,
         frequency_penalty=p.frequency_penalty or 0.0,
         seed=seed,
@@ -116,7 +117,7 @@ async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str,
     if body.parameters.details:
         result["details"] = _details(output, params, output.stopped_on is not None) | {
             "prefill": [],
-            "tokens": _sequence_tokens(served, output, params),
+            "tokens": _sequence_tokens(served, output),
         }
         if params.num_top_logprobs:
             result["details"]["top_tokens"] = [
@@ -125,30 +126,25 @@ async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str,
     return result, timings_header(output.timings_ms)
 
 
-def _sequence_tokens(
-    served: ServedModel, output: RequestOutput, params: SamplingParams
-) -> list[dict]:
-    """`details.tokens`: each token's text as the stream gives it (the engine's detokenizer, so
-    a character split over byte-level tokens comes whole with its last token, and text that
-    may begin a stop string waits), the rest of the text with the last token."""
-    detokenizer = IncrementalDetokenizer(served.llm.tokenizer, params.stop)
-    texts: list[str] = []
-    for n, token_id in enumerate(output.token_ids):
-        text = detokenizer.add([token_id])
-        if n == len(output.token_ids) - 1:
-            text = _rest_of_text(served, output, "".join(texts), text)
-        texts.append(text)
+def _sequence_tokens(served: ServedModel, output: RequestOutput) -> list[dict]:
+    """`details.tokens`, each with its text as the stream gives it (`_token_text`)."""
+    detokenizer = IncrementalDetokenizer(served.llm.tokenizer)
+    last = len(output.token_ids) - 1
+    texts = [_token_text(detokenizer, i, n == last) for n, i in enumerate(output.token_ids)]
     tokens = _tokens(served, output.token_ids, output.logprobs)
     for token, text in zip(tokens, texts, strict=True):
         token["text"] = text
     return tokens
 
 
-def _rest_of_text(served: ServedModel, output: RequestOutput, sent: str, text: str) -> str:
-    """The last token's text: what the new text adds to what was sent (held-back pieces and
-    the stop sequence), or `text` if the new text does not start with it."""
-    new_text = _new_text(served, output)
-    return new_text[len(sent) :] if new_text.startswith(sent) else text
+def _token_text(detokenizer: IncrementalDetokenizer, token_id: int, is_last: bool) -> str:
+    """A token's own text, as TGI gives it: a character split over byte-level tokens comes
+    whole with its last token (a lone token's decoding would be "\ufffd"), and the last token
+    takes what is left. Text that may begin a stop string is not held back, unlike the engine's
+    text: TGI's tokens are the tokens, and `generated_text` keeps the stop sequence, so the
+    texts still add up to it."""
+    text = detokenizer.add([token_id])
+    return text + detokenizer.finish() if is_last else text
 
 
 def _tokens(served: ServedModel, ids: list[int], logprobs: list[float]) -> list[dict]:
@@ -238,8 +234,9 @@ async def _stream_events(
     params: SamplingParams,
 ) -> AsyncIterator[str]:
     """One event per token; the last also has `generated_text` and `details`. The tokens' texts
-    add up to the new text, the stop sequence included, as TGI's do."""
-    index, sent = 0, ""  # events so far, and their tokens' text
+    (`_token_text`) add up to the new text, the stop sequence included, as TGI's do."""
+    index = 0
+    detokenizer = IncrementalDetokenizer(served.llm.tokenizer)
     try:
         async for output in outputs:
             if output.finished:
@@ -250,10 +247,7 @@ async def _stream_events(
             for n, token_id in enumerate(token_ids):
                 index += 1
                 is_last = output.finished and n == len(token_ids) - 1
-                text = output.text_delta if n == len(token_ids) - 1 else ""
-                if is_last:  # the rest of the text: held-back pieces and the stop sequence
-                    text = _rest_of_text(served, output, sent, text)
-                sent += text
+                text = _token_text(detokenizer, token_id, is_last)
                 event: dict = {
                     "index": index,
                     "token": {

@@ -196,15 +196,18 @@ class TranslateRequest(Body):
 # as generate() means them. Its "off" values are dropped (TGI refuses top_p 1.0, and would
 # sample for any temperature), as are the sampling options when do_sample is false.
 GENERATE_PARAMETERS = (
-    "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "seed",
+    "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "typical_p",
+    "repetition_penalty", "seed",
 )  # fmt: skip
-GENERATE_OFF = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0}
-SAMPLING_ONLY = ("temperature", "top_k", "top_p")
+GENERATE_OFF = {
+    "temperature": 1.0, "top_k": 0, "top_p": 1.0, "typical_p": 1.0, "repetition_penalty": 1.0
+}  # fmt: skip
+SAMPLING_ONLY = ("temperature", "top_k", "top_p", "typical_p")
 
 
 class TgiParameters(Body):
     """TGI's `parameters`. Options we do not implement are refused when set (`best_of` > 1,
-    `grammar`, `watermark`, `typical_p`, `decoder_input_details`, `adapter_id`, and
+    `grammar`, `watermark`, `decoder_input_details`, `adapter_id`, and
     `generate_parameters` beyond GENERATE_PARAMETERS), accepted when left at their defaults, as
     clients send them."""
 
@@ -216,7 +219,7 @@ class TgiParameters(Body):
     top_p: float | None = Field(None, gt=0.0, lt=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    typical_p: float | None = None
+    typical_p: float | None = Field(None, gt=0.0, lt=1.0)
     adapter_id: str | None = None
     do_sample: bool = False
     seed: int | None = Field(None, ge=0, le=2**64 - 1)  # TGI's u64
@@ -261,8 +264,6 @@ class TgiParameters(Body):
             raise FieldError("grammar", "grammar (guided generation) is not supported")
         if self.watermark:
             raise FieldError("watermark", "watermark is not supported")
-        if self.typical_p is not None:
-            raise FieldError("typical_p", "typical_p (typical sampling) is not supported")
         if self.decoder_input_details:
             raise FieldError("decoder_input_details", "the prompt's tokens are not returned")
         if self.adapter_id:
@@ -278,12 +279,13 @@ class TgiParameters(Body):
 
     @property
     def is_sampling(self) -> bool:
-        """As TGI: any warper (temperature ≠ 1, top_k, top_p) turns sampling on."""
+        """As TGI: any warper (temperature ≠ 1, top_k, top_p, typical_p) turns sampling on."""
         return (
             self.do_sample
             or (self.temperature not in (None, 1.0))
             or bool(self.top_k)
             or (self.top_p is not None)
+            or (self.typical_p is not None)
         )
 
 

@@ -411,6 +411,7 @@ class LLMEngine:
             list(request.output_ids),
             request.detokenizer.text,
             len(request.input_ids),
+            request.num_output_tokens,
         )
         if request.output_top_logprobs and new_ids:
             output.new_top_logprobs = request.output_top_logprobs[-len(new_ids) :]

@@ -26,6 +26,7 @@ class SamplingParams:
     temperature: float = 0.0  # 0: greedy
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
+    typical_p: float = 1.0  # 1: off (locally typical sampling, as TGI and `generate()`)
     repetition_penalty: float = (
         1.0  # 1: off (CTRL-style: divide positive logits, multiply negative)
     )
@@ -60,6 +61,7 @@ class SamplingParams:
             "temperature": 0.0 <= self.temperature < math.inf,
             "top_k": self.top_k >= 0,
             "top_p": 0.0 < self.top_p <= 1.0,
+            "typical_p": 0.0 < self.typical_p <= 1.0,
             "repetition_penalty": 0.0 < self.repetition_penalty < math.inf,
             "presence_penalty": math.isfinite(self.presence_penalty),
             "frequency_penalty": math.isfinite(self.frequency_penalty),
@@ -166,6 +168,7 @@ class RequestOutput:
     token_ids: list[int]  # all generated tokens so far (the best hypothesis, for beam search)
     text: str  # all text so far
     num_input_tokens: int
+    num_output_tokens: int  # generated so far: len(token_ids), or a beam search's steps
     finish_reason: FinishReason | None = None
     hypotheses: list[Hypothesis] = field(default_factory=list)  # beam search: the n-best
     timings_ms: dict[str, float] = field(default_factory=dict)  # set when finished

@@ -1,4 +1,4 @@
-"""Next-token choice per request: greedy, or temperature / top-k / top-p sampling with a
+"""Next-token choice per request: greedy, or temperature / top-k / top-p / typical sampling with a
 per-request generator, after the penalties (repetition; presence and frequency), the logit
 bias and the min-tokens mask."""
 
@@ -73,5 +73,21 @@ def sample(logits: Tensor, request: Request) -> int:
         drop = cumulative - sorted_logits.softmax(-1) >= params.top_p  # keep the first over top_p
         drop[0] = False  # and the best token, whatever rounding does to a tiny top_p
         logits = logits.index_put((order[drop],), logits.new_tensor(float("-inf")))
+    if params.typical_p < 1.0:
+        logits = typical(logits, params.typical_p)
     probs = logits.softmax(-1)
     return int(torch.multinomial(probs.cpu(), 1, generator=request.generator))
+
+
+def typical(logits: Tensor, mass: float) -> Tensor:
+    """Locally typical sampling (Meister et al., 2022; `generate()`'s and TGI's `typical_p`):
+    keep the tokens whose surprise is closest to the distribution's entropy, the fewest whose
+    probabilities add up to `mass` (at least one)."""
+    logp = logits.log_softmax(-1)
+    entropy = -(logp.exp() * logp).nansum()  # a dropped token (-inf) adds 0 * -inf = nan: 0
+    distance = (-logp - entropy).abs()  # a dropped token's is inf: it sorts last
+    distance_sorted, order = distance.sort()
+    cumulative = logp[order].exp().cumsum(-1)
+    last = min(int((cumulative < mass).sum()), len(order) - 1)
+    drop = distance > distance_sorted[last]
+    return logits.masked_fill(drop, float("-inf"))
