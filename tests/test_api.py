@@ -595,6 +595,24 @@ def test_model_ids_with_a_slash_are_served_and_retrieved(models):
         assert isinstance(hub.text_generation("Open", max_new_tokens=3), str)
 
 
+def test_huggingface_hub_client_checks_a_models_health_and_info(server):
+    for model in ("tiny-lm", "tiny-mt"):
+        # health_check() is refused without a provider; a TGI endpoint is "hf-inference"
+        hub = InferenceClient(f"{server.url}/models/{model}", provider="hf-inference")
+        assert hub.health_check()
+        info = hub.get_endpoint_info()
+        assert info["model_id"] == model and info["max_stop_sequences"] == 8
+        limits = next(
+            m for m in httpx.get(f"{server.url}/info").json()["models"] if m["id"] == model
+        )
+        assert info["max_input_tokens"] == limits["limits"]["max_input_tokens"]
+        assert info["max_total_tokens"] <= limits["max_positions"] * (
+            2 if model == "tiny-mt" else 1
+        )
+    assert httpx.get(f"{server.url}/models/nope/info").status_code == 404
+    assert httpx.get(f"{server.url}/models/nope/health").status_code == 404
+
+
 def test_huggingface_hub_client_streams_with_details(server):
     hf = InferenceClient(base_url=server.url)
     whole = hf.text_generation("Open the", max_new_tokens=12)
@@ -911,6 +929,18 @@ def test_metrics_parse_and_the_histograms_move(client):
     key = "attnserve_requests_total{model=tiny-mt,route=/v1/translate,status=200}"
     assert after[key] == before.get(key, 0) + 1
     assert after["attnserve_generation_tokens_total{model=tiny-mt}"] > 0
+
+
+def test_the_route_label_is_the_routes_template_not_the_url(client):
+    """Clients must not add series by sending new URLs (Prometheus' cardinality)."""
+    client.post("/models/tiny-lm/generate", json={"inputs": "Open"})
+    for junk in ("/models/tiny-lm/nope", "/models/nope/generate", "/models/x/y/z"):
+        assert client.post(junk, json={"inputs": "Open"}).status_code == 422
+    families = text_string_to_metric_families(client.get("/metrics").text)
+    requests = next(family for family in families if family.name == "attnserve_requests")
+    routes = {sample.labels["route"] for sample in requests.samples}
+    assert "/models/{model_id}/generate" in routes and "/models/{model_id}" in routes
+    assert not any("nope" in route or "/x/" in route for route in routes), routes
 
 
 # -- deadlines and failures inside generation ----------------------------------------------------

@@ -106,7 +106,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
         response.headers["X-Request-Id"] = request.state.request_id
         if is_generation:
             model = getattr(request.state, "model_id", "")
-            metrics.requests.labels(model, path, str(response.status_code)).inc()
+            metrics.requests.labels(model, _route_label(request), str(response.status_code)).inc()
             body = getattr(response, "body_iterator", None)  # call_next's responses stream
             if body is not None and response.headers.get("content-type", "").startswith(
                 "text/event-stream"
@@ -173,6 +173,17 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     return app
 
 
+def _route_label(request: Request) -> str:
+    """The `route` label: the matched route's template (`/models/{model_id}/generate`), not the
+    URL, so that clients cannot add series by sending new URLs. Refused before routing (401,
+    503, 413): the path if it is a route's, or `/models/{model_id}`."""
+    route = request.scope.get("route")
+    if route is not None:
+        return route.path.replace(":path}", "}")
+    path = request.url.path
+    return path if path in GENERATION_PATHS else MODEL_PATHS + "{model_id}"
+
+
 def _add_operations(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     @app.get("/health")
     @app.head("/health", include_in_schema=False)  # probes may use HEAD
@@ -206,10 +217,9 @@ def _add_operations(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
         def limits(served: ServedModel) -> dict:
             """The server's limits, within what this model's positions allow (a decoder-only
             model's prompt and new tokens share them; the decoder's start takes one)."""
-            positions = served.llm.model_config.max_positions
             return {
                 "max_input_tokens": served.llm.max_input_tokens,
-                "max_new_tokens": min(settings.max_new_tokens, positions - 1),
+                "max_new_tokens": served.max_new_tokens(settings.max_new_tokens),
                 **server_limits,
             }
 

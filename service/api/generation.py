@@ -52,13 +52,12 @@ class Context:
         return cls(http.app.state.metrics, http.state.arrival, input_param, max_tokens_param)
 
 
-def new_tokens_limit(requested: int | None, default: int, server_limit: int, param: str) -> int:
-    """The request's max new tokens: its own, or the route's default; never over the server's."""
+def new_tokens_limit(requested: int | None, default: int, limit: int, param: str) -> int:
+    """The request's max new tokens: its own, or the route's default; never over `limit` (the
+    model's, `ServedModel.max_new_tokens`, as /info shows it)."""
     value = requested or default
-    if value > server_limit:
-        raise ApiError(
-            422, f"{param}: {value} is over this server's limit of {server_limit}", param=param
-        )
+    if value > limit:
+        raise ApiError(422, f"{param}: {value} is over this model's limit of {limit}", param=param)
     return value
 
 

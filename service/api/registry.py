@@ -39,6 +39,11 @@ class ServedModel:
     def is_translation(self) -> bool:
         return self.llm.is_encoder_decoder
 
+    def max_new_tokens(self, server_limit: int) -> int:
+        """The most new tokens a request may ask for: the server's limit, within this model's
+        positions (the decoder's start takes one; a decoder-only prompt shares them too)."""
+        return min(server_limit, self.llm.model_config.max_positions - 1)
+
     def record_finish(self) -> None:
         self._finish_times.append(time.monotonic())
 

@@ -67,7 +67,7 @@ def sampling_params(
     body: CompletionRequest, request: Request, served: ServedModel, index: int
 ) -> SamplingParams:
     settings = request.app.state.settings
-    limit = settings.max_new_tokens
+    limit = served.max_new_tokens(settings.max_new_tokens)
     max_new = new_tokens_limit(body.max_tokens, limit, limit, "max_tokens")
     logit_bias = tuple((int(token), bias) for token, bias in (body.logit_bias or {}).items())
     vocab_size = served.llm.model_config.vocab_size

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+import service
 from service.api.errors import SSE_RESPONSE, ApiError, documented_errors
 from service.api.generation import (
     Context,
@@ -20,7 +21,7 @@ from service.api.generation import (
     with_keepalive,
 )
 from service.api.registry import ServedModel
-from service.api.schemas import TgiRequest
+from service.api.schemas import MAX_STOP_SEQUENCES, TgiRequest
 from service.engine import FinishReason, RequestOutput, SamplingParams
 from service.engine.detokenizer import IncrementalDetokenizer
 
@@ -41,10 +42,10 @@ TGI_FINISH = {
 }
 
 
-def sampling_params(body: TgiRequest, request: Request) -> SamplingParams:
+def sampling_params(body: TgiRequest, request: Request, served: ServedModel) -> SamplingParams:
     settings = request.app.state.settings
     p = body.parameters
-    limit = settings.max_new_tokens  # TGI's default is 100
+    limit = served.max_new_tokens(settings.max_new_tokens)  # TGI's default is 100
     max_new = new_tokens_limit(
         p.max_new_tokens, min(100, limit), limit, "parameters.max_new_tokens"
     )
@@ -108,7 +109,7 @@ def _generated_text(body: TgiRequest, served: ServedModel, output: RequestOutput
 
 async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str, str]]:
     served: ServedModel = request.app.state.registry.get(body.model)
-    params = sampling_params(body, request)
+    params = sampling_params(body, request, served)
     ctx = Context.of(request, served, "inputs", "parameters.max_new_tokens")
     outputs = start(served, _model_input(served, body), params, ctx)
     (output,) = await final_outputs([outputs], request)
@@ -170,7 +171,7 @@ async def generate(body: TgiRequest, request: Request):
 @router.post("/generate_stream", response_class=EventStream)
 async def generate_stream(body: TgiRequest, request: Request):
     served: ServedModel = request.app.state.registry.get(body.model)
-    params = sampling_params(body, request)
+    params = sampling_params(body, request, served)
     ctx = Context.of(request, served, "inputs", "parameters.max_new_tokens")
     outputs = start(served, _model_input(served, body), params, ctx)
     events = _stream_events(outputs, served, body, params)
@@ -204,6 +205,56 @@ def _for_model(body: TgiRequest, model_id: str) -> TgiRequest:
             422, f"model: the URL names {model_id!r}, the body {body.model!r}", param="model"
         )
     return body.model_copy(update={"model": model_id})
+
+
+def _served(request: Request, model_id: str) -> ServedModel:
+    registry = request.app.state.registry
+    model_id = model_id.rstrip("/")
+    if registry is None or model_id not in registry.models:
+        raise ApiError(404, f"unknown model {model_id!r}", "not_found", param="model")
+    return registry.models[model_id]
+
+
+@router.get("/models/{model_id:path}/health", responses={503: {"description": "not ready"}})
+@router.head("/models/{model_id:path}/health", include_in_schema=False)
+async def health_for(model_id: str, request: Request):
+    """TGI's `/health` under a model's base URL (`InferenceClient.health_check()`): 200 once
+    the model can serve."""
+    status = request.app.state.status
+    if status != "ready":  # loading (the models are not known yet), failed or draining
+        return JSONResponse({"status": status}, status_code=503)
+    _served(request, model_id)
+    return {"status": "ok"}
+
+
+@router.get("/models/{model_id:path}/info")
+async def info_for(model_id: str, request: Request):
+    """TGI's `/info` under a model's base URL (`InferenceClient.get_endpoint_info()`), in TGI's
+    fields; the server's own `/info` has more."""
+    served = _served(request, model_id)
+    settings = request.app.state.settings
+    llm = served.llm
+    max_new = served.max_new_tokens(settings.max_new_tokens)
+    # The most tokens of a request, input and output: a decoder-only model's share positions.
+    positions = llm.model_config.max_positions
+    total = llm.max_input_tokens + max_new if served.is_translation else positions
+    return {
+        "model_id": served.model_id,
+        "model_sha": None,
+        "model_dtype": f"torch.{llm.config.dtype}",
+        "model_device_type": llm.config.device.split(":")[0],
+        "model_pipeline_tag": "translation" if served.is_translation else "text-generation",
+        "max_concurrent_requests": settings.max_running_requests + settings.max_queued_requests,
+        "max_best_of": 1,
+        "max_stop_sequences": MAX_STOP_SEQUENCES,
+        "max_input_tokens": llm.max_input_tokens,
+        "max_total_tokens": total,
+        "max_client_batch_size": 1,
+        "router": "attnserve",
+        "version": service.__version__,
+        "sha": None,
+        "docker_label": None,
+    }
 
 
 @router.post("/models/{model_id:path}/generate")

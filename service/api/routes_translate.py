@@ -28,9 +28,11 @@ from service.engine import RequestOutput, SamplingParams
 router = APIRouter(responses=documented_errors(openai=False))
 
 
-def sampling_params(body: TranslateRequest, request: Request) -> SamplingParams:
+def sampling_params(
+    body: TranslateRequest, request: Request, served: ServedModel
+) -> SamplingParams:
     settings = request.app.state.settings
-    limit = settings.max_new_tokens
+    limit = served.max_new_tokens(settings.max_new_tokens)
     max_new_tokens = new_tokens_limit(body.max_new_tokens, limit, limit, "max_new_tokens")
     assert body.beam_size is not None
     return SamplingParams(
@@ -50,7 +52,7 @@ def sampling_params(body: TranslateRequest, request: Request) -> SamplingParams:
 @router.post("/v1/translate", responses=SSE_RESPONSE)
 async def translate(body: TranslateRequest, request: Request):
     served: ServedModel = request.app.state.registry.get(body.model, translation=True)
-    params = sampling_params(body, request)
+    params = sampling_params(body, request, served)
     ctx = Context.of(request, served, "text", "max_new_tokens")
     if body.stream:
         assert isinstance(body.text, str)

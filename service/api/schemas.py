@@ -205,6 +205,9 @@ GENERATE_OFF = {
 SAMPLING_ONLY = ("temperature", "top_k", "top_p", "typical_p")
 
 
+MAX_STOP_SEQUENCES = 8  # per TGI request (TGI's default is 4)
+
+
 class TgiParameters(Body):
     """TGI's `parameters`. Options we do not implement are refused when set (`best_of` > 1,
     `grammar`, `watermark`, `decoder_input_details`, `adapter_id`, and
@@ -223,7 +226,7 @@ class TgiParameters(Body):
     adapter_id: str | None = None
     do_sample: bool = False
     seed: int | None = Field(None, ge=0, le=2**64 - 1)  # TGI's u64
-    stop: list[Text] = Field(default_factory=list, max_length=8)
+    stop: list[Text] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
     details: bool = False
     return_full_text: bool | None = False
     decoder_input_details: bool = False
