@@ -434,7 +434,7 @@ def test_malformed_json_and_oversized_bodies(client):
     counted = metrics(client)  # logged and counted like any other answer
     assert counted["attnserve_requests_total{model=,route=/v1/translate,status=413}"] >= 2
     assert client.get("/no/such/route").status_code == 404
-    unknown = client.post("/v1/chat/completions", json={})
+    unknown = client.post("/v1/embeddings", json={})
     assert unknown.status_code == 404  # in OpenAI's shape, saying what there is instead
     assert "/v1/completions" in unknown.json()["error"]["message"]
     for probe in ("/health", "/ready"):  # load balancers may probe with HEAD
@@ -662,6 +662,75 @@ def test_openai_completions_plain_and_streamed(server):
     assert len(several.choices[0].logprobs.token_logprobs) == len(
         several.choices[0].logprobs.tokens
     )
+
+
+def test_openai_chat_completions_translate_the_users_last_message(server, client):
+    chat = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused").chat.completions
+    messages = [
+        {"role": "system", "content": "Translate into German."},
+        {"role": "user", "content": "Save"},
+        {"role": "assistant", "content": "..."},
+        {"role": "user", "content": [{"type": "text", "text": "Open the "}, {"type": "text", "text": "file"}]},
+    ]  # fmt: skip
+    ask = dict(model="tiny-mt", messages=messages, temperature=0, max_tokens=12)
+    done = chat.create(**ask)
+    assert done.object == "chat.completion" and done.choices[0].message.role == "assistant"
+    # the same greedy translation as the native route's, of the last message alone
+    native = {"text": "Open the file", "beam_size": 1, "max_new_tokens": 12}
+    translated = client.post("/v1/translate", json=native).json()
+    assert done.choices[0].message.content == translated["translations"][0]["text"]
+    assert done.usage.prompt_tokens == translated["usage"]["input_tokens"]
+    assert done.usage.completion_tokens == translated["usage"]["output_tokens"]
+    chunks = list(chat.create(**ask, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == done.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage == done.usage and not chunks[-1].choices
+    # n choices, seeded; logprobs with the likeliest tokens of each step
+    several = chat.create(**ask | {"temperature": 1.0}, n=2, seed=3, logprobs=True, top_logprobs=2)
+    again = chat.create(**ask | {"temperature": 1.0}, n=2, seed=3)
+    assert [c.message.content for c in several.choices] == [
+        c.message.content for c in again.choices
+    ]
+    for choice in several.choices:
+        content = choice.logprobs.content
+        assert len(content) == several.usage.completion_tokens // 2 or len(content) <= 12
+        assert all(len(t.top_logprobs) == 2 for t in content)
+        assert all(t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob for t in content)
+    short = chat.create(**ask | {"max_tokens": None}, max_completion_tokens=3)
+    assert short.usage.completion_tokens == 3
+    # huggingface_hub's chat, at the model's TGI base URL
+    hub = InferenceClient(base_url=f"{server.url}/models/tiny-mt")
+    answer = hub.chat_completion(messages, max_tokens=12, temperature=0)
+    assert answer.choices[0].message.content == done.choices[0].message.content
+    streamed = hub.chat_completion(messages, max_tokens=12, temperature=0, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == text
+
+
+@pytest.mark.parametrize(
+    "change, param",
+    [
+        ({"model": "tiny-lm"}, "messages"),  # not a chat model: no chat template
+        ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hallo"}]}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "user", "content": ""}]}, "messages"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"max_tokens": 2, "max_completion_tokens": 3}, "max_completion_tokens"),
+        ({"max_tokens": 1000}, "max_tokens"),
+        ({"n": 0}, "n"),
+    ],
+)  # fmt: skip
+def test_bad_chat_requests_get_400_naming_the_field(client, change, param):
+    body = {"model": "tiny-mt", "messages": [{"role": "user", "content": "Open"}]} | change
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"].startswith(param) and error["type"] == "invalid_request_error", error
+    assert "and 2 more" not in error["message"]
 
 
 def test_openai_logprobs_list_the_top_tokens_and_streamed_offsets_run_on(server):

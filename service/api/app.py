@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import service
-from service.api import routes_openai, routes_tgi, routes_translate
+from service.api import routes_chat, routes_openai, routes_tgi, routes_translate
 from service.api.errors import ApiError, error_response, install_error_handlers
 from service.api.generation import ClientDisconnected
 from service.api.metrics import Metrics
@@ -33,7 +33,9 @@ UNAUTHENTICATED_PATHS = {"/health", "/ready", "/metrics"}
 # Swagger UI's and ReDoc's scripts, as the fastapi-offline package ships them: /docs and /redoc
 # load them from this server, not from a CDN, so they work where the server has no internet.
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
-GENERATION_PATHS = {"/v1/translate", "/generate", "/generate_stream", "/", "/v1/completions"}
+GENERATION_PATHS = {
+    "/v1/translate", "/generate", "/generate_stream", "/", "/v1/completions", "/v1/chat/completions"
+}  # fmt: skip
 MODEL_PATHS = "/models/"  # TGI's routes, one base URL per model (routes_tgi.py)
 
 
@@ -167,6 +169,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
         )
 
     app.include_router(routes_translate.router)
+    app.include_router(routes_chat.router)  # before TGI's `/models/{id}` catch-all
     app.include_router(routes_tgi.router)
     app.include_router(routes_openai.router)
     _add_operations(app, settings, metrics)

@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,7 +102,7 @@ def _overloaded(served: ServedModel, why: str) -> ApiError:
 
 def start_all(
     served: ServedModel,
-    jobs: list[tuple[str | list[int], SamplingParams]],
+    jobs: Sequence[tuple[str | list[int], SamplingParams]],
     ctx: Context,
     param: str,
     choices_per_prompt: int = 1,

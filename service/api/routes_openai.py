@@ -24,7 +24,7 @@ from service.api.generation import (
     with_keepalive,
 )
 from service.api.registry import ModelRegistry, ServedModel
-from service.api.schemas import CompletionRequest
+from service.api.schemas import CompletionRequest, OpenAISampling
 from service.engine import FinishReason, RequestOutput, SamplingParams
 
 router = APIRouter(responses=documented_errors(openai=True))
@@ -64,8 +64,9 @@ async def retrieve_model(model_id: str, request: Request):
 
 
 def sampling_params(
-    body: CompletionRequest, request: Request, served: ServedModel, index: int
+    body: OpenAISampling, request: Request, served: ServedModel, index: int
 ) -> SamplingParams:
+    """Choice `index`'s decoding options, for completions and chat completions alike."""
     settings = request.app.state.settings
     limit = served.max_new_tokens(settings.max_new_tokens)
     max_new = new_tokens_limit(body.max_tokens, limit, limit, "max_tokens")
@@ -79,7 +80,7 @@ def sampling_params(
         temperature=body.temperature,
         top_p=body.top_p,
         seed=None if body.seed is None else body.seed + index,  # n choices differ, reproducibly
-        num_top_logprobs=body.logprobs or 0,
+        num_top_logprobs=body.num_top_logprobs,
         stop=tuple(body.stop or ()),
         ignore_eos=body.ignore_eos,
         min_new_tokens=body.min_tokens,
@@ -92,7 +93,7 @@ def sampling_params(
     )
 
 
-def _finish(output: RequestOutput) -> str:
+def finish_reason(output: RequestOutput) -> str:
     """OpenAI's reasons: a deadline cut the text short, as max_tokens would ("length")."""
     cut_short = output.finish_reason in (FinishReason.LENGTH, FinishReason.TIMEOUT)
     return "length" if cut_short else "stop"
@@ -161,7 +162,7 @@ async def completions(body: CompletionRequest, request: Request):
             "logprobs": None
             if body.logprobs is None
             else _logprobs(served, o.token_ids, o.logprobs, o.top_logprobs),
-            "finish_reason": _finish(o),
+            "finish_reason": finish_reason(o),
         }
         for k, o in enumerate(outputs)
     ]
@@ -171,12 +172,12 @@ async def completions(body: CompletionRequest, request: Request):
         "created": created,
         "model": served.model_id,
         "choices": choices,
-        "usage": _usage(outputs, prompts_counted_once=body.n),
+        "usage": usage(outputs, prompts_counted_once=body.n),
     }
     return JSONResponse(response, headers=timings_header(merged_timings(outputs)))
 
 
-def _usage(outputs: list[RequestOutput], prompts_counted_once: int) -> dict:
+def usage(outputs: list[RequestOutput], prompts_counted_once: int) -> dict:
     prompt_tokens = sum(o.num_input_tokens for o in outputs[::prompts_counted_once])
     completion_tokens = sum(len(o.token_ids) for o in outputs)
     return {
@@ -187,7 +188,7 @@ def _usage(outputs: list[RequestOutput], prompts_counted_once: int) -> dict:
 
 
 @dataclass
-class _Unsent:
+class Unsent:
     """One streamed choice's tokens not sent yet (their text is held back: half a character, or
     what may start a stop string), and where its next token starts in its text."""
 
@@ -212,7 +213,7 @@ async def _stream_events(
     that the chunks' logprobs list every token once, at the offsets of the non-streamed response.
     """
 
-    def chunk(choices: list[dict], usage: dict | None = None) -> str:
+    def chunk(choices: list[dict], counts: dict | None = None) -> str:
         data: dict = {
             "id": completion_id,
             "object": "text_completion",
@@ -220,12 +221,12 @@ async def _stream_events(
             "model": served.model_id,
             "choices": choices,
         }
-        if usage is not None:
-            data["usage"] = usage
+        if counts is not None:
+            data["usage"] = counts
         return sse_event(data)
 
     finished: dict[int, RequestOutput] = {}
-    unsent = [_Unsent() for _ in streams]
+    unsent = [Unsent() for _ in streams]
     outputs = merged(streams)
     try:
         async for k, output in outputs:
@@ -241,20 +242,20 @@ async def _stream_events(
             if body.logprobs is not None and held.ids:
                 logprobs = _logprobs(served, held.ids, held.logprobs, held.top, held.text_offset)
                 next_offset = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
-            unsent[k] = _Unsent(text_offset=next_offset)
+            unsent[k] = Unsent(text_offset=next_offset)
             yield chunk(
                 [
                     {
                         "text": output.text_delta,
                         "index": k,
                         "logprobs": logprobs,
-                        "finish_reason": _finish(output) if output.finished else None,
+                        "finish_reason": finish_reason(output) if output.finished else None,
                     }
                 ]
             )
         if body.stream_options is not None and body.stream_options.include_usage:
             in_order = [finished[k] for k in sorted(finished)]
-            yield chunk([], _usage(in_order, prompts_counted_once=body.n))
+            yield chunk([], usage(in_order, prompts_counted_once=body.n))
     except ApiError as error:
         yield sse_event(error_body(error, openai=True))
     finally:

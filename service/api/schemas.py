@@ -7,7 +7,7 @@ Types are strict, as TGI's and OpenAI's servers are: "4" is not a number and 1 i
 
 from __future__ import annotations
 
-from typing import Annotated, get_args
+from typing import Annotated, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -305,14 +305,14 @@ class StreamOptions(Body):
     include_usage: bool = False
 
 
-class CompletionRequest(Body):
-    """OpenAI's legacy completions body; unsupported options are refused, not ignored."""
+class OpenAISampling(Body):
+    """What OpenAI's completions and chat completions bodies share; unsupported options are
+    refused, not ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    prompt: Prompts
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=16)
@@ -320,19 +320,20 @@ class CompletionRequest(Body):
     seed: Seed | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logprobs: int | None = Field(None, ge=0, le=5)
-    echo: bool = False
-    best_of: int | None = None
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     user: str | None = None
     logit_bias: dict[str, float] | None = None  # token id (a string, as JSON keys are) → bias
-    suffix: str | None = None
     # vLLM's extensions (ignore_eos is handy for load tests of fixed lengths)
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
     top_k: int = Field(0, ge=-1)  # 0 or -1: off
     repetition_penalty: float = Field(1.0, gt=0.0)
+
+    @property
+    def num_top_logprobs(self) -> int:
+        """How many of each step's likeliest tokens to report (0: the chosen one's only)."""
+        return 0
 
     @field_validator("logit_bias")
     @classmethod
@@ -345,13 +346,7 @@ class CompletionRequest(Body):
         return bias
 
     @model_validator(mode="after")
-    def _supported(self) -> CompletionRequest:
-        if self.echo:
-            raise FieldError("echo", "echo is not supported")
-        if self.suffix:
-            raise FieldError("suffix", "suffix is not supported")
-        if self.best_of not in (None, 1, self.n):
-            raise FieldError("best_of", "best_of is not supported")
+    def _consistent(self) -> OpenAISampling:
         if self.stream_options is not None and not self.stream:
             raise FieldError("stream_options", "stream_options is only allowed with stream: true")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
@@ -359,4 +354,99 @@ class CompletionRequest(Body):
                 "min_tokens",
                 f"min_tokens ({self.min_tokens}) is over max_tokens ({self.max_tokens})",
             )
+        return self
+
+
+class CompletionRequest(OpenAISampling):
+    """OpenAI's legacy completions body."""
+
+    prompt: Prompts
+    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool = False
+    best_of: int | None = None
+    suffix: str | None = None
+
+    @property
+    def num_top_logprobs(self) -> int:
+        return self.logprobs or 0
+
+    @model_validator(mode="after")
+    def _supported(self) -> CompletionRequest:
+        if self.echo:
+            raise FieldError("echo", "echo is not supported")
+        if self.suffix:
+            raise FieldError("suffix", "suffix is not supported")
+        if self.best_of not in (None, 1, self.n):
+            raise FieldError("best_of", "best_of is not supported")
+        return self
+
+
+class TextPart(Body):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: Text
+
+
+class ChatMessage(Body):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Text | list[TextPart] | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_only(cls, content: object) -> object:
+        """One clear error for a part that is not text (an image), not one per union member."""
+        if isinstance(content, list):
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                if kind != "text":
+                    raise ValueError(f"only text parts are supported, not {kind!r}")
+        return content
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(OpenAISampling):
+    """OpenAI's chat completions body. A translation model translates the last message, which
+    must be the user's; a generation model without a chat template is refused (as vLLM)."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)  # taken as max_tokens
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+    response_format: dict | None = None
+
+    @property
+    def num_top_logprobs(self) -> int:
+        return self.top_logprobs or 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _max_completion_tokens(cls, data: object) -> object:
+        """OpenAI's newer name for max_tokens."""
+        if not isinstance(data, dict) or data.get("max_completion_tokens") is None:
+            return data
+        if data.get("max_tokens") not in (None, data["max_completion_tokens"]):
+            raise FieldError(
+                "max_completion_tokens", "max_tokens and max_completion_tokens disagree"
+            )
+        return {**data, "max_tokens": data["max_completion_tokens"]}
+
+    @model_validator(mode="after")
+    def _supported(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise FieldError("top_logprobs", "top_logprobs needs logprobs: true")
+        if self.tools or self.tool_choice not in (None, "none"):
+            raise FieldError("tools", "tools (function calling) are not supported")
+        if self.response_format not in (None, {"type": "text"}):
+            raise FieldError("response_format", 'response_format: only {"type": "text"}')
         return self
