@@ -693,11 +693,18 @@ def test_openai_chat_completions_translate_the_users_last_message(server, client
     assert [c.message.content for c in several.choices] == [
         c.message.content for c in again.choices
     ]
+    counted = sum(len(c.logprobs.content) for c in several.choices)
+    assert counted == several.usage.completion_tokens
     for choice in several.choices:
         content = choice.logprobs.content
-        assert len(content) == several.usage.completion_tokens // 2 or len(content) <= 12
+        if not any("\ufffd" in t.token for t in content):  # a piece of a character: "\ufffd"
+            assert "".join(t.token for t in content) == choice.message.content
         assert all(len(t.top_logprobs) == 2 for t in content)
         assert all(t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob for t in content)
+    # As TGI's chunks (its own client requires them): a fingerprint, and the role in every delta
+    raw = client.post("/v1/chat/completions", json=ask | {"stream": True})
+    events = [e for e in sse_data(raw) if e != "[DONE]"]
+    assert all(e["system_fingerprint"] and e["choices"][0]["delta"]["role"] for e in events)
     short = chat.create(**ask | {"max_tokens": None}, max_completion_tokens=3)
     assert short.usage.completion_tokens == 3
     # huggingface_hub's chat, at the model's TGI base URL
@@ -721,6 +728,9 @@ def test_openai_chat_completions_translate_the_users_last_message(server, client
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"max_tokens": 2, "max_completion_tokens": 3}, "max_completion_tokens"),
         ({"max_tokens": 1000}, "max_tokens"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens"),
+        ({"max_completion_tokens": 1000}, "max_completion_tokens"),
+        ({"max_completion_tokens": 2, "min_tokens": 3}, "min_tokens"),
         ({"n": 0}, "n"),
     ],
 )  # fmt: skip
@@ -730,7 +740,23 @@ def test_bad_chat_requests_get_400_naming_the_field(client, change, param):
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["param"].startswith(param) and error["type"] == "invalid_request_error", error
-    assert "and 2 more" not in error["message"]
+    assert "more problems" not in error["message"] and param in error["message"]
+
+
+def test_chat_reads_only_the_last_message_and_answers_tgi_errors_at_a_model_url(client):
+    earlier = [
+        {"role": "function", "name": "f", "content": "{}"},  # deprecated, but never read
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+    ]
+    last = {"role": "user", "content": "Open"}
+    body = {"model": "tiny-mt", "messages": [*earlier, last], "max_tokens": 3}
+    assert client.post("/v1/chat/completions", json=body).status_code == 200
+    # at a model's TGI base URL, TGI's error shape (huggingface_hub reads its error_type)
+    r = client.post("/models/tiny-lm/v1/chat/completions", json=body)
+    assert r.status_code == 422 and r.json()["error_type"] == "validation", r.text
+    assert "no chat template" in r.json()["error"]
+    label = "attnserve_requests_total{model=tiny-lm,route=/models/{model_id}/v1/chat/completions,status=422}"
+    assert metrics(client)[label] == 1  # refused before it ran, and still counted for its model
 
 
 def test_openai_logprobs_list_the_top_tokens_and_streamed_offsets_run_on(server):

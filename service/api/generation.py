@@ -48,8 +48,15 @@ class Context:
     def of(
         cls, http: HttpRequest, served: ServedModel, input_param: str, max_tokens_param: str
     ) -> Context:
-        http.state.model_id = served.model_id  # for the request counter and the log line
         return cls(http.app.state.metrics, http.state.arrival, input_param, max_tokens_param)
+
+
+def served_model(http: HttpRequest, model_id: str | None, translation: bool = False) -> ServedModel:
+    """The model a request names, or its route's default. From here on its id labels the
+    request's counter and log line, refusals of its options included."""
+    served: ServedModel = http.app.state.registry.get(model_id, translation)
+    http.state.model_id = served.model_id
+    return served
 
 
 def new_tokens_limit(requested: int | None, default: int, limit: int, param: str) -> int:

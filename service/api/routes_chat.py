@@ -5,6 +5,9 @@ A translation model translates the last message, which must be the user's: each 
 translation of its own, the earlier ones are not read. A generation model needs a chat template
 to turn messages into a prompt; ours are not chat models and have none, so they are refused
 with a 400 naming `messages`, as vLLM refuses a model without one.
+
+At a model's TGI base URL (`/models/{id}/v1/chat/completions`, where huggingface_hub posts) the
+errors are TGI's, as TGI's own chat route answers them.
 """
 
 from __future__ import annotations
@@ -16,24 +19,34 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from service.api.errors import SSE_RESPONSE, ApiError, documented_errors, error_body
+import service
+from service.api.errors import SSE_RESPONSE, ApiError, documented_errors, is_openai_route
 from service.api.generation import (
     Context,
     check_finished,
     final_outputs,
-    merged,
     merged_timings,
+    served_model,
     sse_event,
     start_all,
     timings_header,
     with_keepalive,
 )
+from service.api.openai_common import (
+    Unsent,
+    finish_reason,
+    sampling_params,
+    stream_chunks,
+    usage_of,
+)
 from service.api.registry import ServedModel
-from service.api.routes_openai import Unsent, finish_reason, sampling_params, usage
 from service.api.schemas import ChatCompletionRequest
 from service.engine import RequestOutput
 
 router = APIRouter(responses=documented_errors(openai=True))
+
+# OpenAI's `system_fingerprint`: TGI's client requires one
+FINGERPRINT = f"attnserve-{service.__version__}"
 
 
 def _source(served: ServedModel, body: ChatCompletionRequest) -> str:
@@ -59,10 +72,16 @@ def _source(served: ServedModel, body: ChatCompletionRequest) -> str:
     return last.text
 
 
-def _logprobs(served: ServedModel, ids: list[int], logprobs: list[float],
-              top: list[dict[int, float]], num_top: int) -> dict:  # fmt: skip
-    """Chat's `logprobs`: each token's, with the `num_top` likeliest of its step. A token is its
-    text; its `bytes` are that text's UTF-8 (a piece of a character reads "\ufffd", as vLLM's)."""
+def _logprobs(
+    served: ServedModel,
+    ids: list[int],
+    logprobs: list[float],
+    top: list[dict[int, float]],
+    num_top: int,
+) -> dict:
+    """Chat's `logprobs` of these tokens: each one's, with the `num_top` likeliest of its step.
+    A token is its text; its `bytes` are that text's UTF-8 (a piece of a character reads
+    "\ufffd", as vLLM's)."""
     decode = served.llm.tokenizer.decode
 
     def entry(token_id: int, logprob: float) -> dict:
@@ -79,16 +98,19 @@ def _logprobs(served: ServedModel, ids: list[int], logprobs: list[float],
 
 @router.post("/v1/chat/completions", responses=SSE_RESPONSE)
 async def chat_completions(body: ChatCompletionRequest, request: Request):
-    served: ServedModel = request.app.state.registry.get(body.model)
+    served = served_model(request, body.model)
     source = _source(served, body)
-    ctx = Context.of(request, served, "messages", "max_tokens")
+    ctx = Context.of(request, served, "messages", body.requested_max_tokens[1])
     generations = [(source, sampling_params(body, request, served, i)) for i in range(body.n)]
     streams = start_all(served, generations, ctx, "n", choices_per_prompt=body.n)
     chat_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     settings = request.app.state.settings
     if body.stream:
-        events = _stream_events(streams, served, body, chat_id, created, settings.request_timeout_s)
+        openai_errors = is_openai_route(request.url.path)
+        events = _stream_events(
+            streams, served, body, chat_id, created, settings.request_timeout_s, openai_errors
+        )
         return StreamingResponse(
             with_keepalive(events, settings.keepalive_s), media_type="text/event-stream"
         )
@@ -104,7 +126,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             if body.logprobs
             else None,
             "finish_reason": finish_reason(o),
-        }  # fmt: skip
+        }
         for k, o in enumerate(outputs)
     ]
     response = {
@@ -112,77 +134,66 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         "object": "chat.completion",
         "created": created,
         "model": served.model_id,
+        "system_fingerprint": FINGERPRINT,
         "choices": choices,
-        "usage": usage(outputs, prompts_counted_once=body.n),
+        "usage": usage_of(outputs, prompts_counted_once=body.n),
     }
     return JSONResponse(response, headers=timings_header(merged_timings(outputs)))
 
 
 @router.post("/models/{model_id:path}/v1/chat/completions", responses=SSE_RESPONSE)
 async def chat_completions_for(model_id: str, body: ChatCompletionRequest, request: Request):
-    """Under a model's TGI base URL, as `InferenceClient(base_url).chat_completion()` posts.
-    The URL names the model; the body's `model` is ignored, as TGI ignores it (that client
-    sends a placeholder)."""
+    """At a model's TGI base URL, as `InferenceClient(base_url).chat_completion()` posts. The
+    URL names the model; the body's `model` is ignored, as TGI ignores it (that client sends a
+    placeholder)."""
     model = model_id.rstrip("/")
     return await chat_completions(body.model_copy(update={"model": model}), request)
 
 
-async def _stream_events(
+def _stream_events(
     streams: list[AsyncIterator[RequestOutput]],
     served: ServedModel,
     body: ChatCompletionRequest,
     chat_id: str,
     created: int,
     timeout_s: float | None,
+    openai_errors: bool,
 ) -> AsyncIterator[str]:
-    """Each choice's role first, then a chunk per new piece of text of any choice, the last of
-    a choice with its finish reason, then usage if asked, then [DONE]. A token whose text is
-    held back (half a character, the start of a stop string) comes with its choice's next text.
-    """
+    """Each choice's role first, then its text as it comes, its last chunk with its finish
+    reason. Every delta has the role, as TGI's do (its own client requires it)."""
 
-    def chunk(choices: list[dict], counts: dict | None = None) -> str:
+    def chunk(choices: list[dict], usage: dict | None) -> str:
         data: dict = {
             "id": chat_id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": served.model_id,
+            "system_fingerprint": FINGERPRINT,
             "choices": choices,
         }
-        if counts is not None:
-            data["usage"] = counts
+        if usage is not None:
+            data["usage"] = usage
         return sse_event(data)
 
-    for k in range(len(streams)):
-        role = {"role": "assistant", "content": ""}
-        yield chunk([{"index": k, "delta": role, "logprobs": None, "finish_reason": None}])
-    finished: dict[int, RequestOutput] = {}
-    unsent = [Unsent() for _ in streams]
-    outputs = merged(streams)
-    try:
-        async for k, output in outputs:
-            if output.finished:
-                finished[k] = check_finished(output, timeout_s)
-            held = unsent[k]
-            held.ids += output.new_token_ids
-            held.logprobs += output.new_logprobs
-            held.top += output.new_top_logprobs
-            if not output.text_delta and not output.finished:
-                continue
-            logprobs = None
-            if body.logprobs and held.ids:
-                logprobs = _logprobs(served, held.ids, held.logprobs, held.top,
-                                     body.num_top_logprobs)  # fmt: skip
-            unsent[k] = Unsent()
-            delta = {"content": output.text_delta} if output.text_delta else {}
-            reason = finish_reason(output) if output.finished else None
-            yield chunk(
-                [{"index": k, "delta": delta, "logprobs": logprobs, "finish_reason": reason}]
-            )
-        if body.stream_options is not None and body.stream_options.include_usage:
-            in_order = [finished[k] for k in sorted(finished)]
-            yield chunk([], usage(in_order, prompts_counted_once=body.n))
-    except ApiError as error:
-        yield sse_event(error_body(error, openai=True))
-    finally:
-        await outputs.aclose()  # type: ignore[attr-defined]
-    yield sse_event("[DONE]")
+    def delta(text: str | None) -> dict:
+        return {"role": "assistant", "content": text, "tool_calls": None}
+
+    def choice(k: int, output: RequestOutput, held: Unsent) -> dict:
+        logprobs = None
+        if body.logprobs and held.ids:
+            logprobs = _logprobs(served, held.ids, held.logprobs, held.top, body.num_top_logprobs)
+        return {
+            "index": k,
+            "delta": delta(output.text_delta or None),  # a last chunk without text: null
+            "logprobs": logprobs,
+            "finish_reason": finish_reason(output) if output.finished else None,
+        }
+
+    first = [
+        {"index": k, "delta": delta(""), "logprobs": None, "finish_reason": None}
+        for k in range(len(streams))
+    ]
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    return stream_chunks(
+        streams, chunk, choice, first, include_usage, body.n, timeout_s, openai_errors
+    )

@@ -5,27 +5,32 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from service.api.errors import SSE_RESPONSE, ApiError, documented_errors, error_body
+from service.api.errors import SSE_RESPONSE, ApiError, documented_errors
 from service.api.generation import (
     Context,
     check_finished,
     final_outputs,
-    merged,
     merged_timings,
-    new_tokens_limit,
+    served_model,
     sse_event,
     start_all,
     timings_header,
     with_keepalive,
 )
+from service.api.openai_common import (
+    Unsent,
+    finish_reason,
+    sampling_params,
+    stream_chunks,
+    usage_of,
+)
 from service.api.registry import ModelRegistry, ServedModel
-from service.api.schemas import CompletionRequest, OpenAISampling
-from service.engine import FinishReason, RequestOutput, SamplingParams
+from service.api.schemas import CompletionRequest
+from service.engine import RequestOutput
 
 router = APIRouter(responses=documented_errors(openai=True))
 
@@ -61,42 +66,6 @@ async def retrieve_model(model_id: str, request: Request):
             404, f"unknown model {model_id!r}", "not_found", param="model", code="model_not_found"
         )
     return _model_card(registry.models[model_id])
-
-
-def sampling_params(
-    body: OpenAISampling, request: Request, served: ServedModel, index: int
-) -> SamplingParams:
-    """Choice `index`'s decoding options, for completions and chat completions alike."""
-    settings = request.app.state.settings
-    limit = served.max_new_tokens(settings.max_new_tokens)
-    max_new = new_tokens_limit(body.max_tokens, limit, limit, "max_tokens")
-    logit_bias = tuple((int(token), bias) for token, bias in (body.logit_bias or {}).items())
-    vocab_size = served.llm.model_config.vocab_size
-    if any(token >= vocab_size for token, _ in logit_bias):
-        raise ApiError(422, f"logit_bias: token ids must be below {vocab_size}", param="logit_bias")
-    return SamplingParams(
-        max_new_tokens=max_new,
-        fit_max_new_tokens=body.max_tokens is None,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        seed=None if body.seed is None else body.seed + index,  # n choices differ, reproducibly
-        num_top_logprobs=body.num_top_logprobs,
-        stop=tuple(body.stop or ()),
-        ignore_eos=body.ignore_eos,
-        min_new_tokens=body.min_tokens,
-        presence_penalty=body.presence_penalty,
-        frequency_penalty=body.frequency_penalty,
-        logit_bias=logit_bias,
-        top_k=max(body.top_k, 0),
-        repetition_penalty=body.repetition_penalty,
-        timeout_s=settings.request_timeout_s,
-    )
-
-
-def finish_reason(output: RequestOutput) -> str:
-    """OpenAI's reasons: a deadline cut the text short, as max_tokens would ("length")."""
-    cut_short = output.finish_reason in (FinishReason.LENGTH, FinishReason.TIMEOUT)
-    return "length" if cut_short else "stop"
 
 
 def _logprobs(
@@ -135,7 +104,7 @@ def _by_text(tokenizer, step: dict[int, float]) -> dict[str, float]:
 
 @router.post("/v1/completions", responses=SSE_RESPONSE)
 async def completions(body: CompletionRequest, request: Request):
-    served: ServedModel = request.app.state.registry.get(body.model)
+    served = served_model(request, body.model)
     prompts = body.prompt  # texts or token ids
     vocab_size = served.llm.model_config.vocab_size
     if any(isinstance(p, list) and max(p) >= vocab_size for p in prompts):
@@ -172,33 +141,12 @@ async def completions(body: CompletionRequest, request: Request):
         "created": created,
         "model": served.model_id,
         "choices": choices,
-        "usage": usage(outputs, prompts_counted_once=body.n),
+        "usage": usage_of(outputs, prompts_counted_once=body.n),
     }
     return JSONResponse(response, headers=timings_header(merged_timings(outputs)))
 
 
-def usage(outputs: list[RequestOutput], prompts_counted_once: int) -> dict:
-    prompt_tokens = sum(o.num_input_tokens for o in outputs[::prompts_counted_once])
-    completion_tokens = sum(len(o.token_ids) for o in outputs)
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-@dataclass
-class Unsent:
-    """One streamed choice's tokens not sent yet (their text is held back: half a character, or
-    what may start a stop string), and where its next token starts in its text."""
-
-    ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    top: list[dict[int, float]] = field(default_factory=list)
-    text_offset: int = 0
-
-
-async def _stream_events(
+def _stream_events(
     streams: list[AsyncIterator[RequestOutput]],
     served: ServedModel,
     body: CompletionRequest,
@@ -206,14 +154,10 @@ async def _stream_events(
     created: int,
     timeout_s: float | None,
 ) -> AsyncIterator[str]:
-    """A chunk per new piece of text of any choice, as the choices generate it (together, as
-    vLLM streams them), then usage, then [DONE].
+    """The choices' text as it comes; each chunk's logprobs list its tokens, at the offsets of
+    the non-streamed response."""
 
-    A token whose text is held back goes out with its choice's next chunk that has text, so
-    that the chunks' logprobs list every token once, at the offsets of the non-streamed response.
-    """
-
-    def chunk(choices: list[dict], counts: dict | None = None) -> str:
+    def chunk(choices: list[dict], usage: dict | None) -> str:
         data: dict = {
             "id": completion_id,
             "object": "text_completion",
@@ -221,43 +165,21 @@ async def _stream_events(
             "model": served.model_id,
             "choices": choices,
         }
-        if counts is not None:
-            data["usage"] = counts
+        if usage is not None:
+            data["usage"] = usage
         return sse_event(data)
 
-    finished: dict[int, RequestOutput] = {}
-    unsent = [Unsent() for _ in streams]
-    outputs = merged(streams)
-    try:
-        async for k, output in outputs:
-            if output.finished:
-                finished[k] = check_finished(output, timeout_s)
-            held = unsent[k]
-            held.ids += output.new_token_ids
-            held.logprobs += output.new_logprobs
-            held.top += output.new_top_logprobs
-            if not output.text_delta and not output.finished:
-                continue
-            logprobs, next_offset = None, held.text_offset
-            if body.logprobs is not None and held.ids:
-                logprobs = _logprobs(served, held.ids, held.logprobs, held.top, held.text_offset)
-                next_offset = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
-            unsent[k] = Unsent(text_offset=next_offset)
-            yield chunk(
-                [
-                    {
-                        "text": output.text_delta,
-                        "index": k,
-                        "logprobs": logprobs,
-                        "finish_reason": finish_reason(output) if output.finished else None,
-                    }
-                ]
-            )
-        if body.stream_options is not None and body.stream_options.include_usage:
-            in_order = [finished[k] for k in sorted(finished)]
-            yield chunk([], usage(in_order, prompts_counted_once=body.n))
-    except ApiError as error:
-        yield sse_event(error_body(error, openai=True))
-    finally:
-        await outputs.aclose()  # type: ignore[attr-defined]
-    yield sse_event("[DONE]")
+    def choice(k: int, output: RequestOutput, held: Unsent) -> dict:
+        logprobs = None
+        if body.logprobs is not None and held.ids:
+            logprobs = _logprobs(served, held.ids, held.logprobs, held.top, held.text_offset)
+            held.text_offset = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
+        return {
+            "text": output.text_delta,
+            "index": k,
+            "logprobs": logprobs,
+            "finish_reason": finish_reason(output) if output.finished else None,
+        }
+
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    return stream_chunks(streams, chunk, choice, [], include_usage, body.n, timeout_s)

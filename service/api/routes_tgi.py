@@ -15,6 +15,7 @@ from service.api.generation import (
     check_finished,
     final_outputs,
     new_tokens_limit,
+    served_model,
     sse_event,
     start,
     timings_header,
@@ -108,7 +109,7 @@ def _generated_text(body: TgiRequest, served: ServedModel, output: RequestOutput
 
 
 async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str, str]]:
-    served: ServedModel = request.app.state.registry.get(body.model)
+    served = served_model(request, body.model)
     params = sampling_params(body, request, served)
     ctx = Context.of(request, served, "inputs", "parameters.max_new_tokens")
     outputs = start(served, _model_input(served, body), params, ctx)
@@ -170,7 +171,7 @@ async def generate(body: TgiRequest, request: Request):
 
 @router.post("/generate_stream", response_class=EventStream)
 async def generate_stream(body: TgiRequest, request: Request):
-    served: ServedModel = request.app.state.registry.get(body.model)
+    served = served_model(request, body.model)
     params = sampling_params(body, request, served)
     ctx = Context.of(request, served, "inputs", "parameters.max_new_tokens")
     outputs = start(served, _model_input(served, body), params, ctx)
@@ -199,6 +200,8 @@ async def compat(body: TgiRequest, request: Request):
 
 
 def _for_model(body: TgiRequest, model_id: str) -> TgiRequest:
+    """The body, for the model the URL names. A body naming another model is refused: TGI's
+    clients send none here (chat's, which sends a placeholder, is let through: routes_chat)."""
     model_id = model_id.rstrip("/")  # a base URL given with its trailing slash
     if body.model not in (None, model_id):
         raise ApiError(
@@ -231,6 +234,8 @@ async def health_for(model_id: str, request: Request):
 async def info_for(model_id: str, request: Request):
     """TGI's `/info` under a model's base URL (`InferenceClient.get_endpoint_info()`), in TGI's
     fields; the server's own `/info` has more."""
+    if request.app.state.registry is None:
+        raise ApiError(503, "the server is starting: the models are loading", "not_ready")
     served = _served(request, model_id)
     settings = request.app.state.settings
     llm = served.llm

@@ -15,6 +15,7 @@ from service.api.generation import (
     final_outputs,
     merged_timings,
     new_tokens_limit,
+    served_model,
     sse_event,
     start,
     start_all,
@@ -51,7 +52,7 @@ def sampling_params(
 
 @router.post("/v1/translate", responses=SSE_RESPONSE)
 async def translate(body: TranslateRequest, request: Request):
-    served: ServedModel = request.app.state.registry.get(body.model, translation=True)
+    served = served_model(request, body.model, translation=True)
     params = sampling_params(body, request, served)
     ctx = Context.of(request, served, "text", "max_new_tokens")
     if body.stream:

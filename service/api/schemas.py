@@ -7,7 +7,7 @@ Types are strict, as TGI's and OpenAI's servers are: "4" is not a number and 1 i
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, get_args
+from typing import Annotated, get_args
 
 from pydantic import (
     AfterValidator,
@@ -153,7 +153,9 @@ class TranslateRequest(Body):
     )
     num_hypotheses: int = Field(1, ge=1, le=16)
     length_penalty: float = Field(1.0, ge=0.0, le=10.0)
-    max_new_tokens: int | None = Field(None, ge=1, description="default: the server's limit")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="default: what fits, up to /info's limits.max_new_tokens"
+    )
     temperature: float = Field(0.0, ge=0.0, le=10.0)
     top_k: int = Field(0, ge=0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -305,7 +307,7 @@ class StreamOptions(Body):
     include_usage: bool = False
 
 
-class OpenAISampling(Body):
+class OpenAIBody(Body):
     """What OpenAI's completions and chat completions bodies share; unsupported options are
     refused, not ignored."""
 
@@ -335,6 +337,11 @@ class OpenAISampling(Body):
         """How many of each step's likeliest tokens to report (0: the chosen one's only)."""
         return 0
 
+    @property
+    def requested_max_tokens(self) -> tuple[int | None, str]:
+        """The most new tokens the client asked for, and the field it gave them in."""
+        return self.max_tokens, "max_tokens"
+
     @field_validator("logit_bias")
     @classmethod
     def _biases(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
@@ -346,18 +353,18 @@ class OpenAISampling(Body):
         return bias
 
     @model_validator(mode="after")
-    def _consistent(self) -> OpenAISampling:
+    def _consistent(self) -> OpenAIBody:
         if self.stream_options is not None and not self.stream:
             raise FieldError("stream_options", "stream_options is only allowed with stream: true")
-        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+        max_tokens, name = self.requested_max_tokens
+        if max_tokens is not None and self.min_tokens > max_tokens:
             raise FieldError(
-                "min_tokens",
-                f"min_tokens ({self.min_tokens}) is over max_tokens ({self.max_tokens})",
+                "min_tokens", f"min_tokens ({self.min_tokens}) is over {name} ({max_tokens})"
             )
         return self
 
 
-class CompletionRequest(OpenAISampling):
+class CompletionRequest(OpenAIBody):
     """OpenAI's legacy completions body."""
 
     prompt: Prompts
@@ -382,43 +389,28 @@ class CompletionRequest(OpenAISampling):
         return self
 
 
-class TextPart(Body):
-    model_config = ConfigDict(extra="ignore")
-
-    type: Literal["text"]
-    text: Text
-
-
 class ChatMessage(Body):
+    """A chat message. Only the last one is read (a translation model translates it), so only
+    its content is checked: text, or a list of text parts."""
+
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Text | list[TextPart] | None = None
-
-    @field_validator("content", mode="before")
-    @classmethod
-    def _text_only(cls, content: object) -> object:
-        """One clear error for a part that is not text (an image), not one per union member."""
-        if isinstance(content, list):
-            for part in content:
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                if kind != "text":
-                    raise ValueError(f"only text parts are supported, not {kind!r}")
-        return content
+    role: str
+    content: Text | list | None = None
 
     @property
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
+            return "".join(part["text"] for part in self.content)
         return self.content or ""
 
 
-class ChatCompletionRequest(OpenAISampling):
+class ChatCompletionRequest(OpenAIBody):
     """OpenAI's chat completions body. A translation model translates the last message, which
     must be the user's; a generation model without a chat template is refused (as vLLM)."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)  # taken as max_tokens
+    max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer max_tokens
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list | None = None
@@ -429,20 +421,29 @@ class ChatCompletionRequest(OpenAISampling):
     def num_top_logprobs(self) -> int:
         return self.top_logprobs or 0
 
-    @model_validator(mode="before")
-    @classmethod
-    def _max_completion_tokens(cls, data: object) -> object:
-        """OpenAI's newer name for max_tokens."""
-        if not isinstance(data, dict) or data.get("max_completion_tokens") is None:
-            return data
-        if data.get("max_tokens") not in (None, data["max_completion_tokens"]):
-            raise FieldError(
-                "max_completion_tokens", "max_tokens and max_completion_tokens disagree"
-            )
-        return {**data, "max_tokens": data["max_completion_tokens"]}
+    @property
+    def requested_max_tokens(self) -> tuple[int | None, str]:
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens, "max_completion_tokens"
+        return self.max_tokens, "max_tokens"
 
     @model_validator(mode="after")
     def _supported(self) -> ChatCompletionRequest:
+        if self.max_tokens is not None and self.max_completion_tokens is not None:
+            raise FieldError("max_completion_tokens", "give max_tokens or max_completion_tokens")
+        content = self.messages[-1].content
+        for index, part in enumerate(content if isinstance(content, list) else []):
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise FieldError(
+                    "messages",
+                    f"messages: the last message's part {index} is not text ({kind!r}): only "
+                    "text is translated",
+                )
+            try:
+                _unicode(part["text"])
+            except ValueError as error:
+                raise FieldError("messages", f"messages: part {index} {error}") from None
         if self.top_logprobs and not self.logprobs:
             raise FieldError("top_logprobs", "top_logprobs needs logprobs: true")
         if self.tools or self.tool_choice not in (None, "none"):
