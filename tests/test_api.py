@@ -872,7 +872,10 @@ def test_openai_errors_have_the_openai_shape(server):
     with pytest.raises(openai.BadRequestError) as bad:
         client.completions.create(model="tiny-lm", prompt="Open", temperature=5)
     assert bad.value.body["param"] == "temperature"
-    assert client.models.retrieve("tiny-lm").id == "tiny-lm"
+    card = client.models.retrieve("tiny-lm")
+    assert card.id == "tiny-lm"
+    info = httpx.get(f"{server.url}/info").json()["models"]
+    assert card.max_model_len == next(m for m in info if m["id"] == "tiny-lm")["max_positions"]
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-4")
     with pytest.raises(openai.BadRequestError) as unknown:  # API.md: unknown model is a 400

@@ -49,6 +49,7 @@ def _model_card(served: ServedModel) -> dict:
         "created": served.created,
         "owned_by": "attnserve",
         "task": "translation" if served.is_translation else "generation",
+        "max_model_len": served.llm.model_config.max_positions,  # vLLM's field
     }
 
 
