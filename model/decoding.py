@@ -1,8 +1,8 @@
 """Decoding for evaluation and tests: the uncached reference greedy decoder (the oracle of every
 equivalence test), and batched, cached greedy and beam search used by `model.evaluate`.
 
-The serving engine has its own scheduler-driven decoding (service/engine); these are the plain
-offline versions it is checked against.
+The serving engine schedules its own steps (service/engine) and checks its tokens against these
+plain offline versions; its beams advance with the `BeamSearch` below, one step at a time.
 """
 
 from __future__ import annotations

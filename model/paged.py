@@ -140,7 +140,8 @@ class PagedLayer:
 
     def update(self, start_pos: int, kv: Tensor) -> tuple[Tensor, Tensor]:
         """Prefill: write the new K/V (B, T, 2, H, Dh) to their slots; the tokens attend to
-        themselves, (B, H, T, Dh) each."""
+        themselves, (B, H, T, Dh) each. (`start_pos` is the contiguous KVCache's: here the
+        batch's slots say where each token goes.)"""
         B, T = kv.shape[:2]
         self.pool.index_copy_(0, self.batch.write_slots, kv.reshape(B * T, *kv.shape[2:]))
         return split_kv(kv)

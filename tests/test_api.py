@@ -1170,7 +1170,7 @@ def test_a_batch_refused_part_way_leaves_nothing_queued(models):
         r = httpx.post(f"{small.url}/v1/translate", json=too_long, timeout=60)
         assert r.status_code == 422
         wait_idle(small, "tiny-mt")
-        assert small.app.state.registry.models["tiny-mt"].engine._streams == {}
+        assert small.app.state.registry.models["tiny-mt"].async_engine._streams == {}
         ok = httpx.post(f"{small.url}/v1/translate", json=body | {"text": ["a", "b"]}, timeout=60)
         assert ok.status_code == 200
 
@@ -1242,7 +1242,7 @@ def test_a_request_too_long_blames_the_field_at_fault(at_fault, param):
         raise RequestTooLong("does not fit", at_fault)
 
     served = SimpleNamespace(
-        engine=SimpleNamespace(is_running=True, generate=refuse),
+        async_engine=SimpleNamespace(is_running=True, generate=refuse),
         llm=SimpleNamespace(input_ids=lambda prompt: [1, 2]),
     )
     ctx = Context(metrics=None, arrival=0.0, input_param="prompt", max_tokens_param="max_tokens")

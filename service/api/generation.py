@@ -45,9 +45,7 @@ class Context:
     engine_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @classmethod
-    def of(
-        cls, http: HttpRequest, served: ServedModel, input_param: str, max_tokens_param: str
-    ) -> Context:
+    def of(cls, http: HttpRequest, input_param: str, max_tokens_param: str) -> Context:
         return cls(http.app.state.metrics, http.state.arrival, input_param, max_tokens_param)
 
 
@@ -81,11 +79,13 @@ def start(
     `counts_prompt`: whether its input counts in `prompt_tokens_total` (once per prompt, not
     once per choice of `n`); `input_name`: what an error calls its input (`text[3]` in a
     batch), by default the body's field."""
-    if not served.engine.is_running:
+    if not served.async_engine.is_running:
         raise ApiError(503, "the server is shutting down", "not_ready")
     input_ids = served.llm.input_ids(prompt)  # counted in the metrics however it ends
     try:
-        outputs = served.engine.generate(input_ids, params, ctx.engine_id + suffix, ctx.arrival)
+        outputs = served.async_engine.generate(
+            input_ids, params, ctx.engine_id + suffix, ctx.arrival
+        )
     except RequestTooLong as error:
         if error.field == "max_new_tokens":
             param, name = ctx.max_tokens_param, ctx.max_tokens_param
@@ -136,7 +136,7 @@ def start_all(
             streams.append(start(served, prompt, params, ctx, f"-{k}", choice == 0, name))
     except ApiError:
         for k in range(len(streams)):
-            served.engine.abort(f"{ctx.engine_id}-{k}")
+            served.async_engine.abort(f"{ctx.engine_id}-{k}")
         raise
     return streams
 

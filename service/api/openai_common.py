@@ -52,9 +52,9 @@ def finish_reason(output: RequestOutput) -> str:
     return "length" if cut_short else "stop"
 
 
-def usage_of(outputs: list[RequestOutput], prompts_counted_once: int) -> dict:
+def usage_of(outputs: list[RequestOutput], choices_per_prompt: int) -> dict:
     """OpenAI's `usage`: each prompt counted once, whatever its number of choices."""
-    prompt_tokens = sum(o.num_input_tokens for o in outputs[::prompts_counted_once])
+    prompt_tokens = sum(o.num_input_tokens for o in outputs[::choices_per_prompt])
     completion_tokens = sum(len(o.token_ids) for o in outputs)
     return {
         "prompt_tokens": prompt_tokens,
@@ -85,7 +85,7 @@ async def stream_chunks(
     choice: ChoiceChunk,
     first: list[dict],
     include_usage: bool,
-    prompts_counted_once: int,
+    choices_per_prompt: int,
     timeout_s: float | None,
     openai_errors: bool = True,
 ) -> AsyncIterator[str]:
@@ -116,7 +116,7 @@ async def stream_chunks(
             yield chunk([entry], None)
         if include_usage:
             in_order = [finished[k] for k in sorted(finished)]
-            yield chunk([], usage_of(in_order, prompts_counted_once))
+            yield chunk([], usage_of(in_order, choices_per_prompt))
     except ApiError as error:
         yield sse_event(error_body(error, openai=openai_errors))
     finally:

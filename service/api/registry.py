@@ -18,13 +18,13 @@ from service.engine import AsyncEngine, EngineConfig, LLMEngine, SamplingParams,
 class ServedModel:
     model_id: str
     path: Path
-    engine: AsyncEngine
+    async_engine: AsyncEngine  # the HTTP side; `llm` is the engine it runs
     created: int = field(default_factory=lambda: int(time.time()))
     _finish_times: deque[float] = field(default_factory=lambda: deque(maxlen=32))
 
     @property
     def llm(self) -> LLMEngine:
-        return self.engine.llm
+        return self.async_engine.llm
 
     @property
     def eos_id(self) -> int:
@@ -93,7 +93,7 @@ class ModelRegistry:
 
     def start(self) -> None:
         for served in self.models.values():
-            served.engine.start()
+            served.async_engine.start()
 
     def warm_up(self) -> None:
         """One short request through each engine, so the first user does not pay for it."""
@@ -106,7 +106,7 @@ class ModelRegistry:
 
     def shutdown(self) -> None:
         for served in self.models.values():
-            served.engine.shutdown()
+            served.async_engine.shutdown()
 
     def get(self, model_id: str | None, translation: bool = False) -> ServedModel:
         """The named model; without a name, the translation model (translate) or the first one."""
@@ -129,7 +129,7 @@ class ModelRegistry:
 
     def fail_all(self, error: str) -> None:
         for served in self.models.values():
-            served.engine.fail_all(error)
+            served.async_engine.fail_all(error)
 
     @property
     def num_in_flight(self) -> int:

@@ -50,7 +50,8 @@ FINGERPRINT = f"attnserve-{service.__version__}"
 
 
 def _source(served: ServedModel, body: ChatCompletionRequest) -> str:
-    """The text to translate: the last message's."""
+    """The text to translate: the last message's. (Refusals are 422s, which OpenAI's routes
+    answer as 400s: errors.py.)"""
     if not served.is_translation:
         raise ApiError(
             422,
@@ -100,7 +101,7 @@ def _logprobs(
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     served = served_model(request, body.model)
     source = _source(served, body)
-    ctx = Context.of(request, served, "messages", body.requested_max_tokens[1])
+    ctx = Context.of(request, "messages", body.requested_max_tokens[1])
     generations = [(source, sampling_params(body, request, served, i)) for i in range(body.n)]
     streams = start_all(served, generations, ctx, "n", choices_per_prompt=body.n)
     chat_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -136,7 +137,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         "model": served.model_id,
         "system_fingerprint": FINGERPRINT,
         "choices": choices,
-        "usage": usage_of(outputs, prompts_counted_once=body.n),
+        "usage": usage_of(outputs, choices_per_prompt=body.n),
     }
     return JSONResponse(response, headers=timings_header(merged_timings(outputs)))
 

@@ -110,7 +110,7 @@ async def completions(body: CompletionRequest, request: Request):
     vocab_size = served.llm.model_config.vocab_size
     if any(isinstance(p, list) and max(p) >= vocab_size for p in prompts):
         raise ApiError(422, f"prompt: token ids must be below {vocab_size}", param="prompt")
-    ctx = Context.of(request, served, "prompt", "max_tokens")
+    ctx = Context.of(request, "prompt", "max_tokens")
     jobs = [(p, i) for p in prompts for i in range(body.n)]  # choice index = position in jobs
     too_many = "n" if body.n > 1 else "prompt"  # the field to blame if the jobs cannot fit
     generations = [(p, sampling_params(body, request, served, i)) for p, i in jobs]
@@ -142,7 +142,7 @@ async def completions(body: CompletionRequest, request: Request):
         "created": created,
         "model": served.model_id,
         "choices": choices,
-        "usage": usage_of(outputs, prompts_counted_once=body.n),
+        "usage": usage_of(outputs, choices_per_prompt=body.n),
     }
     return JSONResponse(response, headers=timings_header(merged_timings(outputs)))
 

@@ -111,7 +111,7 @@ def _generated_text(body: TgiRequest, served: ServedModel, output: RequestOutput
 async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str, str]]:
     served = served_model(request, body.model)
     params = sampling_params(body, request, served)
-    ctx = Context.of(request, served, "inputs", "parameters.max_new_tokens")
+    ctx = Context.of(request, "inputs", "parameters.max_new_tokens")
     outputs = start(served, _model_input(served, body), params, ctx)
     (output,) = await final_outputs([outputs], request)
     check_finished(output, params.timeout_s)
@@ -173,7 +173,7 @@ async def generate(body: TgiRequest, request: Request):
 async def generate_stream(body: TgiRequest, request: Request):
     served = served_model(request, body.model)
     params = sampling_params(body, request, served)
-    ctx = Context.of(request, served, "inputs", "parameters.max_new_tokens")
+    ctx = Context.of(request, "inputs", "parameters.max_new_tokens")
     outputs = start(served, _model_input(served, body), params, ctx)
     events = _stream_events(outputs, served, body, params)
     return StreamingResponse(

@@ -54,7 +54,7 @@ def sampling_params(
 async def translate(body: TranslateRequest, request: Request):
     served = served_model(request, body.model, translation=True)
     params = sampling_params(body, request, served)
-    ctx = Context.of(request, served, "text", "max_new_tokens")
+    ctx = Context.of(request, "text", "max_new_tokens")
     if body.stream:
         assert isinstance(body.text, str)
         text: str = body.text

@@ -34,7 +34,7 @@ from service.engine.request import (
     SamplingParams,
 )
 from service.engine.runner import ModelRunner
-from service.engine.sampler import apply_penalties, penalties_apply, sample
+from service.engine.sampler import apply_penalties, has_penalties, sample
 from service.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work
 
-    # -- one step -------------------------------------------------------------------------------
+    # -- inputs and alignments ------------------------------------------------------------------
 
     def input_ids(self, prompt: str | list[int]) -> list[int]:
         """The model's input for a prompt: text gets the special tokens training used."""
@@ -280,6 +280,8 @@ class LLMEngine:
             raise ValueError("alignments exist only for encoder-decoder (translation) models")
         src = self.input_ids(prompt)
         return src, self.model.alignment(src, new_ids)
+
+    # -- one step -------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
         start = time.perf_counter()
@@ -345,7 +347,7 @@ class LLMEngine:
         greedy: tuple[int, float],  # argmax and its log-probability
     ) -> RequestOutput:
         cfg, params = self.model_config, request.params
-        if params.is_greedy and not penalties_apply(request):
+        if params.is_greedy and not has_penalties(request):
             token, logprob = greedy
         else:
             token = sample(apply_penalties(logits, request, cfg.eos_token_id), request)

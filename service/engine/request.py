@@ -165,7 +165,7 @@ class RequestOutput:
     new_token_ids: list[int]  # tokens generated this step (streaming); empty for beam search
     new_logprobs: list[float]  # their log-probabilities under the model
     text_delta: str  # new text, never half a character nor part of a stop string
-    token_ids: list[int]  # all generated tokens so far (the best hypothesis, for beam search)
+    token_ids: list[int]  # generated so far; a beam search's: [] until finished, then its best
     text: str  # all text so far
     num_input_tokens: int
     num_output_tokens: int  # generated so far: len(token_ids), or a beam search's steps

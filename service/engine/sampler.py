@@ -10,7 +10,7 @@ from torch import Tensor
 from service.engine.request import Request
 
 
-def penalties_apply(request: Request) -> bool:
+def has_penalties(request: Request) -> bool:
     """Whether `apply_penalties` would change this request's logits now."""
     params = request.params
     return (
