@@ -87,6 +87,18 @@ def wait_idle(server: ServerThread, model_id: str) -> None:
 # -- operations -----------------------------------------------------------------------------
 
 
+def test_an_idle_server_reports_its_gauges_and_a_dead_engine_fails_liveness(models):
+    with ServerThread(settings(models)) as running, httpx.Client(base_url=running.url) as c:
+        idle = metrics(c)  # before any request: the HPA's queue metric is there, at 0
+        for model in ("tiny-mt", "tiny-lm"):
+            for gauge in ("requests_waiting", "requests_running", "kv_cache_usage_ratio"):
+                assert idle[f"attnserve_{gauge}{{model={model}}}"] == 0
+        assert c.get("/health").status_code == 200
+        running.app.state.registry.models["tiny-lm"].async_engine.shutdown()  # its thread ends
+        dead = c.get("/health")
+        assert dead.status_code == 503 and "tiny-lm" in dead.json()["status"]
+
+
 def test_health_ready_info_and_models(client):
     assert client.get("/health").json() == {"status": "ok"}
     assert client.get("/ready").status_code == 200

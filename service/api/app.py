@@ -193,6 +193,11 @@ def _add_operations(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     async def health():
         if app.state.status == "failed":  # the models could not load: restart me
             return JSONResponse({"status": "failed"}, status_code=503)
+        registry = app.state.registry
+        if app.state.status == "ready" and registry is not None:
+            stopped = [m for m, s in registry.models.items() if not s.async_engine.is_running]
+            if stopped:  # an engine thread died: nothing would ever answer (restart me)
+                return JSONResponse({"status": f"engine stopped: {stopped}"}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/ready", responses={503: {"description": "loading, failed to load, or draining"}})

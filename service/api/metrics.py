@@ -74,6 +74,12 @@ class Metrics:
             "step_duration_seconds", "Wall time of one engine step", STEP_BUCKETS
         )
 
+    def add_model(self, model: str) -> None:
+        """A model's gauges at 0 from the start: an idle pod reports an empty queue (the HPA's
+        metric), not no series at all."""
+        for gauge in (self.running, self.waiting, self.kv_usage):
+            gauge.labels(model).set(0)
+
     def observe_step(self, model: str, stats: StepStats) -> None:
         """The engine's per-step callback (called on the engine thread)."""
         self.running.labels(model).set(stats.num_running)
