@@ -288,7 +288,8 @@ class LLMEngine:
         with self._lock:
             plan = self.scheduler.schedule(start)
         num_prefill_tokens = sum(self.scheduler.prefill_tokens(r) for r in plan.prefill)
-        outputs = [self._finished_output(r, "", error=r.abort_error) for r in plan.finished]
+        # cancelled or expired: the scheduler has finished them already
+        outputs = [self._finish(r, None, "", error=r.abort_error) for r in plan.finished]
         ran = plan.prefill + plan.decode
         try:
             self.runner.copy_blocks(plan.copies)
@@ -297,8 +298,7 @@ class LLMEngine:
         except Exception as error:  # never let one bad step take the engine down
             log.exception("engine step failed")
             for request in ran:
-                self.scheduler.finish(request, FinishReason.ERROR)
-                outputs.append(self._finished_output(request, "", error=str(error)))
+                outputs.append(self._finish(request, FinishReason.ERROR, "", error=str(error)))
             ran, logits, logprobs, greedy = [], [], [], []
         now = time.perf_counter()
         row = 0
@@ -316,8 +316,7 @@ class LLMEngine:
                     )
             except Exception as error:  # one request's failure is its own, not the batch's
                 log.exception("request %s failed", request.request_id)
-                self.scheduler.finish(request, FinishReason.ERROR)
-                outputs.append(self._finished_output(request, "", error=str(error)))
+                outputs.append(self._finish(request, FinishReason.ERROR, "", error=str(error)))
             row += len(request_logits)
         self._record_stats(plan, num_prefill_tokens, start)
         return outputs
@@ -373,8 +372,7 @@ class LLMEngine:
             reason = FinishReason.LENGTH
         if reason is None:
             return self._output(request, [token], [logprob], delta)
-        self.scheduler.finish(request, reason)
-        return self._finished_output(request, delta, [token], [logprob])
+        return self._finish(request, reason, delta, [token], [logprob])
 
     def _advance_beams(self, request: Request, logprobs: torch.Tensor) -> RequestOutput:
         search = request.beam_search
@@ -397,8 +395,7 @@ class LLMEngine:
         reason = (
             FinishReason.STOP if best[-1] == self.model_config.eos_token_id else FinishReason.LENGTH
         )
-        self.scheduler.finish(request, reason)
-        return self._finished_output(request, "")
+        return self._finish(request, reason, "")
 
     # -- outputs ------------------------------------------------------------------------------
 
@@ -419,14 +416,19 @@ class LLMEngine:
             output.new_top_logprobs = request.output_top_logprobs[-len(new_ids) :]
         return output
 
-    def _finished_output(
+    def _finish(
         self,
         request: Request,
+        reason: FinishReason | None,
         delta: str,
         new_ids: list[int] | None = None,
         logprobs: list[float] | None = None,
         error: str | None = None,
     ) -> RequestOutput:
+        """Finish `request` for `reason` (its blocks are freed; None: the scheduler finished it
+        already) and build its last output: the rest of its text, its hypotheses, its timings."""
+        if reason is not None:
+            self.scheduler.finish(request, reason)
         request.timings.finished = time.perf_counter()
         self._requests.pop(request.request_id, None)
         output = self._output(request, new_ids or [], logprobs or [], delta)

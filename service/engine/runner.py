@@ -31,7 +31,8 @@ class ModelRunner:
     def __init__(self, model: Transformer, cache: PagedKVCache, compile: bool = False):
         self.model = model
         self.cache = cache
-        self.forward = model.forward_paged  # prefill and decode both run this
+        # Transformer.forward_paged (compiled with --compile): what prefill and decode both run
+        self.forward = model.forward_paged
         if compile:
             self.forward = torch.compile(model.forward_paged, dynamic=True)
             # Prefill and decode, batch 1 and more, with and without masks are graphs of their
