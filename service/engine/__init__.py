@@ -1,13 +1,8 @@
 """The engine: paged KV cache, continuous batching, sampling and beam search (see engine.py)."""
 
 from service.engine.async_engine import AsyncEngine
-from service.engine.engine import (
-    EngineConfig,
-    LLMEngine,
-    StepStats,
-    device_problem,
-    quantize_problem,
-)
+from service.engine.config import EngineConfig, StepStats, device_problem, quantize_problem
+from service.engine.engine import LLMEngine
 from service.engine.request import (
     EngineOverloaded,
     FinishReason,
