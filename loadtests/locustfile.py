@@ -1,6 +1,6 @@
 """Load test of a running attnserve server with locust: the mix a translation service sees
-(beam search, greedy, small batches, streamed translations) plus TGI `/generate` and OpenAI
-`/v1/completions` on the generation model when the server has one.
+(beam search, greedy, small batches, streamed translations, a chat client's translations) plus
+TGI `/generate` and OpenAI `/v1/completions` on the generation model when the server has one.
 
     make serve                                     # one terminal
     make loadtest                                  # another: 16 users for 60 s, prints a table
@@ -81,6 +81,16 @@ class AttnserveUser(HttpUser):
             return
         body = {"model": self.translate_model, "text": random.choice(SENTENCES), "stream": True}
         self._stream("/v1/translate", body, "/v1/translate stream", _translate_done)
+
+    @task(1)
+    def chat_stream(self) -> None:
+        """A chat client's translation (OpenAI's chat schema: the last user message)."""
+        if self.translate_model is None:
+            return
+        message = {"role": "user", "content": random.choice(SENTENCES)}
+        body = {"model": self.translate_model, "messages": [message], "temperature": 0,
+                "max_tokens": 48, "stream": True}  # fmt: skip
+        self._stream("/v1/chat/completions", body, "/v1/chat/completions stream", _completion_done)
 
     def _translate(self, texts: list[str], beam_size: int, name: str) -> None:
         if self.translate_model is None:

@@ -20,6 +20,8 @@ EXPECTED = [
     "/v1/translate batch of 4",
     "/v1/translate stream",
     "/v1/translate stream [first token]",
+    "/v1/chat/completions stream",
+    "/v1/chat/completions stream [first token]",
     "/generate",
     "/v1/completions stream",
     "/v1/completions stream [first token]",
