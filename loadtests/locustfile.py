@@ -155,9 +155,9 @@ class AttnserveUser(HttpUser):
                     if data == b"[DONE]":
                         done = True
                         continue
-                    if first_token_ms is None:
-                        first_token_ms = (time.perf_counter() - start) * 1000
                     payload = json.loads(data)
+                    if first_token_ms is None and _has_text(payload):
+                        first_token_ms = (time.perf_counter() - start) * 1000
                     if "error" in payload:
                         r.failure(f"error event: {payload}")
                         return
@@ -187,6 +187,15 @@ def _overloaded(response, name: str) -> bool:
     else:
         response.failure("429 without Retry-After")
     return True
+
+
+def _has_text(event: dict) -> bool:
+    """Whether an event carries generated text (chat's first chunk only says the role)."""
+    choices = event.get("choices", [])
+    return bool(
+        event.get("text")
+        or any(c.get("text") or (c.get("delta") or {}).get("content") for c in choices)
+    )
 
 
 def _translate_done(event: dict) -> bool:
