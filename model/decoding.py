@@ -1,8 +1,8 @@
 """Decoding for evaluation and tests: the uncached reference greedy decoder (the oracle of every
 equivalence test), and batched, cached greedy and beam search used by `model.evaluate`.
 
-The serving engine schedules its own steps (service/engine) and checks its tokens against these
-plain offline versions; its beams advance with the `BeamSearch` below, one step at a time.
+The serving engine schedules its own steps (service/engine); the tests check its tokens against
+these plain offline versions. Its beams advance with the `BeamSearch` below, a step at a time.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     app.state.registry = registry
     if registry is not None:
         for model_id, served in registry.models.items():
-            served.llm.on_step = lambda stats, m=model_id: metrics.observe_step(m, stats)
+            metrics.watch(model_id, served.llm)
     app.state.status = "starting"  # → "ready" → "draining" → "stopped"; or "failed" to load
     app.state.on_failure = lambda: None  # the server sets how to exit when loading fails
     app.state.num_in_flight = 0
@@ -197,7 +197,7 @@ def _add_operations(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
         if app.state.status == "ready" and registry is not None:
             stopped = [m for m, s in registry.models.items() if not s.async_engine.is_running]
             if stopped:  # an engine thread died: nothing would ever answer (restart me)
-                return JSONResponse({"status": f"engine stopped: {stopped}"}, status_code=503)
+                return JSONResponse({"status": "failed", "stopped": stopped}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/ready", responses={503: {"description": "loading, failed to load, or draining"}})

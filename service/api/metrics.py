@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from service.engine import StepStats
+from service.engine import LLMEngine, StepStats
 
 # Seconds: from a millisecond step on a tiny model to minute-long generations.
 LATENCY_BUCKETS = (
@@ -74,9 +74,10 @@ class Metrics:
             "step_duration_seconds", "Wall time of one engine step", STEP_BUCKETS
         )
 
-    def add_model(self, model: str) -> None:
-        """A model's gauges at 0 from the start: an idle pod reports an empty queue (the HPA's
-        metric), not no series at all."""
+    def watch(self, model: str, llm: LLMEngine) -> None:
+        """Feed a model's engine steps into the metrics. Its gauges read 0 until its first step:
+        an idle pod reports an empty queue (the HPA's metric), not no series at all."""
+        llm.on_step = lambda stats: self.observe_step(model, stats)
         for gauge in (self.running, self.waiting, self.kv_usage):
             gauge.labels(model).set(0)
 

@@ -87,8 +87,7 @@ class ModelRegistry:
         models = {}
         for model_id, path in settings.model_paths().items():
             llm = LLMEngine.from_checkpoint(path, config)
-            llm.on_step = lambda stats, model_id=model_id: metrics.observe_step(model_id, stats)
-            metrics.add_model(model_id)
+            metrics.watch(model_id, llm)
             models[model_id] = ServedModel(model_id, path, AsyncEngine(llm))
         return cls(models)
 

@@ -7,7 +7,7 @@ Types are strict, as TGI's and OpenAI's servers are: "4" is not a number and 1 i
 
 from __future__ import annotations
 
-from typing import Annotated, get_args
+from typing import Annotated, Any, get_args
 
 from pydantic import (
     AfterValidator,
@@ -396,7 +396,7 @@ class ChatMessage(Body):
     model_config = ConfigDict(extra="ignore")
 
     role: str
-    content: Text | list | None = None
+    content: Any = None
 
     @property
     def text(self) -> str:
@@ -427,23 +427,37 @@ class ChatCompletionRequest(OpenAIBody):
             return self.max_completion_tokens, "max_completion_tokens"
         return self.max_tokens, "max_tokens"
 
-    @model_validator(mode="after")
-    def _supported(self) -> ChatCompletionRequest:
-        if self.max_tokens is not None and self.max_completion_tokens is not None:
-            raise FieldError("max_completion_tokens", "give max_tokens or max_completion_tokens")
+    def _check_last_message(self) -> None:
+        """The message that is read: text, or a list of text parts, in valid Unicode."""
         content = self.messages[-1].content
-        for index, part in enumerate(content if isinstance(content, list) else []):
+        if not isinstance(content, str | list | None):
+            raise FieldError("messages", "messages: the last message's content must be text")
+        parts = content if isinstance(content, list) else [{"type": "text", "text": content or ""}]
+        for index, part in enumerate(parts):
             kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            if kind != "text" or not isinstance(part.get("text"), str):
+            if kind != "text":
                 raise FieldError(
                     "messages",
-                    f"messages: the last message's part {index} is not text ({kind!r}): only "
+                    f"messages: the last message's part {index} is {kind!r}, not text: only "
                     "text is translated",
+                )
+            if not isinstance(part.get("text"), str):
+                raise FieldError(
+                    "messages", f"messages: the last message's part {index} has no text string"
                 )
             try:
                 _unicode(part["text"])
             except ValueError as error:
-                raise FieldError("messages", f"messages: part {index} {error}") from None
+                raise FieldError("messages", f"messages: the last message {error}") from None
+
+    @model_validator(mode="after")
+    def _supported(self) -> ChatCompletionRequest:
+        both = self.max_tokens is not None and self.max_completion_tokens is not None
+        if both and self.max_tokens != self.max_completion_tokens:
+            raise FieldError(
+                "max_completion_tokens", "max_tokens and max_completion_tokens disagree"
+            )
+        self._check_last_message()
         if self.top_logprobs and not self.logprobs:
             raise FieldError("top_logprobs", "top_logprobs needs logprobs: true")
         if self.tools or self.tool_choice not in (None, "none"):
