@@ -81,7 +81,7 @@ ChoiceChunk = Callable[[int, RequestOutput, Unsent], dict]
 
 async def stream_chunks(
     streams: list[AsyncIterator[RequestOutput]],
-    chunk: Callable[[list[dict], dict | None], str],
+    head: dict,
     choice: ChoiceChunk,
     first: list[dict],
     include_usage: bool,
@@ -91,11 +91,16 @@ async def stream_chunks(
 ) -> AsyncIterator[str]:
     """`first` chunk entries, then one chunk per new piece of text of any choice, as the
     choices generate it (together, as vLLM streams them), then usage if asked, then [DONE].
+    Every chunk has the fields of `head` (id, object, created, model, ...) and its `choices`.
 
     A token whose text is held back goes out with its choice's next chunk that has text, so
     that the chunks list every token once. A failure is an error event (OpenAI's shape, or the
     native one), then [DONE].
     """
+
+    def chunk(choices: list[dict], usage: dict | None) -> str:
+        return sse_event(head | {"choices": choices} | ({} if usage is None else {"usage": usage}))
+
     for entry in first:
         yield chunk([entry], None)
     finished: dict[int, RequestOutput] = {}

@@ -27,7 +27,6 @@ from service.api.generation import (
     final_outputs,
     merged_timings,
     served_model,
-    sse_event,
     start_all,
     timings_header,
     with_keepalive,
@@ -163,19 +162,6 @@ def _stream_events(
     """Each choice's role first, then its text as it comes, its last chunk with its finish
     reason. Every delta has the role, as TGI's do (its own client requires it)."""
 
-    def chunk(choices: list[dict], usage: dict | None) -> str:
-        data: dict = {
-            "id": chat_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": served.model_id,
-            "system_fingerprint": FINGERPRINT,
-            "choices": choices,
-        }
-        if usage is not None:
-            data["usage"] = usage
-        return sse_event(data)
-
     def delta(text: str | None) -> dict:
         return {"role": "assistant", "content": text, "tool_calls": None}
 
@@ -195,6 +181,8 @@ def _stream_events(
         for k in range(len(streams))
     ]
     include_usage = body.stream_options is not None and body.stream_options.include_usage
+    head = {"id": chat_id, "object": "chat.completion.chunk", "created": created,
+            "model": served.model_id, "system_fingerprint": FINGERPRINT}  # fmt: skip
     return stream_chunks(
-        streams, chunk, choice, first, include_usage, body.n, timeout_s, openai_errors
+        streams, head, choice, first, include_usage, body.n, timeout_s, openai_errors
     )

@@ -16,7 +16,6 @@ from service.api.generation import (
     final_outputs,
     merged_timings,
     served_model,
-    sse_event,
     start_all,
     timings_header,
     with_keepalive,
@@ -158,18 +157,6 @@ def _stream_events(
     """The choices' text as it comes; each chunk's logprobs list its tokens, at the offsets of
     the non-streamed response."""
 
-    def chunk(choices: list[dict], usage: dict | None) -> str:
-        data: dict = {
-            "id": completion_id,
-            "object": "text_completion",
-            "created": created,
-            "model": served.model_id,
-            "choices": choices,
-        }
-        if usage is not None:
-            data["usage"] = usage
-        return sse_event(data)
-
     def choice(k: int, output: RequestOutput, held: Unsent) -> dict:
         logprobs = None
         if body.logprobs is not None and held.ids:
@@ -183,4 +170,6 @@ def _stream_events(
         }
 
     include_usage = body.stream_options is not None and body.stream_options.include_usage
-    return stream_chunks(streams, chunk, choice, [], include_usage, body.n, timeout_s)
+    head = {"id": completion_id, "object": "text_completion", "created": created,
+            "model": served.model_id}  # fmt: skip
+    return stream_chunks(streams, head, choice, [], include_usage, body.n, timeout_s)
