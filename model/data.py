@@ -4,8 +4,9 @@
 
 Sources (all real human translations): the gettext catalogs of ~380 Debian packages
 (`model/corpus_packages.txt`) plus LibreOffice's, Debian's translated package descriptions
-(DDTP), and Python wheels that ship `.po` files. Writes `{train,valid,test}.tsv` (en, de,
-package), `manifest.json` (every source with version and sha256), `NOTICE.md`, `stats.json`,
+(DDTP), and Python wheels that ship `.po` files; and, for everyday words and sentences, the Ding
+dictionary (`model/ding.py`). Writes `{train,valid,test}.tsv` (en, de, package), the
+general-domain `test_general.tsv` (held-out dictionary sentences), `manifest.json` (every source with version and sha256), `NOTICE.md`, `stats.json`,
 and the shared subword tokenizer `tokenizer.json`. Run once, never in CI (~1 GB download).
 """
 
@@ -23,6 +24,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from model import ding
 from model.catalogs import Pair, clean_pair, dedupe, is_german_catalog, pairs_from_catalogs
 
 PACKAGE_LIST = Path(__file__).with_name("corpus_packages.txt")
@@ -103,6 +105,27 @@ def deb_pairs(debs: list[Path], workdir: Path) -> tuple[list[Pair], list[dict]]:
             }
         )
     return pairs, sources
+
+
+def dictionary_pairs(raw: Path, workdir: Path) -> tuple[list[Pair], list[Pair], dict]:
+    """The Ding dictionary's train pairs and general-domain test sentences (`model/ding.py`)."""
+    (deb,) = download_debs([ding.PACKAGE], raw / "debs")
+    subprocess.run(
+        f"dpkg-deb --fsys-tarfile '{deb}' | tar -x -C '{workdir}' './{ding.DING_FILE}'",
+        shell=True,
+        check=True,
+    )
+    train, test = ding.ding_pairs(workdir / ding.DING_FILE)
+    source = {
+        "kind": "debian",
+        "name": ding.PACKAGE,
+        "source_package": "ding",
+        "version": deb_field(deb, "Version"),
+        "file": deb.name,
+        "sha256": sha256(deb),
+        "raw_pairs": len(train) + len(test),
+    }
+    return train, test, source
 
 
 # --- Debian translated package descriptions (DDTP) -------------------------------------------
@@ -268,7 +291,9 @@ The EN→DE pairs are the English msgids and German msgstrs of gettext catalogs 
 Debian bookworm binary packages (each package's licence is in its `/usr/share/doc/<pkg>/copyright`;
 all are DFSG-free), Debian's translated package descriptions (DDTP, Debian's licence terms), and
 Python wheels on PyPI that ship German catalogs (each under its project's licence, named in the
-wheel's metadata). `manifest.json` lists every file with its version and sha256. The corpus itself
+wheel's metadata). To those the Ding dictionary (Debian's `trans-de-en`, GPL-2+, (c) Frank
+Richter) adds words, phrases and example sentences; `test_general.tsv` holds 1 in 25 of its
+entries out. `manifest.json` lists every file with its version and sha256. The corpus itself
 is not redistributed: `python -m model.data` rebuilds it.
 """
 
@@ -295,12 +320,21 @@ def build(out: Path, raw: Path, vocab_size: int) -> None:
         print(f"  {len(pairs)} pairs; DDTP ...", flush=True)
         more, more_sources = ddtp_pairs(raw)
         pairs, sources = pairs + more, sources + more_sources
+        print(f"  {len(pairs)} pairs; the Ding dictionary ...", flush=True)
+        dictionary, general, source = dictionary_pairs(raw, work)
+        sources.append(source)
     unique = dedupe(pairs)
     splits = split_by_package(unique)
+    # The dictionary joins train after the split, so valid and test stay whole packages of
+    # localisation strings; its held-out sentences are a second, general-domain test set.
+    eval_en = {p.en for p in splits["valid"] + splits["test"]}
+    splits["train"] = dedupe(splits["train"] + [p for p in dictionary if p.en not in eval_en])
+    splits["test_general"] = general
     for name, split in splits.items():
         write_tsv(split, out / f"{name}.tsv")
     stats = {
         "raw_pairs": len(pairs),
+        "dictionary_pairs": len(dictionary),
         "unique_pairs": len(unique),
         "splits": {
             n: {"pairs": len(s), "packages": len({p.package for p in s})} for n, s in splits.items()

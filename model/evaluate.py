@@ -61,7 +61,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--split", default="test", choices=["valid", "test"])
+    parser.add_argument("--split", default="test", choices=["valid", "test", "test_general"])
     parser.add_argument("--corpus", type=Path, default=Path("data/corpus"))
     parser.add_argument(
         "--beams", type=int, nargs="+", default=[1, 4], help="beam sizes (1 = greedy)"

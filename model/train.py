@@ -2,6 +2,7 @@
 
     python -m model.train --run runs/en-de --max-steps 6000
     python -m model.train --run runs/en-lm --architecture decoder-only --max-steps 3000
+    python -m model.train --run runs/en-de-ft --init model/checkpoints/en-de --max-steps 3000
 
 Label smoothing, Adam with linear warmup then cosine decay, token-based batches of similar
 lengths, a checkpoint every `--eval-every` steps (`--resume` picks it up), validation loss and
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model.checkpoint import save_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import TransformerConfig
 from model.data import read_tsv
 from model.decoding import greedy_batch, pad_batch
@@ -154,28 +155,12 @@ def batch_stream(
         epoch, position = epoch + 1, 0
 
 
-def train(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    run = Path(args.run)
-    run.mkdir(parents=True, exist_ok=True)
-    # Our own vocabulary: a "</s>" in user text is text (see Tokenizer.split_special_tokens).
-    tokenizer = Tokenizer.from_file(Path(args.corpus) / "tokenizer.json", split_special_tokens=True)
-    is_lm = args.architecture == "decoder-only"
-    train_pairs = read_tsv(Path(args.corpus) / "train.tsv")
-    valid_pairs = read_tsv(Path(args.corpus) / "valid.tsv")
-    train_examples = make_examples(train_pairs, tokenizer, is_lm, args.max_len)
-    valid_batches = make_batches(
-        make_examples(valid_pairs, tokenizer, is_lm, args.max_len), args.max_tokens, 0
-    )
-    bleu_pairs = valid_pairs[: args.bleu_sentences]
-
+def new_config(args: argparse.Namespace, tokenizer: Tokenizer, is_lm: bool) -> TransformerConfig:
     preset = dict(PRESETS[args.preset])
     if is_lm:
         preset["num_decoder_layers"] += preset.pop("num_encoder_layers")
         preset["num_encoder_layers"] = 0
-    config = TransformerConfig(
+    return TransformerConfig(
         architecture=args.architecture,
         vocab_size=tokenizer.vocab_size,
         dropout=args.dropout,
@@ -187,7 +172,35 @@ def train(args: argparse.Namespace) -> None:
         decoder_start_token_id=tokenizer.bos_id,
         **preset,
     )
-    model = Transformer(config).to(device)
+
+
+def train(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    is_lm = args.architecture == "decoder-only"
+    if args.init:  # fine-tune: the checkpoint's weights, config and tokenizer
+        model, tokenizer = load_checkpoint(args.init, device)
+        config = model.config
+        if config.is_encoder_decoder == is_lm:
+            raise SystemExit(f"{args.init} is not a {args.architecture} model")
+        model.train()
+    else:
+        # Our own vocabulary: a "</s>" in user text is text (see Tokenizer.split_special_tokens).
+        tokenizer = Tokenizer.from_file(
+            Path(args.corpus) / "tokenizer.json", split_special_tokens=True
+        )
+        config = new_config(args, tokenizer, is_lm)
+        model = Transformer(config).to(device)
+    train_pairs = read_tsv(Path(args.corpus) / "train.tsv")
+    valid_pairs = read_tsv(Path(args.corpus) / "valid.tsv")
+    train_examples = make_examples(train_pairs, tokenizer, is_lm, args.max_len)
+    valid_batches = make_batches(
+        make_examples(valid_pairs, tokenizer, is_lm, args.max_len), args.max_tokens, 0
+    )
+    bleu_pairs = valid_pairs[: args.bleu_sentences]
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.98), eps=1e-9)
     step, epoch, position, history = 0, 0, 0, []
     state_path = run / "last.pt"
@@ -312,6 +325,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where CUDA is present")
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    p.add_argument(
+        "--init",
+        help="fine-tune: start from this exported checkpoint's weights, config and tokenizer",
+    )
     p.add_argument(
         "--stop-at",
         type=int,

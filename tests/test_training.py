@@ -102,3 +102,20 @@ def test_learning_rate_warms_up_linearly_then_decays_to_the_floor():
     assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False))
     assert rates[100] == pytest.approx(0.05)
+
+
+def test_fine_tuning_starts_from_the_checkpoint_and_keeps_its_tokenizer(corpus, tmp_path):
+    train(run_args(corpus, tmp_path / "first", "--max-steps", "20", "--eval-every", "10",
+                   "--export", str(tmp_path / "first_model")))  # fmt: skip
+    # With a learning rate of 0 the fine-tuned weights are the checkpoint's, exactly.
+    train(run_args(corpus, tmp_path / "tuned", "--max-steps", "2", "--eval-every", "2", "--lr", "0",
+                   "--init", str(tmp_path / "first_model"), "--export", str(tmp_path / "tuned_model")))  # fmt: skip
+    first, first_tokenizer = load_checkpoint(tmp_path / "first_model")
+    tuned, tuned_tokenizer = load_checkpoint(tmp_path / "tuned_model")
+    assert tuned.config == first.config
+    for name, weight in first.state_dict().items():
+        assert torch.equal(weight, tuned.state_dict()[name]), name
+    assert (tmp_path / "tuned_model" / "tokenizer.json").read_bytes() == (
+        tmp_path / "first_model" / "tokenizer.json"
+    ).read_bytes()
+    assert tuned_tokenizer.split_special_tokens == first_tokenizer.split_special_tokens

@@ -1,0 +1,59 @@
+"""The Ding dictionary's lines become EN→DE pairs: aligned senses, first synonyms, no annotations
+or placeholders, and a held-out set of whole lines that train never sees."""
+
+from pathlib import Path
+
+from model.ding import clean_sense, ding_pairs, is_held_out, is_sentence, line_pairs
+
+LINES = [
+    "# Version :: devel 2023-01-30\n",
+    "Wetter {n} [meteo.] | bei jedem Wetter | Das Wetter ist heute schön. :: weather | in all"
+    " weathers | The weather is nice today.\n",
+    "Haus {n}; Gebäude {n} | Häuser {pl} :: house; building | houses\n",
+    "außer jdm./etw. {prp} | außer dir :: apart from sb./sth. | apart from you\n",
+    "suchen {vt} | Er sucht (dringend) eine Stelle. :: to look for | He’s looking for a job."
+    " | an extra English sense\n",
+]
+
+
+def test_aligned_senses_become_pairs_of_first_synonyms_without_annotations() -> None:
+    assert line_pairs(LINES[1]) == [
+        ("weather", "Wetter"),
+        ("in all weathers", "bei jedem Wetter"),
+        ("The weather is nice today.", "Das Wetter ist heute schön."),
+    ]
+    assert line_pairs(LINES[2]) == [("house", "Haus"), ("houses", "Häuser")]
+
+
+def test_placeholders_and_comments_are_dropped() -> None:
+    assert line_pairs(LINES[0]) == []
+    assert line_pairs(LINES[3]) == [("apart from you", "außer dir")]
+
+
+def test_unaligned_senses_keep_only_the_headword() -> None:
+    assert line_pairs(LINES[4]) == [("to look for", "suchen")]
+
+
+def test_alternatives_and_apostrophes_are_normalised() -> None:
+    assert clean_sense("She's trying to get/land/find a job.") == "She's trying to get a job."
+    assert clean_sense("ein verzweifelter / krampfhafter Versuch") == "ein verzweifelter Versuch"
+    assert clean_sense("km/h over TCP/IP (approx.)") == "km/h over TCP/IP"
+    assert line_pairs("Er sucht Arbeit. :: He’s looking for work.\n") == [
+        ("He's looking for work.", "Er sucht Arbeit.")
+    ]
+
+
+def test_held_out_lines_give_test_sentences_whose_english_train_never_sees(tmp_path: Path) -> None:
+    lines = [
+        f"Satz {i} | Das ist Satz Nummer {i}. :: sentence {i} | This is sentence number {i}.\n"
+        for i in range(400)
+    ] + ["Gemeinsam | Das ist Satz Nummer 7. :: common | This is sentence number 7.\n"]
+    path = tmp_path / "de-en"
+    path.write_text("".join(lines), encoding="utf-8")
+    train, test = ding_pairs(path)
+    held_out = [line for line in lines if is_held_out(line)]
+    assert 0 < len(held_out) < len(lines) / 10
+    assert test and all(is_sentence(p.en) for p in test)
+    assert len(test) == len(held_out)
+    assert not {p.en for p in train} & {p.en for p in test}
+    assert len(train) + len(test) <= 2 * len(lines)
