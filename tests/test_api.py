@@ -678,6 +678,14 @@ def test_openai_completions_plain_and_streamed(server):
     assert len(several.choices[0].logprobs.token_logprobs) == len(
         several.choices[0].logprobs.tokens
     )
+    # At a model's base URL, the URL names the model (the body's is a placeholder)
+    at_model = openai.OpenAI(base_url=f"{server.url}/models/tiny-lm/v1", api_key="unused")
+    there = at_model.completions.create(model="x", prompt="Open", max_tokens=10, temperature=0)
+    assert there.model == "tiny-lm" and there.choices[0].text == text
+    with pytest.raises(openai.UnprocessableEntityError) as refused:  # TGI's shape, as TGI there
+        at_model.completions.create(model="x", prompt="Open", max_tokens=10, temperature=-1)
+    assert refused.value.response.json()["error_type"] == "validation"
+    assert "temperature" in refused.value.response.json()["error"]
 
 
 def test_openai_chat_completions_translate_the_users_last_message(server, client):

@@ -169,9 +169,10 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
         )
 
     app.include_router(routes_translate.router)
-    app.include_router(routes_chat.router)  # before TGI's `/models/{id}` catch-all
-    app.include_router(routes_tgi.router)
+    # chat and completions at a model's base URL go before TGI's `/models/{id}` catch-all
+    app.include_router(routes_chat.router)
     app.include_router(routes_openai.router)
+    app.include_router(routes_tgi.router)
     _add_operations(app, settings, metrics)
     return app
 

@@ -146,6 +146,13 @@ async def completions(body: CompletionRequest, request: Request):
     return JSONResponse(response, headers=timings_header(merged_timings(outputs)))
 
 
+@router.post("/models/{model_id:path}/v1/completions", responses=SSE_RESPONSE)
+async def completions_for(model_id: str, body: CompletionRequest, request: Request):
+    """At a model's base URL (`OpenAI(base_url=".../models/en-de/v1")`), as TGI serves
+    `/v1/completions` at its own. The URL names the model; errors are TGI's shape there."""
+    return await completions(body.model_copy(update={"model": model_id.rstrip("/")}), request)
+
+
 def _stream_events(
     streams: list[AsyncIterator[RequestOutput]],
     served: ServedModel,
