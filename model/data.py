@@ -6,7 +6,8 @@ Sources (all real human translations): the gettext catalogs of ~380 Debian packa
 (`model/corpus_packages.txt`) plus LibreOffice's, Debian's translated package descriptions
 (DDTP), and Python wheels that ship `.po` files; and, for everyday words and sentences, the Ding
 dictionary (`model/ding.py`). Writes `{train,valid,test}.tsv` (en, de, package), the
-general-domain `test_general.tsv` (held-out dictionary sentences), `manifest.json` (every source with version and sha256), `NOTICE.md`, `stats.json`,
+dictionary's own training file `dictionary.tsv` and general-domain test sentences
+`test_general.tsv`, `manifest.json` (every source with version and sha256), `NOTICE.md`, `stats.json`,
 and the shared subword tokenizer `tokenizer.json`. Run once, never in CI (~1 GB download).
 """
 
@@ -292,8 +293,8 @@ Debian bookworm binary packages (each package's licence is in its `/usr/share/do
 all are DFSG-free), Debian's translated package descriptions (DDTP, Debian's licence terms), and
 Python wheels on PyPI that ship German catalogs (each under its project's licence, named in the
 wheel's metadata). To those the Ding dictionary (Debian's `trans-de-en`, GPL-2+, (c) Frank
-Richter) adds words, phrases and example sentences; `test_general.tsv` holds 1 in 25 of its
-entries out. `manifest.json` lists every file with its version and sha256. The corpus itself
+Richter) adds words, phrases and example sentences (`dictionary.tsv`); `test_general.tsv` holds 1 in
+25 of its lines out. `manifest.json` lists every file with its version and sha256. The corpus itself
 is not redistributed: `python -m model.data` rebuilds it.
 """
 
@@ -325,16 +326,16 @@ def build(out: Path, raw: Path, vocab_size: int) -> None:
         sources.append(source)
     unique = dedupe(pairs)
     splits = split_by_package(unique)
-    # The dictionary joins train after the split, so valid and test stay whole packages of
-    # localisation strings; its held-out sentences are a second, general-domain test set.
+    # The dictionary is a training file of its own (`model.train --train-files train.tsv
+    # dictionary.tsv`), so train.tsv stays the catalogs' and valid and test stay whole packages
+    # of localisation strings; its held-out sentences are a second, general-domain test set.
     eval_en = {p.en for p in splits["valid"] + splits["test"]}
-    splits["train"] = dedupe(splits["train"] + [p for p in dictionary if p.en not in eval_en])
+    splits["dictionary"] = dedupe([p for p in dictionary if p.en not in eval_en])
     splits["test_general"] = general
     for name, split in splits.items():
         write_tsv(split, out / f"{name}.tsv")
     stats = {
         "raw_pairs": len(pairs),
-        "dictionary_pairs": len(dictionary),
         "unique_pairs": len(unique),
         "splits": {
             n: {"pairs": len(s), "packages": len({p.package for p in s})} for n, s in splits.items()

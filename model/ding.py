@@ -17,19 +17,26 @@ from model.catalogs import Pair
 
 PACKAGE = "trans-de-en"
 DING_FILE = "usr/share/trans/de-en"  # inside the .deb
-_ANNOTATION = re.compile(r"\{[^{}]*\}|\[[^\[\]]*\]|\([^()]*\)")
+# Annotations: {f}, [coll.], (optional words), <search variants>, /ABBR/ after a headword
+_ANNOTATION = re.compile(r"\{[^{}]*\}|\[[^\[\]]*\]|\([^()]*\)|<[^<>]*>|\s/[^/\s][^/]*/")
 _PLACEHOLDER = re.compile(r"\b(jd[mnrs]|etw|sb|sth|sth's|sb's)\.|\bjemand|\bsomebody|\bsomething")
 _SPACES = re.compile(r"\s+")
-# Alternatives: "get/land/find a job", "ein verzweifelter / krampfhafter Versuch" (keep the first)
-_ALTERNATIVES = re.compile(r"\b([^\W\d_][a-zäöüß]+)(?:\s?/\s?[^\W\d_][a-zäöüß]+)+\b")
+# Alternatives inside a phrase: "get/land/find a job" (the first is kept)
+_ALTERNATIVES = re.compile(r"\b([^\W\d_][a-zäöüß]+)(?:/[^\W\d_][a-zäöüß]+)+\b")
 
 
 def clean_sense(text: str) -> str:
-    """The first synonym of a sense, without annotations and with single spaces."""
-    first = text.split("; ")[0]
-    for _ in range(2):  # annotations nest once at most: "(a (b))"
-        first = _ANNOTATION.sub(" ", first)
-    first = _ALTERNATIVES.sub(r"\1", _SPACES.sub(" ", first)).strip(" ,;/")
+    """The first synonym of a sense, without annotations and with single spaces; "" for a
+    sense this cannot make into plain text (spaced alternatives "a / b", blanks "…", any other
+    slash)."""
+    for _ in range(3):  # annotations nest: "(a (b))"
+        text = _ANNOTATION.sub(" ", text)
+    first = text.split("; ")[0]  # outside annotations now, so never inside brackets
+    if " / " in first or "…" in first or "..." in first or re.search(r"[(){}\[\]<>]", first):
+        return ""
+    first = _ALTERNATIVES.sub(r"\1", _SPACES.sub(" ", first)).strip(" ,;")
+    if "/" in first:  # "behaviour /behavior", "a/the", "TCP/IP": not worth the guessing
+        return ""
     return re.sub(r"\s+([.,!?:])", r"\1", first)
 
 
@@ -52,6 +59,7 @@ def line_pairs(line: str) -> list[tuple[str, str]]:
 
 
 def is_sentence(text: str) -> bool:
+    """A whole sentence (the test set's unit), not a word or a phrase."""
     return text[:1].isupper() and text[-1:] in ".?!" and len(text.split()) >= 4
 
 
@@ -61,15 +69,16 @@ def is_held_out(line: str, one_in: int = 25) -> bool:
 
 
 def ding_pairs(path: Path) -> tuple[list[Pair], list[Pair]]:
-    """(train pairs, general-domain test sentences) of the dictionary file at `path`. No test
-    English appears in train."""
+    """(train pairs, general-domain test sentences) of the dictionary file at `path`. Neither
+    a test sentence's English nor its German occurs in train; each test English occurs once."""
     train, test = [], []
     with path.open(encoding="utf-8") as f:
         for line in f:
-            pairs = line_pairs(line)
+            pairs = [Pair(en, de, PACKAGE) for en, de in line_pairs(line)]
             if is_held_out(line):
-                test += [Pair(en, de, PACKAGE) for en, de in pairs if is_sentence(en)]
+                test += [p for p in pairs if is_sentence(p.en)]
             else:
-                train += [Pair(en, de, PACKAGE) for en, de in pairs]
-    test_en = {p.en for p in test}
-    return [p for p in train if p.en not in test_en], test
+                train += pairs
+    test = list({p.en: p for p in reversed(test)}.values())[::-1]  # the first of each English
+    test_en, test_de = {p.en for p in test}, {p.de for p in test}
+    return [p for p in train if p.en not in test_en and p.de not in test_de], test

@@ -2,7 +2,8 @@
 
     python -m model.train --run runs/en-de --max-steps 6000
     python -m model.train --run runs/en-lm --architecture decoder-only --max-steps 3000
-    python -m model.train --run runs/en-de-ft --init model/checkpoints/en-de --max-steps 3000
+    python -m model.train --run runs/en-de-2 --init model/checkpoints/en-de \
+        --train-files train.tsv dictionary.tsv --max-steps 4000
 
 Label smoothing, Adam with linear warmup then cosine decay, token-based batches of similar
 lengths, a checkpoint every `--eval-every` steps (`--resume` picks it up), validation loss and
@@ -174,6 +175,44 @@ def new_config(args: argparse.Namespace, tokenizer: Tokenizer, is_lm: bool) -> T
     )
 
 
+def check_init(config: TransformerConfig, args: argparse.Namespace, is_lm: bool) -> None:
+    """--init takes what model.train exports: its architecture, room for --max-len, and the
+    special tokens it trains with (converted GPT-2 and Marian checkpoints differ)."""
+    if config.is_encoder_decoder == is_lm:
+        raise SystemExit(f"{args.init} is not a {args.architecture} model")
+    if args.max_len + 8 > config.max_positions:
+        raise SystemExit(f"--max-len: {args.init} has {config.max_positions} positions")
+    if config.pad_token_id == config.eos_token_id or config.decoder_start_token_id != (
+        config.bos_token_id
+    ):
+        raise SystemExit(f"{args.init}: only checkpoints that model.train exported")
+
+
+def start_model(
+    args: argparse.Namespace, is_lm: bool, device, state: dict | None, run_tokenizer: Path
+) -> tuple[Transformer, Tokenizer]:
+    """The model and tokenizer a run trains: a resumed run's own (its config and weights from
+    `state`, the tokenizer it started with); an --init checkpoint's; or a new model."""
+    if state is not None:
+        model = Transformer(TransformerConfig.from_json(state["config"])).to(device)
+        model.load_state_dict(state["model"])
+        if not run_tokenizer.exists():  # a run from before runs kept their tokenizer
+            run_tokenizer = Path(args.corpus) / "tokenizer.json"
+        return model, Tokenizer.from_file(run_tokenizer, split_special_tokens=True)
+    if args.init:  # fine-tune: the checkpoint's weights, config (its dropout too) and tokenizer
+        model, tokenizer = load_checkpoint(args.init, device)
+        check_init(model.config, args, is_lm)
+        model.train()
+    else:
+        # Our own vocabulary: a "</s>" in user text is text (see Tokenizer.split_special_tokens).
+        tokenizer = Tokenizer.from_file(
+            Path(args.corpus) / "tokenizer.json", split_special_tokens=True
+        )
+        model = Transformer(new_config(args, tokenizer, is_lm)).to(device)
+    tokenizer.save(run_tokenizer)
+    return model, tokenizer
+
+
 def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -181,20 +220,13 @@ def train(args: argparse.Namespace) -> None:
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     is_lm = args.architecture == "decoder-only"
-    if args.init:  # fine-tune: the checkpoint's weights, config and tokenizer
-        model, tokenizer = load_checkpoint(args.init, device)
-        config = model.config
-        if config.is_encoder_decoder == is_lm:
-            raise SystemExit(f"{args.init} is not a {args.architecture} model")
-        model.train()
-    else:
-        # Our own vocabulary: a "</s>" in user text is text (see Tokenizer.split_special_tokens).
-        tokenizer = Tokenizer.from_file(
-            Path(args.corpus) / "tokenizer.json", split_special_tokens=True
-        )
-        config = new_config(args, tokenizer, is_lm)
-        model = Transformer(config).to(device)
-    train_pairs = read_tsv(Path(args.corpus) / "train.tsv")
+    state_path = run / "last.pt"
+    state = None
+    if args.resume and state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+    model, tokenizer = start_model(args, is_lm, device, state, run / "tokenizer.json")
+    config = model.config
+    train_pairs = [p for name in args.train_files for p in read_tsv(Path(args.corpus) / name)]
     valid_pairs = read_tsv(Path(args.corpus) / "valid.tsv")
     train_examples = make_examples(train_pairs, tokenizer, is_lm, args.max_len)
     valid_batches = make_batches(
@@ -203,12 +235,7 @@ def train(args: argparse.Namespace) -> None:
     bleu_pairs = valid_pairs[: args.bleu_sentences]
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.98), eps=1e-9)
     step, epoch, position, history = 0, 0, 0, []
-    state_path = run / "last.pt"
-    if args.resume and state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        if TransformerConfig.from_json(state["config"]) != config:
-            raise SystemExit(f"{state_path} was trained with another config; use a new --run")
-        model.load_state_dict(state["model"])
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         if "rng" in state:
             torch.set_rng_state(state["rng"])  # dropout continues exactly where it stopped
@@ -305,6 +332,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--run", default="runs/en-de", help="directory for checkpoints and the history")
     p.add_argument("--corpus", default="data/corpus", help="output of `python -m model.data`")
+    p.add_argument(
+        "--train-files",
+        nargs="+",
+        default=["train.tsv"],
+        help="training files in the corpus (add dictionary.tsv for the Ding dictionary)",
+    )
     p.add_argument(
         "--architecture", choices=["encoder-decoder", "decoder-only"], default="encoder-decoder"
     )

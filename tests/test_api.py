@@ -1124,6 +1124,31 @@ def test_deadline_in_the_queue_is_504_and_while_running_keeps_partial_text(slow_
     wait_idle(slow_server, "tiny-mt")
 
 
+def test_a_stream_whose_deadline_passes_in_the_queue_ends_with_an_error_event_of_its_routes_shape(
+    slow_server,
+):
+    hog = {"text": "Open", "beam_size": 1, "max_new_tokens": 40}
+    ask = {"model": "tiny-mt", "prompt": "Open", "max_tokens": 10, "stream": True}
+
+    async def streamed(path: str) -> list[str]:
+        async with httpx.AsyncClient(base_url=slow_server.url, timeout=60) as c:
+            first = asyncio.ensure_future(c.post("/v1/translate", json=hog))
+            await asyncio.sleep(0.1)  # first holds the only running slot for ≥ 0.4 s
+            slow_server.app.state.settings.request_timeout_s = 0.1
+            try:
+                r = await c.post(path, json=ask)
+            finally:
+                slow_server.app.state.settings.request_timeout_s = 60
+            assert (await first).status_code == 200
+            return [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+
+    *events, done = asyncio.run(streamed("/v1/completions"))
+    assert done == "[DONE]" and json.loads(events[-1])["error"]["type"]  # OpenAI's shape
+    *events, done = asyncio.run(streamed("/models/tiny-mt/v1/completions"))
+    assert done == "[DONE]" and json.loads(events[-1])["error_type"] == "timeout"  # TGI's there
+    wait_idle(slow_server, "tiny-mt")
+
+
 def test_cancelled_requests_count_their_tokens_a_beam_search_and_one_still_queued(slow_server):
     beam = {"text": "Open the file", "beam_size": 4, "max_new_tokens": 40}
     queued = {"text": "Save", "beam_size": 1, "max_new_tokens": 40}

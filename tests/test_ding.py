@@ -3,6 +3,8 @@ or placeholders, and a held-out set of whole lines that train never sees."""
 
 from pathlib import Path
 
+import pytest
+
 from model.ding import clean_sense, ding_pairs, is_held_out, is_sentence, line_pairs
 
 LINES = [
@@ -36,24 +38,49 @@ def test_unaligned_senses_keep_only_the_headword() -> None:
 
 def test_alternatives_and_apostrophes_are_normalised() -> None:
     assert clean_sense("She's trying to get/land/find a job.") == "She's trying to get a job."
-    assert clean_sense("ein verzweifelter / krampfhafter Versuch") == "ein verzweifelter Versuch"
-    assert clean_sense("km/h over TCP/IP (approx.)") == "km/h over TCP/IP"
     assert line_pairs("Er sucht Arbeit. :: He’s looking for work.\n") == [
         ("He's looking for work.", "Er sucht Arbeit.")
     ]
 
 
-def test_held_out_lines_give_test_sentences_whose_english_train_never_sees(tmp_path: Path) -> None:
+def test_annotations_go_before_synonyms_are_split() -> None:
+    assert clean_sense("to hear {heard; heard}; to learn") == "to hear"
+    assert clean_sense("dropout <drop-out> <drop out>") == "dropout"
+    assert clean_sense("estimated time of departure /ETD/") == "estimated time of departure"
+    assert clean_sense("zuzüglich /zzgl., zuzgl./") == "zuzüglich"
+
+
+@pytest.mark.parametrize(
+    "sense",
+    [
+        "ein verzweifelter / krampfhafter Versuch",
+        "She fails … 101.",
+        "behaviour /behavior",
+        "a/the",
+    ],
+)
+def test_senses_that_cannot_be_made_plain_text_are_dropped(sense: str) -> None:
+    assert clean_sense(sense) == ""
+
+
+def test_held_out_lines_give_test_sentences_that_train_never_sees(tmp_path: Path) -> None:
     lines = [
         f"Satz {i} | Das ist Satz Nummer {i}. :: sentence {i} | This is sentence number {i}.\n"
         for i in range(400)
-    ] + ["Gemeinsam | Das ist Satz Nummer 7. :: common | This is sentence number 7.\n"]
+    ]
+    held = next(i for i, line in enumerate(lines) if is_held_out(line))
+    # Another (kept) line repeats the held-out sentence, once in English and once in German
+    lines += [
+        f"Gemeinsam | Ein anderer Satz. :: common | This is sentence number {held}.\n",
+        f"Auch | Das ist Satz Nummer {held}. :: also | Yet another sentence here.\n",
+    ]
+    assert not any(is_held_out(line) for line in lines[-2:])
     path = tmp_path / "de-en"
     path.write_text("".join(lines), encoding="utf-8")
     train, test = ding_pairs(path)
     held_out = [line for line in lines if is_held_out(line)]
     assert 0 < len(held_out) < len(lines) / 10
-    assert test and all(is_sentence(p.en) for p in test)
-    assert len(test) == len(held_out)
+    assert len(test) == len(held_out) and all(is_sentence(p.en) for p in test)
     assert not {p.en for p in train} & {p.en for p in test}
-    assert len(train) + len(test) <= 2 * len(lines)
+    assert not {p.de for p in train} & {p.de for p in test}
+    assert ("common", "Gemeinsam") in [(p.en, p.de) for p in train]  # only the sentence goes

@@ -1,6 +1,7 @@
 """Training learns (the copy task of the Annotated Transformer, reversed) and resumes exactly."""
 
 import random
+import shutil
 
 import pytest
 import torch
@@ -107,15 +108,33 @@ def test_learning_rate_warms_up_linearly_then_decays_to_the_floor():
 def test_fine_tuning_starts_from_the_checkpoint_and_keeps_its_tokenizer(corpus, tmp_path):
     train(run_args(corpus, tmp_path / "first", "--max-steps", "20", "--eval-every", "10",
                    "--export", str(tmp_path / "first_model")))  # fmt: skip
-    # With a learning rate of 0 the fine-tuned weights are the checkpoint's, exactly.
-    train(run_args(corpus, tmp_path / "tuned", "--max-steps", "2", "--eval-every", "2", "--lr", "0",
-                   "--init", str(tmp_path / "first_model"), "--export", str(tmp_path / "tuned_model")))  # fmt: skip
+    # A corpus whose own tokenizer differs: fine-tuning must not read it.
+    other = tmp_path / "other_corpus"
+    shutil.copytree(corpus, other)
+    pairs = [line.split("\t") for line in (corpus / "train.tsv").read_text().splitlines()]
+    train_tokenizer([en for en, _, _ in pairs], vocab_size=280).save(str(other / "tokenizer.json"))
+    # With a learning rate of 0 the fine-tuned weights are the checkpoint's, exactly; a resumed
+    # run (without --init) goes on with the run's tokenizer.
+    tuned = ("--init", str(tmp_path / "first_model"), "--lr", "0", "--eval-every", "2")
+    train(run_args(other, tmp_path / "tuned", "--max-steps", "4", "--stop-at", "2", *tuned))
+    train(run_args(other, tmp_path / "tuned", "--max-steps", "4", "--resume", "--lr", "0",
+                   "--eval-every", "2", "--export", str(tmp_path / "tuned_model")))  # fmt: skip
     first, first_tokenizer = load_checkpoint(tmp_path / "first_model")
-    tuned, tuned_tokenizer = load_checkpoint(tmp_path / "tuned_model")
-    assert tuned.config == first.config
+    tuned_model, tuned_tokenizer = load_checkpoint(tmp_path / "tuned_model")
+    assert tuned_model.config == first.config
     for name, weight in first.state_dict().items():
-        assert torch.equal(weight, tuned.state_dict()[name]), name
+        assert torch.equal(weight, tuned_model.state_dict()[name]), name
     assert (tmp_path / "tuned_model" / "tokenizer.json").read_bytes() == (
         tmp_path / "first_model" / "tokenizer.json"
     ).read_bytes()
     assert tuned_tokenizer.split_special_tokens == first_tokenizer.split_special_tokens
+
+
+def test_fine_tuning_refuses_a_checkpoint_it_cannot_train(corpus, tmp_path):
+    train(run_args(corpus, tmp_path / "first", "--max-steps", "2", "--eval-every", "2",
+                   "--export", str(tmp_path / "model")))  # fmt: skip
+    init = ("--init", str(tmp_path / "model"), "--max-steps", "2")
+    with pytest.raises(SystemExit, match="not a decoder-only model"):
+        train(run_args(corpus, tmp_path / "lm", "--architecture", "decoder-only", *init))
+    with pytest.raises(SystemExit, match="--max-len"):
+        train(run_args(corpus, tmp_path / "long", "--max-len", "400", *init))

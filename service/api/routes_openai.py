@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from service.api.errors import SSE_RESPONSE, ApiError, documented_errors
+from service.api.errors import SSE_RESPONSE, ApiError, documented_errors, is_openai_route
 from service.api.generation import (
     Context,
     check_finished,
@@ -118,7 +118,10 @@ async def completions(body: CompletionRequest, request: Request):
     created = int(time.time())
     timeout_s = request.app.state.settings.request_timeout_s
     if body.stream:
-        events = _stream_events(streams, served, body, completion_id, created, timeout_s)
+        openai_errors = is_openai_route(request.url.path)  # not at a model's base URL
+        events = _stream_events(
+            streams, served, body, completion_id, created, timeout_s, openai_errors
+        )
         return StreamingResponse(
             with_keepalive(events, request.app.state.settings.keepalive_s),
             media_type="text/event-stream",
@@ -160,6 +163,7 @@ def _stream_events(
     completion_id: str,
     created: int,
     timeout_s: float | None,
+    openai_errors: bool,
 ) -> AsyncIterator[str]:
     """The choices' text as it comes; each chunk's logprobs list its tokens, at the offsets of
     the non-streamed response."""
@@ -179,4 +183,4 @@ def _stream_events(
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     head = {"id": completion_id, "object": "text_completion", "created": created,
             "model": served.model_id}  # fmt: skip
-    return stream_chunks(streams, head, choice, [], include_usage, body.n, timeout_s)
+    return stream_chunks(streams, head, choice, [], include_usage, body.n, timeout_s, openai_errors)
