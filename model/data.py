@@ -4,11 +4,12 @@
 
 Sources (all real human translations): the gettext catalogs of ~380 Debian packages
 (`model/corpus_packages.txt`) plus LibreOffice's, Debian's translated package descriptions
-(DDTP), and Python wheels that ship `.po` files; and, for everyday words and sentences, the Ding
-dictionary (`model/ding.py`). Writes `{train,valid,test}.tsv` (en, de, package), the
+(DDTP), and Python wheels that ship `.po` files; and, for everyday words and sentences, the
+Ding dictionary (`model/ding.py`). Writes `{train,valid,test}.tsv` (en, de, package), the
 dictionary's own training file `dictionary.tsv` and general-domain test sentences
-`test_general.tsv`, `manifest.json` (every source with version and sha256), `NOTICE.md`, `stats.json`,
-and the shared subword tokenizer `tokenizer.json`. Run once, never in CI (~1 GB download).
+`test_general.tsv`, `manifest.json` (every source with version and sha256), `NOTICE.md`,
+`stats.json`, and the shared subword tokenizer `tokenizer.json` (of train.tsv). Run once, never
+in CI (~1 GB download).
 """
 
 from __future__ import annotations
@@ -293,8 +294,8 @@ Debian bookworm binary packages (each package's licence is in its `/usr/share/do
 all are DFSG-free), Debian's translated package descriptions (DDTP, Debian's licence terms), and
 Python wheels on PyPI that ship German catalogs (each under its project's licence, named in the
 wheel's metadata). To those the Ding dictionary (Debian's `trans-de-en`, GPL-2+, (c) Frank
-Richter) adds words, phrases and example sentences (`dictionary.tsv`); `test_general.tsv` holds 1 in
-25 of its lines out. `manifest.json` lists every file with its version and sha256. The corpus itself
+Richter) adds words, phrases and example sentences (`dictionary.tsv`); `test_general.tsv` holds
+1 in 25 of its lines out. `manifest.json` lists every file with its version and sha256. The corpus itself
 is not redistributed: `python -m model.data` rebuilds it.
 """
 
