@@ -1,4 +1,7 @@
-"""OpenAI-compatible `POST /v1/completions` (with streaming) and `GET /v1/models`."""
+"""OpenAI-compatible `POST /v1/completions` (with streaming) and `GET /v1/models`.
+
+At a model's base URL (`/models/{id}/v1/completions`) the URL names the model and the errors
+are TGI's, as at the chat route there (routes_chat.py)."""
 
 from __future__ import annotations
 
