@@ -29,12 +29,42 @@ def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     return ids, torch.arange(length)[None, :] < lengths[:, None]
 
 
+def repeated_ngram_tokens(tokens: list[int], n: int) -> list[int]:
+    """The tokens that would end an n-gram already in `tokens` (`no_repeat_ngram_size` of
+    `generate()` and CTranslate2): those that followed an earlier occurrence of the last
+    n - 1 tokens. `tokens` is the whole decoder input: decoder start or prompt included."""
+    if n <= 0 or len(tokens) < n - 1:
+        return []
+    last = tuple(tokens[len(tokens) - n + 1 :])
+    return [
+        tokens[i + n - 1]
+        for i in range(len(tokens) - n + 1)
+        if tuple(tokens[i : i + n - 1]) == last
+    ]
+
+
+def ban_repeated_ngrams(scores: Tensor, sequences: list[list[int]], n: int) -> Tensor:
+    """`scores` (rows, V) with -inf for each row's `repeated_ngram_tokens` (a copy if any)."""
+    banned = [
+        (row, token) for row, seq in enumerate(sequences) for token in repeated_ngram_tokens(seq, n)
+    ]
+    if not banned:
+        return scores
+    rows, tokens = zip(*banned, strict=True)
+    scores = scores.clone()
+    scores[list(rows), list(tokens)] = float("-inf")
+    return scores
+
+
 @torch.inference_mode()
-def greedy_reference(model: Transformer, input_ids: list[int], max_new_tokens: int) -> list[int]:
+def greedy_reference(
+    model: Transformer, input_ids: list[int], max_new_tokens: int, no_repeat_ngram_size: int = 0
+) -> list[int]:
     """One sequence, no cache, no batching: recompute everything for each new token.
 
     Encoder-decoder: `input_ids` is the source; decoder-only: the prompt. Returns the new tokens
-    (ending with EOS unless `max_new_tokens` was reached).
+    (ending with EOS unless `max_new_tokens` was reached). `no_repeat_ngram_size` n > 0: no
+    n-gram of the decoder's input occurs twice.
     """
     config = model.config
     device = model.embed.tokens.weight.device
@@ -47,7 +77,8 @@ def greedy_reference(model: Transformer, input_ids: list[int], max_new_tokens: i
     new_tokens: list[int] = []
     for _ in range(max_new_tokens):
         logits = model.decode(torch.tensor([tokens], device=device), memory, last_only=True)
-        next_id = int(logits[0, -1].argmax())
+        logits = ban_repeated_ngrams(logits[:, -1], [tokens], no_repeat_ngram_size)
+        next_id = int(logits[0].argmax())
         new_tokens.append(next_id)
         tokens.append(next_id)
         if next_id == config.eos_token_id:
@@ -190,10 +221,12 @@ def beam_search_batch(
     max_new_tokens: int = 128,
     length_penalty: float = 1.0,
     num_hypotheses: int = 1,
+    no_repeat_ngram_size: int = 0,
 ) -> list[list[Hypothesis]]:
     """Encoder-decoder beam search over a batch: B sources × K beams as rows of one cached batch.
 
-    Returns the n-best hypotheses of each source, best first (see `BeamSearch`).
+    Returns the n-best hypotheses of each source, best first (see `BeamSearch`);
+    `no_repeat_ngram_size` as in `greedy_reference`.
     """
     config = model.config
     device = model.embed.tokens.weight.device
@@ -211,7 +244,9 @@ def beam_search_batch(
         for b, search in enumerate(searches):
             parents: list[int] = []
             if not search.is_done:
-                parents = search.advance(logprobs[b * K : b * K + len(search.scores)])
+                live = logprobs[b * K : b * K + len(search.scores)]
+                sequences = [[config.decoder_start_token_id, *ids] for ids in search.tokens]
+                parents = search.advance(ban_repeated_ngrams(live, sequences, no_repeat_ngram_size))
             padding = K - len(parents)  # rows of finished beams: kept valid, never read
             rows += [b * K + p for p in parents] + [b * K] * padding
             tokens += [ids[-1] for ids in search.tokens[: len(parents)]]

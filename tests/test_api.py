@@ -225,6 +225,22 @@ def test_streamed_translation_concatenates_to_the_non_streamed_text(client):
     )
 
 
+def test_no_repeat_ngram_size_bans_repeated_ngrams_of_a_translation(client):
+    body = {"text": "Save the document as PDF", "max_new_tokens": 30}
+    for beam_size in (1, 4):  # the random model repeats itself without the ban
+        plain = client.post("/v1/translate", json=body | {"beam_size": beam_size}).json()
+        r = client.post(
+            "/v1/translate", json=body | {"beam_size": beam_size, "no_repeat_ngram_size": 1}
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["translations"][0]["text"] != plain["translations"][0]["text"]
+    events = sse_data(
+        client.post("/v1/translate", json=body | {"stream": True, "no_repeat_ngram_size": 1})
+    )
+    ids = [event["token"]["id"] for event in events[:-2]]
+    assert len(ids) > 5 and len(set(ids)) == len(ids)  # no token twice
+
+
 def test_alignments_show_where_each_target_token_looked(server, client):
     body = {"text": ["Open the file", "Save the document as PDF"], "return_alignments": True}
     response = client.post("/v1/translate", json=body).json()
@@ -273,6 +289,7 @@ def test_alignments_show_where_each_target_token_looked(server, client):
         ({"txt": "hi"}, "text"),
         ({"text": "hi", "beam_size": "4"}, "beam_size"),  # types are strict, as TGI's
         ({"text": "hi", "return_scores": "yes"}, "return_scores"),
+        ({"text": "hi", "no_repeat_ngram_size": -1}, "no_repeat_ngram_size"),
     ],
 )
 def test_bad_translation_requests_get_422_naming_the_field(client, body, field):

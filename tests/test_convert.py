@@ -223,6 +223,37 @@ def test_marian_greedy_and_beam_search_equal_generate(marian_dir, converted):
 
 
 @torch.inference_mode()
+def test_marian_no_repeat_ngram_size_equals_generate(marian_dir, converted):
+    """`no_repeat_ngram_size` gives `generate()`'s tokens, greedy and beam 4, in the engine too."""
+    theirs = hf_marian(marian_dir)
+    model, tokenizer = load_checkpoint(converted["marian"])
+    sources = marian_ids(marian_dir)
+    engine = LLMEngine(model, tokenizer, EngineConfig(block_size=4))
+    common = dict(max_new_tokens=MAX_NEW, do_sample=False, forced_eos_token_id=None)
+    for beams in (1, 4):
+        expected = [
+            hf_new_tokens(
+                theirs.generate(torch.tensor([s]), num_beams=beams, no_repeat_ngram_size=2, **common)[0],
+                1, 0, model.config.pad_token_id,
+            )
+            for s in sources
+        ]  # fmt: skip
+        plain = [
+            hf_new_tokens(theirs.generate(torch.tensor([s]), num_beams=beams, **common)[0], 1, 0, model.config.pad_token_id)
+            for s in sources
+        ]  # fmt: skip
+        assert expected != plain, "no repeated bigram to ban: the test would prove nothing"
+        params = SamplingParams(max_new_tokens=MAX_NEW, beam_size=beams, no_repeat_ngram_size=2)
+        assert [o.token_ids for o in engine.generate(sources, params)] == expected
+        if beams == 1:
+            ours = [greedy_reference(model, s, MAX_NEW, no_repeat_ngram_size=2) for s in sources]
+        else:
+            hyps = beam_search_batch(model, sources, 4, MAX_NEW, no_repeat_ngram_size=2)
+            ours = [h[0].token_ids for h in hyps]
+        assert ours == expected
+
+
+@torch.inference_mode()
 def test_gpt2_greedy_equals_generate_alone_and_batched(gpt2_dir, converted):
     theirs = GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
     model, tokenizer = load_checkpoint(converted["gpt2"])

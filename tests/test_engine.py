@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from model.decoding import BeamSearch, beam_search_batch, greedy_reference
+from model.decoding import BeamSearch, beam_search_batch, greedy_reference, repeated_ngram_tokens
 from model.paged import PagedKVCache
 from model.tokenizer import Tokenizer, train_tokenizer
 from service.engine import (
@@ -200,6 +200,63 @@ def test_greedy_with_presence_and_frequency_penalties_equals_a_reference_loop(to
     assert output.token_ids == tokens[len(prompt) :]
     (plain,) = engine.generate([prompt], dataclasses.replace(params, frequency_penalty=0.0))
     assert plain.token_ids != output.token_ids  # the penalties did change the output
+    assert_cache_empty(engine)
+
+
+def has_repeated_ngram(tokens: list[int], n: int) -> bool:
+    ngrams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(ngrams)) < len(ngrams)
+
+
+def test_repeated_ngram_tokens_are_those_that_followed_the_last_n_minus_1():
+    assert repeated_ngram_tokens([1, 5, 6, 5], 2) == [6]  # "5 6" is there: 6 may not follow 5
+    assert repeated_ngram_tokens([5, 6, 7, 5, 6], 3) == [7]
+    assert repeated_ngram_tokens([5, 6, 5, 7, 5], 2) == [6, 7]
+    assert repeated_ngram_tokens([5, 5], 1) == [5, 5]  # n = 1: no token twice
+    assert repeated_ngram_tokens([5, 6, 7], 2) == [] and repeated_ngram_tokens([5], 3) == []
+    assert repeated_ngram_tokens([5, 6, 5], 0) == []
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_no_repeat_ngram_size_equals_the_reference_decoder_batched_and_joined(
+    tokenizer, architecture
+):
+    engine = make_engine(tokenizer, architecture)
+    inputs = prompts(tokenizer, 6, seed=3)
+    params = SamplingParams(max_new_tokens=24, no_repeat_ngram_size=2)
+    expected = [greedy_reference(engine.model, ids, 24, no_repeat_ngram_size=2) for ids in inputs]
+    assert [o.token_ids for o in engine.generate(inputs, params)] == expected
+    first = engine.add_request(inputs[0], params)
+    engine.step()
+    late = engine.add_request(inputs[1], params)
+    done: dict[str, list[int]] = {}
+    while engine.has_unfinished:
+        done |= {o.request_id: o.token_ids for o in engine.step() if o.finished}
+    assert [done[first.request_id], done[late.request_id]] == expected[:2]
+    for ids, tokens in zip(inputs, expected, strict=True):  # decoder start or prompt included
+        context = [engine.model.config.decoder_start_token_id] if engine.is_encoder_decoder else ids
+        assert not has_repeated_ngram(context + tokens, 2)
+    plain = engine.generate(inputs, dataclasses.replace(params, no_repeat_ngram_size=0))
+    assert any(has_repeated_ngram(o.token_ids, 2) for o in plain)  # a random model repeats
+    assert_cache_empty(engine)
+
+
+@torch.inference_mode()
+def test_no_repeat_ngram_size_in_beam_search_equals_beam_search_alone(tokenizer):
+    engine = make_engine(tokenizer, "encoder-decoder")
+    sources = prompts(tokenizer, 6, seed=5)
+    params = SamplingParams(
+        max_new_tokens=20, beam_size=4, num_hypotheses=2, no_repeat_ngram_size=2
+    )
+    outputs = engine.generate(sources, params)
+    expected = beam_search_batch(engine.model, sources, 4, 20, 1.0, 2, no_repeat_ngram_size=2)
+    assert [[h.token_ids for h in o.hypotheses] for o in outputs] == [
+        [h.token_ids for h in hyps] for hyps in expected
+    ]
+    assert not any(has_repeated_ngram(o.token_ids, 2) for o in outputs)
+    plain = beam_search_batch(engine.model, sources, 4, 20, 1.0, 2)
+    assert any(has_repeated_ngram(hyps[0].token_ids, 2) for hyps in plain)
     assert_cache_empty(engine)
 
 

@@ -42,6 +42,7 @@ def sampling_params(
         temperature=body.temperature,
         top_k=body.top_k,
         top_p=body.top_p,
+        no_repeat_ngram_size=body.no_repeat_ngram_size,
         seed=body.seed,
         beam_size=body.beam_size,
         length_penalty=body.length_penalty,

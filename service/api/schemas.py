@@ -159,6 +159,7 @@ class TranslateRequest(Body):
     temperature: float = Field(0.0, ge=0.0, le=10.0)
     top_k: int = Field(0, ge=0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    no_repeat_ngram_size: int = Field(0, ge=0)  # n > 0: no n-gram occurs twice in a translation
     seed: Seed | None = None
     return_scores: bool = False
     return_alignments: bool = False  # each translation's cross-attention over the source

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from model.checkpoint import load_checkpoint
 from model.cpu_kernels import can_prepack, prepacked, quantized
+from model.decoding import ban_repeated_ngrams
 from model.paged import PagedKVCache
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
@@ -313,6 +314,9 @@ class LLMEngine:
     def _advance_beams(self, request: Request, logprobs: torch.Tensor) -> RequestOutput:
         search = request.beam_search
         assert search is not None
+        if request.params.no_repeat_ngram_size:
+            sequences = [beam.tokens for beam in request.beams]
+            logprobs = ban_repeated_ngrams(logprobs, sequences, request.params.no_repeat_ngram_size)
         parents = search.advance(logprobs)
         old_beams = request.beams
         request.beams = [

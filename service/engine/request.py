@@ -32,6 +32,7 @@ class SamplingParams:
     )
     presence_penalty: float = 0.0  # OpenAI's: subtracted once from every generated token's logit
     frequency_penalty: float = 0.0  # and this, once per time it was generated
+    no_repeat_ngram_size: int = 0  # n > 0: no n-gram occurs twice (greedy, sampling and beams)
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit) pairs
     seed: int | None = None  # sampling is reproducible per request, whatever else is in the batch
     num_top_logprobs: int = 0  # also report the most likely tokens of each step (not for beams)
@@ -65,6 +66,7 @@ class SamplingParams:
             "repetition_penalty": 0.0 < self.repetition_penalty < math.inf,
             "presence_penalty": math.isfinite(self.presence_penalty),
             "frequency_penalty": math.isfinite(self.frequency_penalty),
+            "no_repeat_ngram_size": self.no_repeat_ngram_size >= 0,
             "logit_bias": all(i >= 0 and math.isfinite(b) for i, b in self.logit_bias),
             "num_top_logprobs": self.num_top_logprobs >= 0,
             "stop": all(self.stop),

@@ -1,12 +1,13 @@
 """Next-token choice per request: greedy, or temperature / top-k / top-p / typical sampling with a
-per-request generator, after the penalties (repetition; presence and frequency), the logit
-bias and the min-tokens mask."""
+per-request generator, after the penalties (repetition; presence and frequency), the banned
+repeated n-grams, the logit bias and the min-tokens mask."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from model.decoding import ban_repeated_ngrams
 from service.engine.request import Request
 
 
@@ -17,14 +18,15 @@ def has_penalties(request: Request) -> bool:
         params.repetition_penalty != 1.0
         or params.presence_penalty != 0.0
         or params.frequency_penalty != 0.0
+        or params.no_repeat_ngram_size > 0
         or bool(params.logit_bias)
         or request.num_output_tokens < params.min_new_tokens
     )
 
 
 def apply_penalties(logits: Tensor, request: Request, eos_id: int) -> Tensor:
-    """Logits (V,) of one request's next token after the penalties, the logit bias and
-    min_new_tokens.
+    """Logits (V,) of one request's next token after the penalties, the banned n-grams, the
+    logit bias and min_new_tokens.
 
     Repetition penalty (CTRL, as TGI and `generate()`): over every token so far, prompt
     included. Presence and frequency penalties (OpenAI's, as vLLM): over the generated tokens,
@@ -44,6 +46,8 @@ def apply_penalties(logits: Tensor, request: Request, eos_id: int) -> Tensor:
         ids, counts = torch.tensor(generated, device=logits.device).unique(return_counts=True)
         logits = logits.clone()
         logits[ids] -= params.frequency_penalty * counts + params.presence_penalty
+    if params.no_repeat_ngram_size:
+        logits = ban_repeated_ngrams(logits[None], [tokens], params.no_repeat_ngram_size)[0]
     if params.logit_bias:
         ids, bias = zip(*params.logit_bias, strict=True)
         logits = logits.clone()
