@@ -98,6 +98,40 @@ class Tokenizer:
     def decode_batch(self, batch: list[list[int]]) -> list[str]:
         return self.hf.decode_batch(batch, skip_special_tokens=True)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The UTF-8 bytes one token adds to the text: a piece of a character for a byte-level
+        token that holds one (where `decode` gives "\ufffd"); nothing for a special token.
+        Tokenizers that are not byte-level give their token's decoded text."""
+        token = self.hf.id_to_token(token_id)
+        if token is None or token_id in self._special_ids:
+            return b""
+        if type(self.hf.decoder).__name__ == "ByteLevel":
+            return bytes(_BYTE_OF_CHAR[c] for c in token if c in _BYTE_OF_CHAR)
+        return self.decode([token_id]).encode()
+
+    @property
+    def _special_ids(self) -> set[int]:
+        return {self.pad_id, self.bos_id, self.eos_id} | {
+            i for i, t in self.hf.get_added_tokens_decoder().items() if t.special
+        }
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in of each byte (GPT-2's `bytes_to_unicode`) → the byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[chr(byte)] = byte
+        else:
+            chars[chr(256 + extra)] = byte
+            extra += 1
+    return chars
+
+
+_BYTE_OF_CHAR = _byte_level_alphabet()
+
 
 def read_split_special_tokens(directory: Path) -> bool:
     """`split_special_tokens` from a model directory's tokenizer_config.json (False if none)."""

@@ -17,6 +17,7 @@ from huggingface_hub import InferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.api import routes_chat, routes_openai
 from service.api.errors import ApiError
 from service.api.generation import Context, start
 from service.api.settings import Settings
@@ -821,6 +822,21 @@ def test_openai_logprobs_list_the_top_tokens_and_streamed_offsets_run_on(server)
     ]
     offsets = [o for lp in streamed if lp is not None for o in lp.text_offset]
     assert offsets == logprobs.text_offset
+
+
+def test_logprobs_of_tokens_that_split_a_character(server):
+    """A token that holds a piece of a character: chat's `bytes` are its own bytes (joined,
+    they rebuild the text), and completions' `text_offset` counts only whole characters."""
+    served = SimpleNamespace(llm=server.engine("tiny-mt"))
+    text = "Größe 🎉 ändern"
+    ids = served.llm.tokenizer.encode(text)
+    assert any(served.llm.tokenizer.decode([i]) == "\ufffd" for i in ids)  # a split character
+    chat = routes_chat._logprobs(served, ids, [-1.0] * len(ids), [], 0)["content"]
+    assert bytes(b for entry in chat for b in entry["bytes"]) == text.encode()
+    completion, end = routes_openai._logprobs(served, ids, [-1.0] * len(ids), [], 5)
+    pieces = [served.llm.tokenizer.token_bytes(i) for i in ids]
+    whole = [len(b"".join(pieces[:i]).decode("utf-8", "ignore")) for i in range(len(ids) + 1)]
+    assert completion["text_offset"] == [5 + n for n in whole[:-1]] and end == 5 + len(text)
 
 
 def test_openai_streamed_logprobs_keep_tokens_whose_text_was_held_back(server):

@@ -28,6 +28,17 @@ def test_any_text_round_trips_exactly(tokenizer, text):
     assert tokenizer.decode(tokenizer.encode(text)) == text
 
 
+@pytest.mark.parametrize("text", TEXTS)
+def test_token_bytes_add_up_to_the_text_pieces_of_characters_included(tokenizer, text):
+    ids = tokenizer.encode(text)
+    pieces = [tokenizer.token_bytes(i) for i in ids]
+    assert b"".join(pieces) == text.encode()
+    if "🎉" in text:  # the vocabulary has not seen it: its bytes are tokens of their own
+        assert any(tokenizer.decode([i]) == "\ufffd" for i in ids)
+    specials = (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
+    assert [tokenizer.token_bytes(i) for i in specials] == [b"", b"", b""]
+
+
 def test_special_tokens_have_fixed_ids_and_are_skipped_when_decoding(tokenizer):
     assert (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id) == (0, 1, 2)
     ids = tokenizer.encode("Datei öffnen")

@@ -80,13 +80,13 @@ def _logprobs(
     num_top: int,
 ) -> dict:
     """Chat's `logprobs` of these tokens: each one's, with the `num_top` likeliest of its step.
-    A token is its text; its `bytes` are that text's UTF-8 (a piece of a character reads
-    "\ufffd", as vLLM's)."""
-    decode = served.llm.tokenizer.decode
+    A token is its text (a piece of a character reads "\ufffd", as vLLM's); its `bytes` are
+    the UTF-8 bytes it adds, so that joining them rebuilds characters split across tokens."""
+    tokenizer = served.llm.tokenizer
 
     def entry(token_id: int, logprob: float) -> dict:
-        text = decode([token_id])
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+        text = tokenizer.decode([token_id])
+        return {"token": text, "logprob": logprob, "bytes": list(tokenizer.token_bytes(token_id))}
 
     content = []
     for n, (token_id, logprob) in enumerate(zip(ids, logprobs, strict=True)):

@@ -5,6 +5,7 @@ are TGI's, as at the chat route there (routes_chat.py)."""
 
 from __future__ import annotations
 
+import codecs
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -77,22 +78,25 @@ def _logprobs(
     logprobs: list[float],
     top: list[dict[int, float]],
     offset: int = 0,
-) -> dict:
+) -> tuple[dict, int]:
     """OpenAI's `logprobs` of these tokens: each one's, the most likely tokens of each step
-    (`top`, the chosen one included) and where each starts in the text (from `offset`)."""
+    (`top`, the chosen one included) and where each starts in the text (from `offset`); and
+    the offset after the last. A token that holds a piece of a character reads "\ufffd" (as
+    vLLM's); it moves the offset on only by the characters it completes."""
     tokenizer = served.llm.tokenizer
-    tokens = [tokenizer.decode([i]) for i in token_ids]
     top = top or [{i: lp} for i, lp in zip(token_ids, logprobs, strict=True)]  # logprobs=0
+    characters = codecs.getincrementaldecoder("utf-8")("replace")  # holds a partial character
     offsets = []
-    for token in tokens:
+    for token_id in token_ids:
         offsets.append(offset)
-        offset += len(token)
-    return {
-        "tokens": tokens,
+        offset += len(characters.decode(tokenizer.token_bytes(token_id)))
+    entry = {
+        "tokens": [tokenizer.decode([i]) for i in token_ids],
         "token_logprobs": logprobs,
         "top_logprobs": [_by_text(tokenizer, step) for step in top],
         "text_offset": offsets,
     }
+    return entry, offset
 
 
 def _by_text(tokenizer, step: dict[int, float]) -> dict[str, float]:
@@ -136,7 +140,7 @@ async def completions(body: CompletionRequest, request: Request):
             "index": k,
             "logprobs": None
             if body.logprobs is None
-            else _logprobs(served, o.token_ids, o.logprobs, o.top_logprobs),
+            else _logprobs(served, o.token_ids, o.logprobs, o.top_logprobs)[0],
             "finish_reason": finish_reason(o),
         }
         for k, o in enumerate(outputs)
@@ -174,8 +178,9 @@ def _stream_events(
     def choice(k: int, output: RequestOutput, held: Unsent) -> dict:
         logprobs = None
         if body.logprobs is not None and held.ids:
-            logprobs = _logprobs(served, held.ids, held.logprobs, held.top, held.text_offset)
-            held.text_offset = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
+            logprobs, held.text_offset = _logprobs(
+                served, held.ids, held.logprobs, held.top, held.text_offset
+            )
         return {
             "text": output.text_delta,
             "index": k,
