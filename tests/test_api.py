@@ -243,15 +243,19 @@ def test_no_repeat_ngram_size_bans_repeated_ngrams_of_a_translation(client):
 
 
 def test_alignments_show_where_each_target_token_looked(server, client):
-    body = {"text": ["Open the file", "Save the document as PDF"], "return_alignments": True}
+    body = {"text": ["Open the file", "Größe 🎉 ändern"], "return_alignments": True}
     response = client.post("/v1/translate", json=body).json()
     engine = server.engine("tiny-mt")
+    assert "\ufffd" in [engine.tokenizer.decode([i]) for i in engine.input_ids(body["text"][1])]
     targets = [t["alignments"]["target_tokens"] for t in response["translations"]]
     assert sum(map(len, targets)) == response["usage"]["output_tokens"]  # one row per token
     for text, translation in zip(body["text"], response["translations"], strict=True):
         alignments = translation["alignments"]
         src = engine.input_ids(text)
-        assert alignments["source_tokens"] == [engine.tokenizer.decode([i]) or "</s>" for i in src]
+        # a character split over tokens (🎉 is) is on its last piece: the labels spell the text
+        assert len(alignments["source_tokens"]) == len(src)
+        assert "".join(alignments["source_tokens"]) == text + "</s>"
+        assert "".join(alignments["target_tokens"]).removesuffix("</s>") == translation["text"]
         weights = alignments["weights"]
         assert len(weights) == len(alignments["target_tokens"])
         assert all(len(row) == len(src) and abs(sum(row) - 1) < 1e-3 for row in weights)
@@ -284,6 +288,7 @@ def test_alignments_show_where_each_target_token_looked(server, client):
         ({"text": ["Open", "word " * 200]}, "text[1]"),  # which text of the batch
         ({"text": " \t\n"}, "text"),  # nothing to translate
         ({"text": ["Open", " "]}, "item 1"),
+        ({"text": "\u200b \ufeff\u200b"}, "text: is only whitespace"),  # zero-width, BOM
         ({"text": ["Open", "", "Save"]}, "text: item 1 must be a non-empty string"),
         ({"text": ["Open", None]}, "text: item 1 must be a non-empty string, not None"),
         ({"text": "hi", "colour": "red"}, "colour"),
@@ -514,6 +519,31 @@ def test_tgi_details_tokens_are_the_streams_tokens_and_add_up_to_the_text(client
                     unstopped = tokens
                 else:  # the last token also takes what is left (a split character, rendered)
                     assert tokens[:-1] == unstopped[: len(tokens) - 1]
+
+
+def test_tgi_eos_token_is_its_own_string_and_left_out_of_generated_text(models):
+    """As TGI's: a special token's text is its string ("</s>"), which generated_text leaves out."""
+    with ServerThread(settings(models)) as running:
+        runner = running.engine("tiny-lm").runner
+        eos = running.engine("tiny-lm").model_config.eos_token_id
+        decode = runner.decode
+
+        def eos_next(requests):  # every decode step says EOS: the second token ends the text
+            logits = [t.clone() for t in decode(requests)]
+            for t in logits:
+                t[:, eos] = 1e4
+            return logits
+
+        runner.decode = eos_next
+        body = {"model": "tiny-lm", "inputs": "Open", "parameters": {"details": True}}
+        result = httpx.post(f"{running.url}/generate", json=body).json()
+        streamed = sse_data(httpx.post(f"{running.url}/generate_stream", json=body))
+    tokens = result["details"]["tokens"]
+    assert result["details"]["finish_reason"] == "eos_token" and len(tokens) == 2
+    assert tokens[-1] | {"logprob": 0} == {"id": eos, "text": "</s>", "logprob": 0, "special": True}
+    assert tokens[0]["text"] == result["generated_text"] and not tokens[0]["special"]
+    assert [e["token"] for e in streamed] == tokens
+    assert streamed[-1]["generated_text"] == result["generated_text"]
 
 
 def test_huggingface_hub_translation_gets_the_translation(server, client):

@@ -132,27 +132,44 @@ def _sequence_tokens(served: ServedModel, output: RequestOutput) -> list[dict]:
     """`details.tokens`, each with its text as the stream gives it (`_token_text`)."""
     detokenizer = IncrementalDetokenizer(served.llm.tokenizer)
     last = len(output.token_ids) - 1
-    texts = [_token_text(detokenizer, i, n == last) for n, i in enumerate(output.token_ids)]
+    texts = [_token_text(served, detokenizer, i, n == last) for n, i in enumerate(output.token_ids)]
     tokens = _tokens(served, output.token_ids, output.logprobs)
     for token, text in zip(tokens, texts, strict=True):
         token["text"] = text
     return tokens
 
 
-def _token_text(detokenizer: IncrementalDetokenizer, token_id: int, is_last: bool) -> str:
+def _token_text(
+    served: ServedModel, detokenizer: IncrementalDetokenizer, token_id: int, is_last: bool
+) -> str:
     """A token's own text, as TGI gives it: a character split over byte-level tokens comes
     whole with its last token (a lone token's decoding would be "\ufffd"), and the last token
-    takes what is left. Text that may begin a stop string is not held back, unlike the engine's
-    text: TGI's tokens are the tokens, and `generated_text` keeps the stop sequence, so the
-    texts still add up to it."""
+    takes what is left; a special token is its own string ("</s>"), which `generated_text`
+    leaves out. Text that may begin a stop string is not held back, unlike the engine's text:
+    TGI's tokens are the tokens, and `generated_text` keeps the stop sequence, so the texts of
+    the tokens that are not special add up to it."""
     text = detokenizer.add([token_id])
-    return text + detokenizer.finish() if is_last else text
+    if is_last:
+        text += detokenizer.finish()
+    return text + _special_text(served, token_id)
+
+
+def _special_text(served: ServedModel, token_id: int) -> str:
+    """A special token's own string, as TGI's token texts have it; "" for any other."""
+    if token_id not in served.special_ids:
+        return ""
+    return served.llm.tokenizer.hf.id_to_token(token_id) or ""
 
 
 def _tokens(served: ServedModel, ids: list[int], logprobs: list[float]) -> list[dict]:
     tokenizer = served.llm.tokenizer
     return [
-        {"id": i, "text": tokenizer.decode([i]), "logprob": lp, "special": i in served.special_ids}
+        {
+            "id": i,
+            "text": tokenizer.decode([i]) + _special_text(served, i),
+            "logprob": lp,
+            "special": i in served.special_ids,
+        }
         for i, lp in zip(ids, logprobs, strict=False)
     ]
 
@@ -298,12 +315,15 @@ async def _stream_events(
             if output.finished:
                 check_finished(output, params.timeout_s)
             # A request that ends without a new token (its deadline passed between two steps)
-            # still needs a last event to carry generated_text: an empty special token, as EOS.
+            # still needs a last event to carry generated_text: EOS's id, marked special, with
+            # no text (it was not generated).
             token_ids = output.new_token_ids or ([] if not output.finished else [served.eos_id])
             for n, token_id in enumerate(token_ids):
                 index += 1
                 is_last = output.finished and n == len(token_ids) - 1
-                text = _token_text(detokenizer, token_id, is_last)
+                text = _token_text(served, detokenizer, token_id, is_last)
+                if not output.new_token_ids:
+                    text = detokenizer.finish()
                 event: dict = {
                     "index": index,
                     "token": {

@@ -25,6 +25,7 @@ from service.api.generation import (
 from service.api.registry import ServedModel
 from service.api.schemas import TranslateRequest
 from service.engine import RequestOutput, SamplingParams
+from service.engine.detokenizer import IncrementalDetokenizer
 
 router = APIRouter(responses=documented_errors(openai=False))
 
@@ -118,7 +119,15 @@ async def alignment(served: ServedModel, text: str, output: RequestOutput) -> di
     tokenizer = served.llm.tokenizer
 
     def pieces(ids: list[int]) -> list[str]:
-        return [tokenizer.decode([i]) or (tokenizer.hf.id_to_token(i) or "") for i in ids]
+        """Each token's text: a character split over several tokens on its last piece (the
+        earlier ones ""), a special token its own string ("</s>")."""
+        detokenizer = IncrementalDetokenizer(tokenizer)
+        texts = [detokenizer.add([i]) for i in ids]
+        texts[-1] += detokenizer.finish()
+        return [
+            tokenizer.hf.id_to_token(i) or "" if i in served.special_ids else text
+            for i, text in zip(ids, texts, strict=True)
+        ]
 
     return {
         "source_tokens": pieces(src),

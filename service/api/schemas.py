@@ -50,6 +50,11 @@ MAX_BATCH = 64  # texts or prompts in one request
 Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
 
 
+# Invisible characters that `str.strip` keeps: zero-width space, non-joiner and joiner, word
+# joiner, byte order mark.
+INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
+
+
 class FieldError(ValueError):
     """A check across fields that blames one of them (the error's `param`)."""
 
@@ -169,10 +174,11 @@ class TranslateRequest(Body):
     @field_validator("text")
     @classmethod
     def _has_words(cls, text: str | list[str]) -> str | list[str]:
-        """Whitespace alone has nothing to translate (the model would make something up)."""
+        """Whitespace alone (zero-width spaces and the byte order mark too) has nothing to
+        translate: the model would make something up."""
         texts = [text] if isinstance(text, str) else text
         for index, item in enumerate(texts):
-            if not item.strip():
+            if all(c.isspace() or c in INVISIBLE for c in item):
                 where = "" if isinstance(text, str) else f"item {index} "
                 raise ValueError(f"{where}is only whitespace: there is nothing to translate")
         return text
