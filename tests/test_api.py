@@ -341,6 +341,12 @@ def test_bad_completions_get_400_with_the_field_as_param(client, body, param):
 def test_a_bad_prompt_of_a_list_is_named_by_its_index(client):
     r = client.post("/v1/completions", json={"model": "tiny-lm", "prompt": ["Open", ""]})
     assert r.json()["error"]["message"] == "prompt: item 1 must be a non-empty string, not ''"
+    r = client.post("/v1/completions", json={"model": "tiny-lm", "prompt": [[5, 6], []]})
+    message = "prompt: item 1 must be a non-empty list of token ids (integers ≥ 0)"
+    assert r.json()["error"]["message"] == message
+    r = client.post("/v1/completions", json={"model": "tiny-lm", "prompt": [5, -1]})
+    message = "prompt: token 1 must be a token id (an integer ≥ 0), not -1"
+    assert r.json()["error"]["message"] == message
 
 
 @pytest.mark.parametrize(
@@ -443,9 +449,15 @@ def test_null_means_the_default_as_openai_and_tgi_servers_take_it(server, client
 
 
 def test_a_body_that_is_not_json_says_so(client):
-    r = client.post("/v1/translate", content=b"text=hi")  # curl -d's default content type
+    form = {"content-type": "application/x-www-form-urlencoded"}  # curl -d's default
+    r = client.post("/v1/translate", content=b'{"text": "hi"}', headers=form)
     assert r.status_code == 422
     assert "Content-Type: application/json" in r.json()["error"]
+    # No Content-Type at all (`requests.post(url, data=json.dumps(body))`): read as JSON
+    r = client.post("/v1/translate", content=b'{"text": "hi"}')
+    assert "content-type" not in r.request.headers and r.status_code == 200, r.text
+    r = client.post("/v1/translate", content=b"text=hi")
+    assert r.status_code == 422 and "not valid JSON" in r.json()["error"]
 
 
 def test_malformed_json_and_oversized_bodies(client):
@@ -719,6 +731,17 @@ def test_openai_completions_plain_and_streamed(server):
         chunks[-1].usage is not None
         and chunks[-1].usage.completion_tokens == done.usage.completion_tokens
     )
+    raw = {"model": "tiny-lm", "prompt": "Open", "max_tokens": 10, "stream": True}
+    with_usage = raw | {"stream_options": {"include_usage": True}}
+    *events, last, done_event = sse_data(
+        httpx.post(f"{server.url}/v1/completions", json=with_usage)
+    )
+    assert done_event == "[DONE]" and last["usage"] and not last["choices"]
+    assert all(
+        "usage" in e and e["usage"] is None for e in events
+    )  # null until the last, as OpenAI's
+    plain = sse_data(httpx.post(f"{server.url}/v1/completions", json=raw))[:-1]
+    assert not any("usage" in e for e in plain)
     several = client.completions.create(
         model="tiny-lm", prompt=["Open", "Save"], max_tokens=5, n=2, seed=1, logprobs=1
     )
@@ -730,6 +753,7 @@ def test_openai_completions_plain_and_streamed(server):
     at_model = openai.OpenAI(base_url=f"{server.url}/models/tiny-lm/v1", api_key="unused")
     there = at_model.completions.create(model="x", prompt="Open", max_tokens=10, temperature=0)
     assert there.model == "tiny-lm" and there.choices[0].text == text
+    assert [card.id for card in at_model.models.list()] == ["tiny-lm"]
     with pytest.raises(openai.UnprocessableEntityError) as refused:  # TGI's shape, as TGI there
         at_model.completions.create(model="x", prompt="Open", max_tokens=10, temperature=-1)
     assert refused.value.response.json()["error_type"] == "validation"
@@ -801,6 +825,10 @@ def test_openai_chat_completions_translate_the_users_last_message(server, client
         ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"tool_choice": 5}, "tool_choice"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"function_call": {"name": "f"}}, "functions"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"max_tokens": 2, "max_completion_tokens": 3}, "max_completion_tokens"),

@@ -76,6 +76,9 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
         lifespan=lifespan,
         docs_url=None,  # served below, with local assets
         redoc_url=None,
+        # A body without a Content-Type is read as JSON (`requests.post(url, data=json.dumps(..))`),
+        # as older FastAPI versions did; another content type is refused.
+        strict_content_type=False,
     )
     app.state.settings = settings
     app.state.metrics = metrics

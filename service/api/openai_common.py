@@ -99,7 +99,8 @@ async def stream_chunks(
     """
 
     def chunk(choices: list[dict], usage: dict | None) -> str:
-        return sse_event(head | {"choices": choices} | ({} if usage is None else {"usage": usage}))
+        # With include_usage, every chunk has `usage`: null but the last (as OpenAI's)
+        return sse_event(head | {"choices": choices} | ({"usage": usage} if include_usage else {}))
 
     for entry in first:
         yield chunk([entry], None)

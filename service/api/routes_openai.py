@@ -72,6 +72,16 @@ async def retrieve_model(model_id: str, request: Request):
     return _model_card(registry.models[model_id])
 
 
+@router.get("/models/{model_id:path}/v1/models")
+async def list_models_for(model_id: str, request: Request):
+    """`GET /v1/models` at a model's base URL (`OpenAI(base_url=".../models/{id}/v1")`): that
+    model alone."""
+    registry = _registry(request)
+    if model_id not in registry.models:
+        raise ApiError(404, f"unknown model {model_id!r}", "not_found", param="model")
+    return {"object": "list", "data": [_model_card(registry.models[model_id])]}
+
+
 def _logprobs(
     served: ServedModel,
     token_ids: list[int],

@@ -99,6 +99,8 @@ def _prompts(value: object) -> object:
         if len(value) > MAX_BATCH:
             raise ValueError(f"at most {MAX_BATCH} prompts in one request")
         return value
+    if isinstance(value, list) and value and not any(isinstance(v, str) for v in value):
+        _explain_bad_token_ids(value)
     try:
         texts = _one_or_many(value)
     except ValueError as error:
@@ -109,6 +111,16 @@ def _prompts(value: object) -> object:
             "a list of token ids, or a list of such lists"
         ) from None
     return [texts] if isinstance(texts, str) else texts
+
+
+def _explain_bad_token_ids(value: list) -> None:
+    """A list of token ids, or of token id lists, with a bad one: raise naming it."""
+    if all(isinstance(v, list) for v in value):
+        bad = next(i for i, v in enumerate(value) if not _is_token_ids(v))
+        raise ValueError(f"item {bad} must be a non-empty list of token ids (integers ≥ 0)")
+    if not any(isinstance(v, list) for v in value):
+        bad = next(i for i, v in enumerate(value) if not _is_token_ids([v]))
+        raise ValueError(f"token {bad} must be a token id (an integer ≥ 0), not {value[bad]!r}")
 
 
 Prompts = Annotated[list[str | list[int]], BeforeValidator(_prompts)]
@@ -421,7 +433,9 @@ class ChatCompletionRequest(OpenAIBody):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list | None = None
-    tool_choice: str | dict | None = None
+    tool_choice: Any = None  # any value but "none" is refused, named
+    functions: list | None = None  # the deprecated form of tools
+    function_call: Any = None
     response_format: dict | None = None
 
     @property
@@ -467,8 +481,12 @@ class ChatCompletionRequest(OpenAIBody):
         self._check_last_message()
         if self.top_logprobs and not self.logprobs:
             raise FieldError("top_logprobs", "top_logprobs needs logprobs: true")
-        if self.tools or self.tool_choice not in (None, "none"):
+        if self.tools:
             raise FieldError("tools", "tools (function calling) are not supported")
+        if self.tool_choice not in (None, "none"):
+            raise FieldError("tool_choice", "tool_choice: function calling is not supported")
+        if self.functions or self.function_call not in (None, "none"):
+            raise FieldError("functions", "functions (function calling) are not supported")
         if self.response_format not in (None, {"type": "text"}):
             raise FieldError("response_format", 'response_format: only {"type": "text"}')
         return self
