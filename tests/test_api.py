@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import threading
 import time
 from types import SimpleNamespace
@@ -1274,6 +1275,43 @@ def test_cancelled_requests_count_their_tokens_a_beam_search_and_one_still_queue
     assert after[prompt] - before.get(prompt, 0) == num_input
     generated = f"attnserve_generation_tokens_total{mt}"
     assert 0 < after[generated] - before.get(generated, 0) < 40  # the beam search's steps
+
+
+def test_chat_streams_whose_clients_leave_while_queued_are_cancelled_and_counted(slow_server):
+    """A streamed chat request whose client hangs up at once, while it waits for the only
+    running slot: it is cancelled (not left in the queue) and counted, prompt included."""
+    engine = slow_server.engine("tiny-mt")
+    cancelled = "attnserve_request_finished_total{finish_reason=cancelled,model=tiny-mt}"
+    prompt = "attnserve_prompt_tokens_total{model=tiny-mt}"
+    hog = {"text": "Open", "beam_size": 1, "max_new_tokens": 60}
+    chat = {"model": "tiny-mt", "messages": [{"role": "user", "content": "Save"}], "stream": True}
+    host, port = slow_server.url.removeprefix("http://").split(":")
+    payload = json.dumps(chat).encode()
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
+    with httpx.Client(base_url=slow_server.url, timeout=60) as c:
+        before = metrics(c)
+        hogging = threading.Thread(target=c.post, args=("/v1/translate",), kwargs={"json": hog})
+        hogging.start()
+        while not engine.scheduler.running:
+            time.sleep(0.01)
+        for _ in range(2):  # send, and hang up at once
+            with socket.create_connection((host, int(port))) as conn:
+                conn.sendall(request)
+            time.sleep(0.05)
+        for _ in range(200):
+            after = metrics(c)
+            if after.get(cancelled, 0) == before.get(cancelled, 0) + 2:
+                break
+            time.sleep(0.02)
+        assert after.get(cancelled, 0) == before.get(cancelled, 0) + 2
+        assert not engine.scheduler.waiting and engine.scheduler.running  # the hog goes on
+        num_input = len(engine.input_ids("Open")) + 2 * len(engine.input_ids("Save"))
+        hogging.join()
+        wait_idle(slow_server, "tiny-mt")
+        assert metrics(c)[prompt] - before.get(prompt, 0) == num_input
 
 
 def test_a_failure_inside_generation_is_a_500_or_an_error_event_and_the_server_lives_on(models):

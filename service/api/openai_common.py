@@ -89,8 +89,8 @@ async def stream_chunks(
     timeout_s: float | None,
     openai_errors: bool = True,
 ) -> AsyncIterator[str]:
-    """`first` chunk entries, then one chunk per new piece of text of any choice, as the
-    choices generate it (together, as vLLM streams them), then usage if asked, then [DONE].
+    """`first` chunk entries (with the first output), then one chunk per new piece of text of
+    any choice, as the choices generate it (together, as vLLM streams them), then usage if asked, then [DONE].
     Every chunk has the fields of `head` (id, object, created, model, ...) and its `choices`.
 
     A token whose text is held back goes out with its choice's next chunk that has text, so
@@ -102,13 +102,17 @@ async def stream_chunks(
         # With include_usage, every chunk has `usage`: null but the last (as OpenAI's)
         return sse_event(head | {"choices": choices} | ({"usage": usage} if include_usage else {}))
 
-    for entry in first:
-        yield chunk([entry], None)
     finished: dict[int, RequestOutput] = {}
     unsent = [Unsent() for _ in streams]
     outputs = merged(streams)
     try:
         async for k, output in outputs:
+            # `first` goes out with the first output, once the streams are read: a client that
+            # is gone by then closes them, which aborts and counts their requests (a stream
+            # never read would not run its cleanup).
+            for entry in first:
+                yield chunk([entry], None)
+            first = []
             if output.finished:
                 finished[k] = check_finished(output, timeout_s)
             held = unsent[k]
