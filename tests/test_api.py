@@ -428,6 +428,16 @@ def test_bodies_that_cannot_be_decoded_are_422_saying_why(client):
     assert r.status_code == 405 and r.headers["allow"] == "POST" and "message" in r.json()["error"]
 
 
+def test_a_request_refused_before_its_body_is_read_is_counted_for_the_model_its_url_names(client):
+    label = "attnserve_requests_total{model=tiny-lm,route=/models/{model_id}/generate,status=422}"
+    before = metrics(client).get(label, 0)
+    r = client.post(
+        "/models/tiny-lm/generate", content=b"{", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422
+    assert metrics(client)[label] == before + 1
+
+
 def test_null_means_the_default_as_openai_and_tgi_servers_take_it(server, client):
     """The `openai` package sends an explicit None as null."""
     openai_client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")

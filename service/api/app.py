@@ -110,7 +110,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
             app.state.num_in_flight -= is_generation
         response.headers["X-Request-Id"] = request.state.request_id
         if is_generation:
-            model = getattr(request.state, "model_id", "")
+            model = getattr(request.state, "model_id", "") or _model_in_path(app, path)
             metrics.requests.labels(model, _route_label(request), str(response.status_code)).inc()
             body = getattr(response, "body_iterator", None)  # call_next's responses stream
             if body is not None and response.headers.get("content-type", "").startswith(
@@ -178,6 +178,17 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     app.include_router(routes_tgi.router)
     _add_operations(app, settings, metrics)
     return app
+
+
+def _model_in_path(app: FastAPI, path: str) -> str:
+    """The served model a `/models/{id}/...` URL names ("" if none): the label of a request
+    refused before its route read the model (a body that does not parse, 413, 401, 503)."""
+    registry = app.state.registry
+    if registry is None or not path.startswith(MODEL_PATHS):
+        return ""
+    rest = path.removeprefix(MODEL_PATHS)
+    named = [m for m in registry.models if rest == m or rest.startswith(m + "/")]
+    return max(named, key=len, default="")
 
 
 def _route_label(request: Request) -> str:
