@@ -715,6 +715,22 @@ def test_fit_max_new_tokens_lowers_the_limit_to_the_positions_left(tokenizer):
     assert_cache_empty(engine)
 
 
+def test_fit_max_new_tokens_lowers_the_limit_to_what_the_kv_cache_holds(tokenizer):
+    """10 blocks of 4 slots: beam 4 over a 3-token source holds 1 block of cross K/V and
+    4 beams x 2 blocks (the start token and up to 7 new ones)."""
+    engine = make_engine(tokenizer, "encoder-decoder", kv_cache_mb=mb_for_blocks(10))
+    params = SamplingParams(max_new_tokens=64, beam_size=4)
+    with pytest.raises(RequestTooLong, match="cannot fit the KV cache") as refused:
+        engine.add_request([5, 6, 7], params)
+    assert refused.value.field == "max_new_tokens"
+    fitted = dataclasses.replace(params, fit_max_new_tokens=True)
+    request = engine.add_request([5, 6, 7], fitted)
+    assert request.params.max_new_tokens == 7
+    engine.abort(request.request_id)
+    engine.step()
+    assert_cache_empty(engine)
+
+
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_prepacked_cpu_weights_give_the_reference_tokens(tokenizer, architecture):
     model = tiny_model(architecture, vocab_size=tokenizer.vocab_size, max_positions=256)

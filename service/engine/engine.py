@@ -108,15 +108,19 @@ class LLMEngine:
         room = cfg.max_positions - len(decoder_start)
         if params.fit_max_new_tokens and params.max_new_tokens > room > 0:
             params = dataclasses.replace(params, max_new_tokens=room)
-        request = Request(
-            request_id if request_id is not None else f"req-{next(self._ids)}",
-            input_ids,
-            params,
-            IncrementalDetokenizer(self.tokenizer, params.stop),
-            decoder_start,
-            cfg.eos_token_id,
-            arrival,
-        )
+        request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+
+        def make(params: SamplingParams) -> Request:
+            detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop)
+            return Request(
+                request_id, input_ids, params, detokenizer, decoder_start, cfg.eos_token_id, arrival
+            )
+
+        request = make(params)
+        if params.fit_max_new_tokens:  # and within the KV cache, every beam at its longest
+            fits = self._most_new_tokens_that_fit(request)
+            if 0 < fits < params.max_new_tokens:
+                request = make(dataclasses.replace(params, max_new_tokens=fits))
         self._check_fits(request)
         with self._lock:
             if len(self.scheduler.waiting) >= self.config.scheduler.max_waiting_requests:
@@ -154,6 +158,17 @@ class LLMEngine:
                 f"input of {num_input} tokens with {max_new} new tokens cannot fit the KV cache",
                 "max_new_tokens" if fits_alone <= self.blocks.num_blocks else "input",
             )
+
+    def _most_new_tokens_that_fit(self, request: Request) -> int:
+        """The most new tokens (up to the request's limit) whose worst case fits the KV cache."""
+        low, high = 0, request.params.max_new_tokens
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self.scheduler.worst_case_blocks(request, middle) <= self.blocks.num_blocks:
+                low = middle
+            else:
+                high = middle - 1
+        return low
 
     @property
     def max_input_tokens(self) -> int:
