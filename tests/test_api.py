@@ -175,6 +175,9 @@ def test_every_response_carries_a_request_id_and_server_timing(client):
         "queue;dur=" in r.headers["server-timing"] and "decode;dur=" in r.headers["server-timing"]
     )
     assert client.get("/health").headers["x-request-id"]
+    for unfit in (b"a" * 129, b"a\tb", "ünïcode".encode()):  # too long, a tab, not ASCII
+        echoed = client.get("/health", headers={"X-Request-Id": unfit}).headers["x-request-id"]
+        assert echoed.encode() != unfit and len(echoed) == 32  # a new one
 
 
 # -- translation ------------------------------------------------------------------------------

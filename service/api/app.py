@@ -98,7 +98,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     async def request_context(request: Request, call_next):
         """Request id, auth, drain refusal, disconnects, metrics and one JSON log line."""
         request.state.arrival = time.perf_counter()
-        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = _request_id(request.headers.get("x-request-id"))
         path = request.url.path
         is_generation = request.method == "POST" and (
             path in GENERATION_PATHS or path.startswith(MODEL_PATHS)
@@ -178,6 +178,14 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     app.include_router(routes_tgi.router)
     _add_operations(app, settings, metrics)
     return app
+
+
+def _request_id(given: str | None) -> str:
+    """The client's X-Request-Id when it is a sane one (1-128 visible ASCII characters, which
+    logs and headers can carry as they are); otherwise a new one."""
+    if given and len(given) <= 128 and all("!" <= c <= "~" for c in given):
+        return given
+    return uuid.uuid4().hex
 
 
 def _model_in_path(app: FastAPI, path: str) -> str:
