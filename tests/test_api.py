@@ -593,6 +593,15 @@ def test_huggingface_hub_translation_gets_the_translation(server, client):
         "max_new_tokens": 3, "generate_parameters": {"max_new_tokens": 2}}}  # fmt: skip
     given = client.post("/", json=body).json()[0]["generated_text"]
     assert given != short.translation_text  # a parameter given itself wins
+    banned = hf.translation("Open the file", generate_parameters={"no_repeat_ngram_size": 1})
+    body = {
+        "text": "Open the file",
+        "beam_size": 1,
+        "max_new_tokens": 64,
+        "no_repeat_ngram_size": 1,
+    }
+    native = client.post("/v1/translate", json=body).json()["translations"][0]["text"]
+    assert banned.translation_text == native != translated.translation_text
     with pytest.raises(HfHubHTTPError) as refused:
         hf.translation("Open the file", generate_parameters={"num_beams": 4})
     assert refused.value.response.status_code == 422

@@ -60,6 +60,7 @@ def sampling_params(body: TgiRequest, request: Request, served: ServedModel) -> 
         top_p=p.top_p or 1.0,
         typical_p=p.typical_p or 1.0,
         repetition_penalty=p.repetition_penalty or 1.0,
+        no_repeat_ngram_size=p.no_repeat_ngram_size or 0,
         frequency_penalty=p.frequency_penalty or 0.0,
         seed=seed,
         stop=tuple(p.stop),

@@ -218,10 +218,11 @@ class TranslateRequest(Body):
 # sample for any temperature), as are the sampling options when do_sample is false.
 GENERATE_PARAMETERS = (
     "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "typical_p",
-    "repetition_penalty", "seed",
+    "repetition_penalty", "no_repeat_ngram_size", "seed",
 )  # fmt: skip
 GENERATE_OFF = {
-    "temperature": 1.0, "top_k": 0, "top_p": 1.0, "typical_p": 1.0, "repetition_penalty": 1.0
+    "temperature": 1.0, "top_k": 0, "top_p": 1.0, "typical_p": 1.0, "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
 }  # fmt: skip
 SAMPLING_ONLY = ("temperature", "top_k", "top_p", "typical_p")
 
@@ -242,6 +243,9 @@ class TgiParameters(Body):
     top_k: int | None = Field(None, gt=0)
     top_p: float | None = Field(None, gt=0.0, lt=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0)
+    no_repeat_ngram_size: int | None = Field(
+        None, ge=0
+    )  # not TGI's: generate()'s, for translation()
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     typical_p: float | None = Field(None, gt=0.0, lt=1.0)
     adapter_id: str | None = None
