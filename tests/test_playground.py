@@ -7,6 +7,7 @@ tests are skipped, with the reason printed.
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 
@@ -19,27 +20,34 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def browser():
     from playwright.sync_api import sync_playwright
 
-    from service.api.settings import Settings
-
-    settings = Settings(
-        models=tiny_checkpoints(tmp_path_factory.mktemp("models")), port=free_port(),
-        max_new_tokens=32, kv_cache_mb=16, block_size=4,
-    )  # fmt: skip
-    with ServerThread(settings) as server, sync_playwright() as playwright:
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update",
                   "--disable-sync"],
         )  # fmt: skip
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, tmp_path_factory):
+    from service.api.settings import Settings
+
+    settings = Settings(
+        models=tiny_checkpoints(tmp_path_factory.mktemp("models")), port=free_port(),
+        max_new_tokens=32, kv_cache_mb=16, block_size=4,
+    )  # fmt: skip
+    with ServerThread(settings) as server:
         page = browser.new_page()
         page.goto(server.url)
         page.wait_for_function("document.querySelectorAll('#model option').length > 0")
         yield page
-        browser.close()
+        page.close()
 
 
 def run(page, model: str, text: str, *, stream: bool = False, beam: int = 1) -> None:
@@ -111,3 +119,70 @@ def test_docs_and_redoc_render_with_no_internet(page):
         docs.wait_for_selector("[data-section-id^='operation/']", timeout=30_000)
     finally:
         docs.close()
+
+
+def test_the_page_asks_for_the_api_key_and_a_new_run_cancels_the_old_one(browser, tmp_path):
+    """With `--api-key` the page loads, asks for the key and sends it. A Run while a stream is
+    still going aborts it: the server counts it cancelled, and only the new text is shown."""
+    import httpx
+
+    from service.api.settings import Settings
+
+    settings = Settings(
+        models=tiny_checkpoints(tmp_path), port=free_port(), max_new_tokens=64,
+        kv_cache_mb=16, block_size=4, api_key="s3cret",
+    )  # fmt: skip
+    with ServerThread(settings) as server:
+        engine = server.engine("tiny-mt")
+        eos, decode = engine.model_config.eos_token_id, engine.runner.decode
+
+        def slow_and_no_eos(requests):  # 64 steps of >= 20 ms: time to start another run
+            time.sleep(0.02)
+            logits = [t.clone() for t in decode(requests)]
+            for t in logits:
+                t[:, eos] = float("-inf")
+            return logits
+
+        engine.runner.decode = slow_and_no_eos
+        page = browser.new_page()
+        page.goto(server.url)
+        page.wait_for_selector("#keylabel:not([hidden])")
+        assert "API key" in page.inner_text("#error")
+        page.fill("#key", "s3cret")
+        page.dispatch_event("#key", "change")
+        page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+        page.select_option("#model", "tiny-mt")
+        page.set_checked("#stream", True)
+        page.fill("#text", "Open the file")
+        page.click("#go")
+        page.wait_for_function("document.querySelector('#output').textContent !== ''")
+        page.fill("#text", "Save")
+        page.click("#go")
+        page.wait_for_function("document.querySelector('#timings').children.length > 0")
+        shown = page.inner_text("#output")
+        page.close()
+        key = {"Authorization": "Bearer s3cret"}
+        alone = httpx.post(
+            f"{server.url}/v1/translate", json={"text": "Save", "beam_size": 1}, headers=key
+        ).json()["translations"][0]["text"]
+        metrics = httpx.get(f"{server.url}/metrics").text
+    assert shown == alone
+    assert (
+        'attnserve_request_finished_total{finish_reason="cancelled",model="tiny-mt"} 1.0' in metrics
+    )
+
+
+def test_an_error_that_is_not_json_shows_its_status_and_text(page):
+    page.route(
+        "**/v1/translate",
+        lambda route: route.fulfill(status=502, body="<html>Bad Gateway</html>"),
+    )
+    try:
+        page.select_option("#model", "tiny-mt")
+        page.set_checked("#stream", False)
+        page.fill("#text", "Open")
+        page.click("#go")
+        page.wait_for_function("document.querySelector('#error').textContent !== ''")
+        assert page.inner_text("#error") == "502: <html>Bad Gateway</html>"
+    finally:
+        page.unroute("**/v1/translate")

@@ -132,6 +132,12 @@ def test_api_key_is_required_when_configured(models):
         )
         assert ok.status_code == 200
         assert httpx.get(f"{url}/health").status_code == 200  # probes need no key
+        # the playground and the API's docs load without it (the page asks for the key); the
+        # models' details and TGI's POST / do not
+        for page in ("/", "/docs", "/redoc", "/openapi.json", "/docs-assets/swagger-ui.css"):
+            assert httpx.get(f"{url}{page}").status_code == 200, page
+        assert httpx.get(f"{url}/info").status_code == 401
+        assert httpx.post(f"{url}/", json={"inputs": "Open"}).status_code == 401
         lower = httpx.post(  # the scheme is case-insensitive (RFC 7235)
             f"{url}/v1/translate", json=body, headers={"Authorization": "bearer s3cret"}
         )

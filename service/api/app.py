@@ -30,6 +30,9 @@ from service.api.settings import Settings
 
 log = logging.getLogger("attnserve")
 UNAUTHENTICATED_PATHS = {"/health", "/ready", "/metrics"}
+# Pages with no data in them, which a browser must load before it can send the key: the
+# playground (it asks for the key) and the API's docs. GET only: `POST /` is TGI's route.
+PUBLIC_PAGES = {"/", "/docs", "/redoc", "/openapi.json"}
 # Swagger UI's and ReDoc's scripts, as the fastapi-offline package ships them: /docs and /redoc
 # load them from this server, not from a CDN, so they work where the server has no internet.
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
@@ -124,7 +127,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     async def _guarded(request: Request, call_next, is_generation: bool) -> Response:
         path = request.url.path
         try:
-            if settings.api_key and path not in UNAUTHENTICATED_PATHS:
+            if settings.api_key and _needs_key(request):
                 scheme, _, key = request.headers.get("authorization", "").partition(" ")
                 authorized = scheme.lower() == "bearer" and hmac.compare_digest(
                     key.strip().encode(), settings.api_key.encode()
@@ -178,6 +181,14 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     app.include_router(routes_tgi.router)
     _add_operations(app, settings, metrics)
     return app
+
+
+def _needs_key(request: Request) -> bool:
+    path = request.url.path
+    if path in UNAUTHENTICATED_PATHS:
+        return False
+    page = path in PUBLIC_PAGES or path.startswith("/docs-assets/")
+    return not (page and request.method in ("GET", "HEAD"))
 
 
 def _request_id(given: str | None) -> str:
