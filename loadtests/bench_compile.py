@@ -10,6 +10,7 @@ a new engine (a new model object) would compile again.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
@@ -32,6 +33,9 @@ def run(engine: LLMEngine, rows: int, new_tokens: int) -> tuple[float, list[list
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     torch.set_num_threads(2)
     model, tokenizer = load_checkpoint(BUNDLED)
     for prepack in (False, True):
