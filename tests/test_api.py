@@ -429,6 +429,8 @@ def test_bodies_that_cannot_be_decoded_are_422_saying_why(client):
     )
     r = client.get("/v1/completions")  # a route that exists, with the wrong method
     assert r.status_code == 405 and r.headers["allow"] == "POST" and "message" in r.json()["error"]
+    assert client.post("/health").headers["allow"] == "GET, HEAD"  # every method of the path
+    assert client.put("/").headers["allow"] == "GET, POST"  # the playground, TGI's route
 
 
 def test_a_request_refused_before_its_body_is_read_is_counted_for_the_model_its_url_names(client):

@@ -148,6 +148,15 @@ def _validation_error(exc: RequestValidationError, content_type: str) -> ApiErro
     return ApiError(422, message, param=param)
 
 
+def _methods_of(request: Request, allowed: str) -> str:
+    """Every method the request's path has, from the API's schema (Starlette's `allowed`
+    names one route's: `POST /health` would get `HEAD`)."""
+    operations = request.app.openapi()["paths"].get(request.url.path)
+    if not operations:
+        return allowed
+    return ", ".join(sorted({method.upper() for method in operations} | set(allowed.split(", "))))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -173,5 +182,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 exc.status_code, "validation"
             )
             headers = dict(exc.headers or {})
+            if exc.status_code == 405 and "Allow" in headers:
+                headers["Allow"] = _methods_of(request, headers["Allow"])
             error = ApiError(exc.status_code, str(exc.detail), error_type, headers=headers)
         return error_response(error, request.url.path)
