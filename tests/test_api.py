@@ -316,7 +316,7 @@ def test_bad_translation_requests_get_422_naming_the_field(client, body, field):
         ({"prompt": []}, "prompt"),
         ({"prompt": ["a", ""]}, "prompt"),
         ({"prompt": None}, "prompt"),
-        ({"prompt": "a", "echo": True}, "echo"),
+        ({"model": "tiny-mt", "prompt": "a", "echo": True}, "echo"),  # a source is not echoed
         ({"prompt": "a", "seed": 2**64}, "seed"),
         ({"prompt": ["a"] * 64, "n": 16}, "n"),  # 1,024 generations: more than the queue holds
         ({"prompt": "a", "model": "gpt-4"}, "model"),
@@ -572,6 +572,27 @@ def test_tgi_eos_token_is_its_own_string_and_left_out_of_generated_text(models):
     assert tokens[0]["text"] == result["generated_text"] and not tokens[0]["special"]
     assert [e["token"] for e in streamed] == tokens
     assert streamed[-1]["generated_text"] == result["generated_text"]
+
+
+def test_tgi_decoder_input_details_list_the_prompts_tokens_with_logprobs(server, client):
+    hub = InferenceClient(base_url=f"{server.url}/models/tiny-lm")
+    engine = server.engine("tiny-lm")
+    result = hub.text_generation(
+        "Open the file", max_new_tokens=4, details=True, decoder_input_details=True
+    )
+    ids = engine.input_ids("Open the file")
+    prefill = result.details.prefill
+    assert [t.id for t in prefill] == ids
+    special = engine.tokenizer.hf.id_to_token  # "<s>": a special token reads as its string
+    assert [t.text for t in prefill] == [engine.tokenizer.decode([i]) or special(i) for i in ids]
+    expected, _ = engine.prompt_logprobs(ids)
+    assert prefill[0].logprob is None
+    assert [t.logprob for t in prefill[1:]] == pytest.approx(expected[1:], abs=1e-5)
+    body = {"inputs": "Open", "parameters": {"decoder_input_details": True, "details": True}}
+    r = client.post("/models/tiny-lm/generate_stream", json=body)
+    assert r.status_code == 422 and "streaming" in r.json()["error"]  # as TGI
+    r = client.post("/models/tiny-mt/generate", json=body)  # a source has no logprobs
+    assert r.status_code == 422 and "decoder_input_details" in r.json()["error"]
 
 
 def test_huggingface_hub_translation_gets_the_translation(server, client):
@@ -920,6 +941,38 @@ def test_logprobs_of_tokens_that_split_a_character(server):
     pieces = [served.llm.tokenizer.token_bytes(i) for i in ids]
     whole = [len(b"".join(pieces[:i]).decode("utf-8", "ignore")) for i in range(len(ids) + 1)]
     assert completion["text_offset"] == [5 + n for n in whole[:-1]] and end == 5 + len(text)
+
+
+def test_openai_echo_returns_the_prompt_with_its_logprobs_streamed_or_not(server):
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    engine = server.engine("tiny-lm")
+    ask = dict(model="tiny-lm", prompt="Open the file", max_tokens=6, temperature=0, logprobs=2)
+    plain = client.completions.create(**ask).choices[0]
+    echoed = client.completions.create(**ask, echo=True).choices[0]
+    assert echoed.text == "Open the file" + plain.text
+    ids = engine.input_ids("Open the file")
+    lp = echoed.logprobs
+    assert lp.tokens == [engine.tokenizer.decode([i]) for i in ids] + plain.logprobs.tokens
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None  # nothing predicts it
+    expected, _ = engine.prompt_logprobs(ids)
+    assert lp.token_logprobs[1 : len(ids)] == pytest.approx(expected[1:], abs=1e-5)
+    assert lp.token_logprobs[len(ids) :] == plain.logprobs.token_logprobs
+    assert all(len(top) >= 2 for top in lp.top_logprobs[1:])
+    assert lp.text_offset[len(ids)] == len("Open the file")
+    assert [lp.text_offset[k] for k in range(len(ids))] == [0] + [
+        len(engine.tokenizer.decode(ids[:k])) for k in range(1, len(ids))
+    ]
+    # Streamed: the prompt comes first, then the completion; the same tokens and offsets
+    chunks = [c.choices[0] for c in client.completions.create(**ask, echo=True, stream=True)]
+    assert "".join(c.text for c in chunks) == echoed.text
+    assert chunks[0].text == "Open the file"
+    streamed = [c.logprobs for c in chunks if c.logprobs]
+    assert [t for x in streamed for t in x.tokens] == lp.tokens
+    assert [o for x in streamed for o in x.text_offset] == lp.text_offset
+    # Without logprobs, echo is the text alone
+    assert client.completions.create(**ask | {"logprobs": None}, echo=True).choices[0].text == (
+        echoed.text
+    )
 
 
 def test_openai_streamed_logprobs_keep_tokens_whose_text_was_held_back(server):

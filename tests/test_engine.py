@@ -260,6 +260,25 @@ def test_no_repeat_ngram_size_in_beam_search_equals_beam_search_alone(tokenizer)
     assert_cache_empty(engine)
 
 
+@torch.inference_mode()
+def test_prompt_logprobs_score_generated_tokens_as_the_engine_did(tokenizer):
+    """`prompt_logprobs` (the plain model over a prompt) of a prompt and its greedy output: the
+    output's logprobs are what the engine's cached steps gave them."""
+    engine = make_engine(tokenizer, "decoder-only")
+    prompt = [5, 6, 7, 8]
+    params = SamplingParams(max_new_tokens=10, ignore_eos=True, num_top_logprobs=3)
+    (output,) = engine.generate([prompt], params)
+    logprobs, top = engine.prompt_logprobs(prompt + output.token_ids, num_top=3)
+    assert logprobs[0] is None and top[0] is None
+    assert logprobs[len(prompt) :] == pytest.approx(output.logprobs, abs=1e-4)
+    for step, expected in zip(top[len(prompt) :], output.top_logprobs, strict=True):
+        assert step.keys() == expected.keys()  # the 3 likeliest, and the chosen one
+    whole = engine.model(torch.tensor([prompt]))[0].log_softmax(-1)
+    assert logprobs[1:4] == pytest.approx([float(whole[i, prompt[i + 1]]) for i in range(3)])
+    with pytest.raises(ValueError):
+        make_engine(tokenizer, "encoder-decoder").prompt_logprobs(prompt)
+
+
 def test_a_finished_requests_id_used_again_gets_its_own_source(tokenizer):
     """The runner keeps the gathered cross-attention K/V while the batch's requests stay the
     same: a new request with an old id, in the old one's blocks, is not the same request."""

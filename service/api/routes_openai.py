@@ -5,10 +5,12 @@ are TGI's, as at the chat route there (routes_chat.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -85,8 +87,8 @@ async def list_models_for(model_id: str, request: Request):
 def _logprobs(
     served: ServedModel,
     token_ids: list[int],
-    logprobs: list[float],
-    top: list[dict[int, float]],
+    logprobs: list[float] | list[float | None],
+    top: list[dict[int, float]] | list[dict[int, float] | None],
     offset: int = 0,
 ) -> tuple[dict, int]:
     """OpenAI's `logprobs` of these tokens: each one's, the most likely tokens of each step
@@ -94,7 +96,8 @@ def _logprobs(
     the offset after the last. A token that holds a piece of a character reads "\ufffd" (as
     vLLM's); it moves the offset on only by the characters it completes."""
     tokenizer = served.llm.tokenizer
-    top = top or [{i: lp} for i, lp in zip(token_ids, logprobs, strict=True)]  # logprobs=0
+    if not top:  # logprobs=0: the chosen tokens alone
+        top = [None if lp is None else {i: lp} for i, lp in zip(token_ids, logprobs, strict=True)]
     characters = codecs.getincrementaldecoder("utf-8")("replace")  # holds a partial character
     offsets = []
     for token_id in token_ids:
@@ -103,7 +106,7 @@ def _logprobs(
     entry = {
         "tokens": [tokenizer.decode([i]) for i in token_ids],
         "token_logprobs": logprobs,
-        "top_logprobs": [_by_text(tokenizer, step) for step in top],
+        "top_logprobs": [None if step is None else _by_text(tokenizer, step) for step in top],
         "text_offset": offsets,
     }
     return entry, offset
@@ -119,6 +122,42 @@ def _by_text(tokenizer, step: dict[int, float]) -> dict[str, float]:
     return by_text
 
 
+@dataclass
+class Echo:
+    """A prompt as `echo` returns it, before its completion: its text and, when logprobs are
+    asked for, the logprobs of its tokens (the first has none: nothing predicts it)."""
+
+    text: str
+    logprobs: dict | None
+
+
+async def _echoes(served: ServedModel, body: CompletionRequest) -> list[Echo]:
+    if not body.echo:
+        return [Echo("", None) for _ in body.prompt]
+    if served.is_translation:
+        raise ApiError(
+            422, "echo: a translation model's prompt is its source, which the output does not "
+            "continue", param="echo",
+        )  # fmt: skip
+    echoes = []
+    for prompt in body.prompt:
+        ids = served.llm.input_ids(prompt)
+        text = prompt if isinstance(prompt, str) else served.llm.tokenizer.decode(ids)
+        entry = None
+        if body.logprobs is not None:
+            logprobs, top = await asyncio.to_thread(served.llm.prompt_logprobs, ids, body.logprobs)
+            entry, _ = _logprobs(served, ids, logprobs, top)
+        echoes.append(Echo(text, entry))
+    return echoes
+
+
+def _joined(first: dict | None, then: dict | None) -> dict | None:
+    """Two logprobs entries of consecutive text, as one."""
+    if first is None or then is None:
+        return then
+    return {key: first[key] + then[key] for key in then}
+
+
 @router.post("/v1/completions", responses=SSE_RESPONSE)
 async def completions(body: CompletionRequest, request: Request):
     served = served_model(request, body.model)
@@ -126,6 +165,7 @@ async def completions(body: CompletionRequest, request: Request):
     vocab_size = served.llm.model_config.vocab_size
     if any(isinstance(p, list) and max(p) >= vocab_size for p in prompts):
         raise ApiError(422, f"prompt: token ids must be below {vocab_size}", param="prompt")
+    echoes = [echo for echo in await _echoes(served, body) for _ in range(body.n)]  # per choice
     ctx = Context.of(request, "prompt", "max_tokens")
     jobs = [(p, i) for p in prompts for i in range(body.n)]  # choice index = position in jobs
     too_many = "n" if body.n > 1 else "prompt"  # the field to blame if the jobs cannot fit
@@ -137,24 +177,27 @@ async def completions(body: CompletionRequest, request: Request):
     if body.stream:
         openai_errors = is_openai_route(request.url.path)  # not at a model's base URL
         events = _stream_events(
-            streams, served, body, completion_id, created, timeout_s, openai_errors
+            streams, served, body, echoes, completion_id, created, timeout_s, openai_errors
         )
         return StreamingResponse(
             with_keepalive(events, request.app.state.settings.keepalive_s),
             media_type="text/event-stream",
         )
     outputs = [check_finished(o, timeout_s) for o in await final_outputs(streams, request)]
-    choices = [
-        {
-            "text": o.text,
-            "index": k,
-            "logprobs": None
-            if body.logprobs is None
-            else _logprobs(served, o.token_ids, o.logprobs, o.top_logprobs)[0],
-            "finish_reason": finish_reason(o),
-        }
-        for k, o in enumerate(outputs)
-    ]
+    choices = []
+    for k, (o, echo) in enumerate(zip(outputs, echoes, strict=True)):
+        logprobs = None
+        if body.logprobs is not None:
+            offset = len(echo.text)
+            logprobs = _logprobs(served, o.token_ids, o.logprobs, o.top_logprobs, offset)[0]
+        choices.append(
+            {
+                "text": echo.text + o.text,
+                "index": k,
+                "logprobs": _joined(echo.logprobs, logprobs),
+                "finish_reason": finish_reason(o),
+            }
+        )
     response = {
         "id": completion_id,
         "object": "text_completion",
@@ -177,20 +220,21 @@ def _stream_events(
     streams: list[AsyncIterator[RequestOutput]],
     served: ServedModel,
     body: CompletionRequest,
+    echoes: list[Echo],
     completion_id: str,
     created: int,
     timeout_s: float | None,
     openai_errors: bool,
 ) -> AsyncIterator[str]:
-    """The choices' text as it comes; each chunk's logprobs list its tokens, at the offsets of
-    the non-streamed response."""
+    """The choices' text as it comes (after the echoed prompts, if asked); each chunk's
+    logprobs list its tokens, at the offsets of the non-streamed response."""
 
     def choice(k: int, output: RequestOutput, held: Unsent) -> dict:
         logprobs = None
         if body.logprobs is not None and held.ids:
-            logprobs, held.text_offset = _logprobs(
-                served, held.ids, held.logprobs, held.top, held.text_offset
-            )
+            start = len(echoes[k].text) + held.text_offset  # held.text_offset: in the completion
+            logprobs, end = _logprobs(served, held.ids, held.logprobs, held.top, start)
+            held.text_offset = end - len(echoes[k].text)
         return {
             "text": output.text_delta,
             "index": k,
@@ -201,4 +245,11 @@ def _stream_events(
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     head = {"id": completion_id, "object": "text_completion", "created": created,
             "model": served.model_id}  # fmt: skip
-    return stream_chunks(streams, head, choice, [], include_usage, body.n, timeout_s, openai_errors)
+    first = [
+        {"text": echo.text, "index": k, "logprobs": echo.logprobs, "finish_reason": None}
+        for k, echo in enumerate(echoes)
+        if body.echo
+    ]
+    return stream_chunks(
+        streams, head, choice, first, include_usage, body.n, timeout_s, openai_errors
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator
 
@@ -109,17 +110,52 @@ def _generated_text(body: TgiRequest, served: ServedModel, output: RequestOutput
     return _new_text(served, output)
 
 
+def _check_decoder_input_details(served: ServedModel, body: TgiRequest, stream: bool) -> None:
+    if not body.parameters.decoder_input_details:
+        return
+    if stream:  # as TGI
+        raise ApiError(
+            422,
+            "parameters.decoder_input_details: not supported when streaming tokens",
+            param="parameters.decoder_input_details",
+        )
+    if served.is_translation:
+        raise ApiError(
+            422,
+            "parameters.decoder_input_details: a translation model's input is its source, which "
+            "has no logprobs",
+            param="parameters.decoder_input_details",
+        )
+
+
+async def _prefill(served: ServedModel, model_input: str | list[int]) -> list[dict]:
+    """TGI's `details.prefill`: the prompt's tokens, each with its log-probability given the
+    ones before it (none for the first)."""
+    ids = served.llm.input_ids(model_input)
+    logprobs, _ = await asyncio.to_thread(served.llm.prompt_logprobs, ids)
+    text = served.llm.tokenizer.decode
+    return [
+        {"id": i, "text": text([i]) + _special_text(served, i), "logprob": lp}
+        for i, lp in zip(ids, logprobs, strict=True)
+    ]
+
+
 async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str, str]]:
     served = served_model(request, body.model)
+    _check_decoder_input_details(served, body, stream=False)
     params = sampling_params(body, request, served)
     ctx = Context.of(request, "inputs", "parameters.max_new_tokens")
-    outputs = start(served, _model_input(served, body), params, ctx)
+    model_input = _model_input(served, body)
+    outputs = start(served, model_input, params, ctx)
     (output,) = await final_outputs([outputs], request)
     check_finished(output, params.timeout_s)
     result: dict = {"generated_text": _generated_text(body, served, output)}
     if body.parameters.details:
+        prefill = []
+        if body.parameters.decoder_input_details:
+            prefill = await _prefill(served, model_input)
         result["details"] = _details(output, params, output.stopped_on is not None) | {
-            "prefill": [],
+            "prefill": prefill,
             "tokens": _sequence_tokens(served, output),
         }
         if params.num_top_logprobs:
@@ -190,6 +226,7 @@ async def generate(body: TgiRequest, request: Request):
 @router.post("/generate_stream", response_class=EventStream)
 async def generate_stream(body: TgiRequest, request: Request):
     served = served_model(request, body.model)
+    _check_decoder_input_details(served, body, stream=True)
     params = sampling_params(body, request, served)
     ctx = Context.of(request, "inputs", "parameters.max_new_tokens")
     outputs = start(served, _model_input(served, body), params, ctx)

@@ -292,8 +292,6 @@ class TgiParameters(Body):
             raise FieldError("grammar", "grammar (guided generation) is not supported")
         if self.watermark:
             raise FieldError("watermark", "watermark is not supported")
-        if self.decoder_input_details:
-            raise FieldError("decoder_input_details", "the prompt's tokens are not returned")
         if self.adapter_id:
             raise FieldError("adapter_id", "adapters (LoRA) are not supported")
         return self
@@ -403,8 +401,6 @@ class CompletionRequest(OpenAIBody):
 
     @model_validator(mode="after")
     def _supported(self) -> CompletionRequest:
-        if self.echo:
-            raise FieldError("echo", "echo is not supported")
         if self.suffix:
             raise FieldError("suffix", "suffix is not supported")
         if self.best_of not in (None, 1, self.n):

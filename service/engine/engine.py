@@ -233,6 +233,32 @@ class LLMEngine:
         src = self.input_ids(prompt)
         return src, self.model.alignment(src, new_ids)
 
+    @torch.inference_mode()
+    def prompt_logprobs(
+        self, input_ids: list[int], num_top: int = 0
+    ) -> tuple[list[float | None], list[dict[int, float] | None]]:
+        """A decoder-only prompt's own log-probabilities: each token's given those before it
+        (None for the first, which nothing predicts), and the `num_top` likeliest tokens of each
+        position with the prompt's own among them (None for the first).
+
+        One forward pass of the plain model over the prompt, outside the engine loop (as
+        `alignment`), so it may run on another thread; the engine's prefill computes only the
+        last position's logits.
+        """
+        if self.is_encoder_decoder:
+            raise ValueError("a translation model's input is its source: it has no logprobs")
+        device = self.model.embed.tokens.weight.device
+        logits = self.model(torch.tensor([input_ids], device=device))[0, :-1]  # (T - 1, V)
+        logprobs = logits.float().log_softmax(-1).cpu()
+        following = torch.tensor(input_ids[1:])
+        chosen = logprobs.gather(1, following[:, None])[:, 0].tolist()
+        top: list[dict[int, float] | None] = [None]
+        for position, token in enumerate(input_ids[1:]):
+            values, ids = logprobs[position].topk(min(num_top, logprobs.shape[1]))
+            likeliest = dict(zip(ids.tolist(), values.tolist(), strict=True))
+            top.append(likeliest | {token: chosen[position]})
+        return [None, *chosen], top
+
     # -- one step -------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
