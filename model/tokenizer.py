@@ -5,6 +5,7 @@ Byte-level means every string encodes (no unknown token) and decodes back exactl
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -109,7 +110,7 @@ class Tokenizer:
             return bytes(_BYTE_OF_CHAR[c] for c in token if c in _BYTE_OF_CHAR)
         return self.decode([token_id]).encode()
 
-    @property
+    @functools.cached_property
     def _special_ids(self) -> set[int]:
         return {self.pad_id, self.bos_id, self.eos_id} | {
             i for i, t in self.hf.get_added_tokens_decoder().items() if t.special

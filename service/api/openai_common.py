@@ -90,8 +90,9 @@ async def stream_chunks(
     openai_errors: bool = True,
 ) -> AsyncIterator[str]:
     """`first` chunk entries (with the first output), then one chunk per new piece of text of
-    any choice, as the choices generate it (together, as vLLM streams them), then usage if asked, then [DONE].
-    Every chunk has the fields of `head` (id, object, created, model, ...) and its `choices`.
+    any choice, as the choices generate it (together, as vLLM streams them), then usage if
+    asked, then [DONE]. Every chunk has the fields of `head` (id, object, created, model, ...)
+    and its `choices`.
 
     A token whose text is held back goes out with its choice's next chunk that has text, so
     that the chunks list every token once. A failure is an error event (OpenAI's shape, or the
