@@ -317,6 +317,7 @@ def test_bad_translation_requests_get_422_naming_the_field(client, body, field):
         ({"prompt": ["a", ""]}, "prompt"),
         ({"prompt": None}, "prompt"),
         ({"model": "tiny-mt", "prompt": "a", "echo": True}, "echo"),  # a source is not echoed
+        ({"prompt": "word " * 200, "echo": True, "logprobs": 1}, "prompt"),  # checked first
         ({"prompt": "a", "seed": 2**64}, "seed"),
         ({"prompt": ["a"] * 64, "n": 16}, "n"),  # 1,024 generations: more than the queue holds
         ({"prompt": "a", "model": "gpt-4"}, "model"),

@@ -132,13 +132,10 @@ class Echo:
 
 
 async def _echoes(served: ServedModel, body: CompletionRequest) -> list[Echo]:
+    """Each prompt's echo (empty without `echo`), once its requests are queued: the prompts
+    are valid, and the engine generates meanwhile."""
     if not body.echo:
         return [Echo("", None) for _ in body.prompt]
-    if served.is_translation:
-        raise ApiError(
-            422, "echo: a translation model's prompt is its source, which the output does not "
-            "continue", param="echo",
-        )  # fmt: skip
     echoes = []
     for prompt in body.prompt:
         ids = served.llm.input_ids(prompt)
@@ -165,12 +162,22 @@ async def completions(body: CompletionRequest, request: Request):
     vocab_size = served.llm.model_config.vocab_size
     if any(isinstance(p, list) and max(p) >= vocab_size for p in prompts):
         raise ApiError(422, f"prompt: token ids must be below {vocab_size}", param="prompt")
-    echoes = [echo for echo in await _echoes(served, body) for _ in range(body.n)]  # per choice
+    if body.echo and served.is_translation:
+        raise ApiError(
+            422, "echo: a translation model's prompt is its source, which the output does not "
+            "continue", param="echo",
+        )  # fmt: skip
     ctx = Context.of(request, "prompt", "max_tokens")
     jobs = [(p, i) for p in prompts for i in range(body.n)]  # choice index = position in jobs
     too_many = "n" if body.n > 1 else "prompt"  # the field to blame if the jobs cannot fit
     generations = [(p, sampling_params(body, request, served, i)) for p, i in jobs]
     streams = start_all(served, generations, ctx, too_many, choices_per_prompt=body.n)
+    try:
+        echoes = [echo for echo in await _echoes(served, body) for _ in range(body.n)]
+    except BaseException:  # the client left, say: nothing has read the streams yet
+        for k in range(len(streams)):
+            served.async_engine.abort(f"{ctx.engine_id}-{k}")
+        raise
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     timeout_s = request.app.state.settings.request_timeout_s
