@@ -160,10 +160,14 @@ def _stream_events(
     openai_errors: bool,
 ) -> AsyncIterator[str]:
     """Each choice's role first, then its text as it comes, its last chunk with its finish
-    reason. Every delta has the role, as TGI's do (its own client requires it)."""
+    reason. The role is in each choice's first delta, as OpenAI's and vLLM's (the `openai`
+    package's stream helper joins the roles it reads); at a model's base URL, the TGI routes,
+    in every delta, as TGI's (its own client requires it)."""
+    role_in_every_delta = not openai_errors  # not an OpenAI route: a model's TGI base URL
 
-    def delta(text: str | None) -> dict:
-        return {"role": "assistant", "content": text, "tool_calls": None}
+    def delta(text: str | None, first: bool = False) -> dict:
+        role = {"role": "assistant"} if first or role_in_every_delta else {}
+        return role | {"content": text, "tool_calls": None}
 
     def choice(k: int, output: RequestOutput, held: Unsent) -> dict:
         logprobs = None
@@ -177,7 +181,7 @@ def _stream_events(
         }
 
     first = [
-        {"index": k, "delta": delta(""), "logprobs": None, "finish_reason": None}
+        {"index": k, "delta": delta("", first=True), "logprobs": None, "finish_reason": None}
         for k in range(len(streams))
     ]
     include_usage = body.stream_options is not None and body.stream_options.include_usage
