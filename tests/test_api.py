@@ -949,6 +949,17 @@ def test_logprobs_of_tokens_that_split_a_character(server):
     pieces = [served.llm.tokenizer.token_bytes(i) for i in ids]
     whole = [len(b"".join(pieces[:i]).decode("utf-8", "ignore")) for i in range(len(ids) + 1)]
     assert completion["text_offset"] == [5 + n for n in whole[:-1]] and end == 5 + len(text)
+    # A piece of a character that never completes is a U+FFFD of its own, as in the text
+    tokenizer = served.llm.tokenizer
+    emoji, you = tokenizer.encode("🎉"), tokenizer.encode(" you")
+    ids = emoji[:1] + you + emoji
+    assert (
+        len(emoji) > 1
+        and b"".join(map(tokenizer.token_bytes, ids)).decode("utf-8", "replace") == "\ufffd you🎉"
+    )
+    completion, end = routes_openai._logprobs(served, ids, [-1.0] * len(ids), [], 0)
+    you_offsets = [1 + len(tokenizer.decode(you[:k])) for k in range(len(you))]
+    assert completion["text_offset"] == [0, *you_offsets, *[5] * len(emoji)] and end == 6
 
 
 def test_openai_echo_returns_the_prompt_with_its_logprobs_streamed_or_not(server):

@@ -6,7 +6,6 @@ are TGI's, as at the chat route there (routes_chat.py)."""
 from __future__ import annotations
 
 import asyncio
-import codecs
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -98,11 +97,16 @@ def _logprobs(
     tokenizer = served.llm.tokenizer
     if not top:  # logprobs=0: the chosen tokens alone
         top = [None if lp is None else {i: lp} for i, lp in zip(token_ids, logprobs, strict=True)]
-    characters = codecs.getincrementaldecoder("utf-8")("replace")  # holds a partial character
-    offsets = []
-    for token_id in token_ids:
-        offsets.append(offset)
-        offset += len(characters.decode(tokenizer.token_bytes(token_id)))
+    pieces = [tokenizer.token_bytes(i) for i in token_ids]
+    character_of = _character_of_each_byte(b"".join(pieces))
+    num_characters = character_of[-1] + 1 if character_of else 0
+    offsets, start = [], 0  # start: the token's first byte
+    for piece in pieces:  # a token starts at the character its first byte is part of
+        offsets.append(
+            offset + (character_of[start] if start < len(character_of) else num_characters)
+        )
+        start += len(piece)
+    offset += num_characters
     entry = {
         "tokens": [tokenizer.decode([i]) for i in token_ids],
         "token_logprobs": logprobs,
@@ -110,6 +114,27 @@ def _logprobs(
         "text_offset": offsets,
     }
     return entry, offset
+
+
+def _character_of_each_byte(data: bytes) -> list[int]:
+    """For each byte of UTF-8 `data`, the index of the character it is part of in
+    `data.decode("utf-8", "replace")`, which makes each invalid run of bytes one U+FFFD."""
+    index: list[int] = []
+    characters = position = 0
+    while position < len(data):
+        try:
+            valid, bad = data[position:].decode(), 0
+        except UnicodeDecodeError as error:
+            valid = data[position : position + error.start].decode()
+            bad = error.end - error.start
+        for character in valid:
+            index += [characters] * len(character.encode())
+            characters += 1
+        if bad:
+            index += [characters] * bad
+            characters += 1
+        position += len(valid.encode()) + bad
+    return index
 
 
 def _by_text(tokenizer, step: dict[int, float]) -> dict[str, float]:
