@@ -318,6 +318,8 @@ def test_bad_translation_requests_get_422_naming_the_field(client, body, field):
         ({"prompt": None}, "prompt"),
         ({"model": "tiny-mt", "prompt": "a", "echo": True}, "echo"),  # a source is not echoed
         ({"prompt": "word " * 200, "echo": True, "logprobs": 1}, "prompt"),  # checked first
+        ({"prompt": "word " * 200, "echo": True, "max_tokens": 0}, "prompt"),
+        ({"prompt": "a", "max_tokens": 0}, "max_tokens"),  # 0 only with echo
         ({"prompt": "a", "seed": 2**64}, "seed"),
         ({"prompt": ["a"] * 64, "n": 16}, "n"),  # 1,024 generations: more than the queue holds
         ({"prompt": "a", "model": "gpt-4"}, "model"),
@@ -988,6 +990,13 @@ def test_openai_echo_returns_the_prompt_with_its_logprobs_streamed_or_not(server
     streamed = [c.logprobs for c in chunks if c.logprobs]
     assert [t for x in streamed for t in x.tokens] == lp.tokens
     assert [o for x in streamed for o in x.text_offset] == lp.text_offset
+    # max_tokens 0: the prompt alone, scored (how scoring scripts read a text's logprobs)
+    scored = client.completions.create(**ask | {"max_tokens": 0}, echo=True)
+    assert scored.choices[0].text == "Open the file" and scored.usage.completion_tokens == 0
+    assert scored.choices[0].logprobs.token_logprobs == lp.token_logprobs[: len(ids)]
+    assert scored.choices[0].finish_reason == "length"
+    chunks = list(client.completions.create(**ask | {"max_tokens": 0}, echo=True, stream=True))
+    assert [c.choices[0].text for c in chunks] == ["Open the file"]
     # Without logprobs, echo is the text alone
     assert client.completions.create(**ask | {"logprobs": None}, echo=True).choices[0].text == (
         echoed.text

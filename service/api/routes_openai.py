@@ -21,6 +21,7 @@ from service.api.generation import (
     final_outputs,
     merged_timings,
     served_model,
+    sse_event,
     start_all,
     timings_header,
     with_keepalive,
@@ -192,6 +193,8 @@ async def completions(body: CompletionRequest, request: Request):
             422, "echo: a translation model's prompt is its source, which the output does not "
             "continue", param="echo",
         )  # fmt: skip
+    if body.max_tokens == 0:  # echo alone: the prompts, scored, and nothing generated
+        return await _echoed_prompts(served, body, request)
     ctx = Context.of(request, "prompt", "max_tokens")
     jobs = [(p, i) for p in prompts for i in range(body.n)]  # choice index = position in jobs
     too_many = "n" if body.n > 1 else "prompt"  # the field to blame if the jobs cannot fit
@@ -239,6 +242,39 @@ async def completions(body: CompletionRequest, request: Request):
         "usage": usage_of(outputs, choices_per_prompt=body.n),
     }
     return JSONResponse(response, headers=timings_header(merged_timings(outputs)))
+
+
+async def _echoed_prompts(served: ServedModel, body: CompletionRequest, request: Request):
+    """`echo` with `max_tokens` 0 (how scoring scripts read a text's log-probabilities): each
+    prompt with its logprobs, no engine request; finish reason "length", as vLLM's."""
+    ids = [served.llm.input_ids(prompt) for prompt in body.prompt]
+    limit = served.llm.max_input_tokens
+    for k, prompt_ids in enumerate(ids):
+        if len(prompt_ids) > limit:
+            where = f"prompt[{k}]" if len(ids) > 1 else "prompt"
+            raise ApiError(
+                422, f"{where}: input of {len(prompt_ids)} tokens is longer than the {limit} "
+                "this model takes", param="prompt",
+            )  # fmt: skip
+    echoes = [echo for echo in await _echoes(served, body) for _ in range(body.n)]
+    request.app.state.metrics.prompt_tokens.labels(served.model_id).inc(sum(map(len, ids)))
+    num_prompt = sum(map(len, ids))
+    usage = {"prompt_tokens": num_prompt, "completion_tokens": 0, "total_tokens": num_prompt}
+    choices = [
+        {"text": e.text, "index": k, "logprobs": e.logprobs, "finish_reason": "length"}
+        for k, e in enumerate(echoes)
+    ]
+    head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+            "created": int(time.time()), "model": served.model_id}  # fmt: skip
+    if not body.stream:
+        return JSONResponse(head | {"choices": choices, "usage": usage})
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    usage_field = {"usage": None} if include_usage else {}
+    events = [sse_event(head | {"choices": [choice]} | usage_field) for choice in choices]
+    if include_usage:
+        events.append(sse_event(head | {"choices": [], "usage": usage}))
+    events.append(sse_event("[DONE]"))
+    return StreamingResponse(iter(events), media_type="text/event-stream")
 
 
 @router.post("/models/{model_id:path}/v1/completions", responses=SSE_RESPONSE)

@@ -389,7 +389,7 @@ class CompletionRequest(OpenAIBody):
     """OpenAI's legacy completions body."""
 
     prompt: Prompts
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
+    max_tokens: int | None = Field(16, ge=0)  # OpenAI's default; 0 with echo: score the prompt
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
     best_of: int | None = None
@@ -401,6 +401,8 @@ class CompletionRequest(OpenAIBody):
 
     @model_validator(mode="after")
     def _supported(self) -> CompletionRequest:
+        if self.max_tokens == 0 and not self.echo:
+            raise FieldError("max_tokens", "max_tokens: 0 only with echo (the prompt alone)")
         if self.suffix:
             raise FieldError("suffix", "suffix is not supported")
         if self.best_of not in (None, 1, self.n):
