@@ -94,7 +94,7 @@ def _logprobs(
     """OpenAI's `logprobs` of these tokens: each one's, the most likely tokens of each step
     (`top`, the chosen one included) and where each starts in the text (from `offset`); and
     the offset after the last. A token that holds a piece of a character reads "\ufffd" (as
-    vLLM's); it moves the offset on only by the characters it completes."""
+    vLLM's); it starts where that character starts."""
     tokenizer = served.llm.tokenizer
     if not top:  # logprobs=0: the chosen tokens alone
         top = [None if lp is None else {i: lp} for i, lp in zip(token_ids, logprobs, strict=True)]
