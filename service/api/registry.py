@@ -12,6 +12,7 @@ from service.api.errors import ApiError
 from service.api.metrics import Metrics
 from service.api.settings import Settings
 from service.engine import AsyncEngine, EngineConfig, LLMEngine, SamplingParams, SchedulerConfig
+from service.engine.detokenizer import IncrementalDetokenizer
 
 
 @dataclass
@@ -38,6 +39,30 @@ class ServedModel:
     @property
     def is_translation(self) -> bool:
         return self.llm.is_encoder_decoder
+
+    # -- token texts, as TGI's details and the alignments show them ------------------------------
+
+    def special_text(self, token_id: int) -> str:
+        """A special token's own string ("</s>"), as TGI's token texts have it; "" for others."""
+        if token_id not in self.special_ids:
+            return ""
+        return self.llm.tokenizer.hf.id_to_token(token_id) or ""
+
+    def token_text(self, detokenizer: IncrementalDetokenizer, token_id: int, is_last: bool) -> str:
+        """A token's own text, as TGI gives it: a character split over byte-level tokens comes
+        whole with its last token (a lone token's decoding would be "\ufffd"), and the last
+        token takes what is left; a special token is its own string, which the text leaves out.
+        Text that may begin a stop string is not held back, unlike the engine's text: the texts
+        of the tokens that are not special add up to the decoded tokens, stop string included."""
+        text = detokenizer.add([token_id])
+        if is_last:
+            text += detokenizer.finish()
+        return text + self.special_text(token_id)
+
+    def token_texts(self, ids: list[int]) -> list[str]:
+        """`token_text` of each of a sequence's tokens."""
+        detokenizer = IncrementalDetokenizer(self.llm.tokenizer)
+        return [self.token_text(detokenizer, i, n == len(ids) - 1) for n, i in enumerate(ids)]
 
     def max_new_tokens(self, server_limit: int) -> int:
         """The most new tokens a request may ask for: the server's limit, within this model's

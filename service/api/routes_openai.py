@@ -257,8 +257,8 @@ async def _echoed_prompts(served: ServedModel, body: CompletionRequest, request:
                 "this model takes", param="prompt",
             )  # fmt: skip
     echoes = [echo for echo in await _echoes(served, body) for _ in range(body.n)]
-    request.app.state.metrics.prompt_tokens.labels(served.model_id).inc(sum(map(len, ids)))
     num_prompt = sum(map(len, ids))
+    request.app.state.metrics.prompt_tokens.labels(served.model_id).inc(num_prompt)
     usage = {"prompt_tokens": num_prompt, "completion_tokens": 0, "total_tokens": num_prompt}
     choices = [
         {"text": e.text, "index": k, "logprobs": e.logprobs, "finish_reason": "length"}

@@ -135,7 +135,7 @@ async def _prefill(served: ServedModel, model_input: str | list[int]) -> list[di
     logprobs, _ = await asyncio.to_thread(served.llm.prompt_logprobs, ids)
     text = served.llm.tokenizer.decode
     return [
-        {"id": i, "text": text([i]) + _special_text(served, i), "logprob": lp}
+        {"id": i, "text": text([i]) + served.special_text(i), "logprob": lp}
         for i, lp in zip(ids, logprobs, strict=True)
     ]
 
@@ -166,36 +166,11 @@ async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str,
 
 
 def _sequence_tokens(served: ServedModel, output: RequestOutput) -> list[dict]:
-    """`details.tokens`, each with its text as the stream gives it (`_token_text`)."""
-    detokenizer = IncrementalDetokenizer(served.llm.tokenizer)
-    last = len(output.token_ids) - 1
-    texts = [_token_text(served, detokenizer, i, n == last) for n, i in enumerate(output.token_ids)]
+    """`details.tokens`, each with its text as the stream gives it (`ServedModel.token_text`)."""
     tokens = _tokens(served, output.token_ids, output.logprobs)
-    for token, text in zip(tokens, texts, strict=True):
+    for token, text in zip(tokens, served.token_texts(output.token_ids), strict=True):
         token["text"] = text
     return tokens
-
-
-def _token_text(
-    served: ServedModel, detokenizer: IncrementalDetokenizer, token_id: int, is_last: bool
-) -> str:
-    """A token's own text, as TGI gives it: a character split over byte-level tokens comes
-    whole with its last token (a lone token's decoding would be "\ufffd"), and the last token
-    takes what is left; a special token is its own string ("</s>"), which `generated_text`
-    leaves out. Text that may begin a stop string is not held back, unlike the engine's text:
-    TGI's tokens are the tokens, and `generated_text` keeps the stop sequence, so the texts of
-    the tokens that are not special add up to it."""
-    text = detokenizer.add([token_id])
-    if is_last:
-        text += detokenizer.finish()
-    return text + _special_text(served, token_id)
-
-
-def _special_text(served: ServedModel, token_id: int) -> str:
-    """A special token's own string, as TGI's token texts have it; "" for any other."""
-    if token_id not in served.special_ids:
-        return ""
-    return served.llm.tokenizer.hf.id_to_token(token_id) or ""
 
 
 def _tokens(served: ServedModel, ids: list[int], logprobs: list[float]) -> list[dict]:
@@ -203,7 +178,7 @@ def _tokens(served: ServedModel, ids: list[int], logprobs: list[float]) -> list[
     return [
         {
             "id": i,
-            "text": tokenizer.decode([i]) + _special_text(served, i),
+            "text": tokenizer.decode([i]) + served.special_text(i),
             "logprob": lp,
             "special": i in served.special_ids,
         }
@@ -345,7 +320,7 @@ async def _stream_events(
     params: SamplingParams,
 ) -> AsyncIterator[str]:
     """One event per token; the last also has `generated_text` and `details`. The tokens' texts
-    (`_token_text`) add up to the new text, the stop sequence included, as TGI's do."""
+    (`ServedModel.token_text`) add up to the new text, the stop sequence included, as TGI's do."""
     index = 0
     detokenizer = IncrementalDetokenizer(served.llm.tokenizer)
     try:
@@ -359,7 +334,7 @@ async def _stream_events(
             for n, token_id in enumerate(token_ids):
                 index += 1
                 is_last = output.finished and n == len(token_ids) - 1
-                text = _token_text(served, detokenizer, token_id, is_last)
+                text = served.token_text(detokenizer, token_id, is_last)
                 if not output.new_token_ids:
                     text = detokenizer.finish()
                 event: dict = {

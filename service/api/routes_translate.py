@@ -25,7 +25,6 @@ from service.api.generation import (
 from service.api.registry import ServedModel
 from service.api.schemas import TranslateRequest
 from service.engine import RequestOutput, SamplingParams
-from service.engine.detokenizer import IncrementalDetokenizer
 
 router = APIRouter(responses=documented_errors(openai=False))
 
@@ -116,22 +115,10 @@ async def alignment(served: ServedModel, text: str, output: RequestOutput) -> di
     if not output.token_ids:
         return {"source_tokens": [], "target_tokens": [], "weights": [], "pairs": []}
     src, weights = await asyncio.to_thread(served.llm.alignment, text, output.token_ids)
-    tokenizer = served.llm.tokenizer
-
-    def pieces(ids: list[int]) -> list[str]:
-        """Each token's text: a character split over several tokens on its last piece (the
-        earlier ones ""), a special token its own string ("</s>")."""
-        detokenizer = IncrementalDetokenizer(tokenizer)
-        texts = [detokenizer.add([i]) for i in ids]
-        texts[-1] += detokenizer.finish()
-        return [
-            tokenizer.hf.id_to_token(i) or "" if i in served.special_ids else text
-            for i, text in zip(ids, texts, strict=True)
-        ]
-
     return {
-        "source_tokens": pieces(src),
-        "target_tokens": pieces(output.token_ids),
+        # a character split over several tokens is on its last piece, "</s>" is itself
+        "source_tokens": served.token_texts(src),
+        "target_tokens": served.token_texts(output.token_ids),
         "weights": [[round(w, 4) for w in row] for row in weights.tolist()],
         "pairs": [[i, j] for i, j in enumerate(weights.argmax(-1).tolist())],
     }

@@ -243,9 +243,8 @@ class TgiParameters(Body):
     top_k: int | None = Field(None, gt=0)
     top_p: float | None = Field(None, gt=0.0, lt=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0)
-    no_repeat_ngram_size: int | None = Field(
-        None, ge=0
-    )  # not TGI's: generate()'s, for translation()
+    # not TGI's: `generate()`'s, which InferenceClient.translation() may send
+    no_repeat_ngram_size: int | None = Field(None, ge=0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     typical_p: float | None = Field(None, gt=0.0, lt=1.0)
     adapter_id: str | None = None

@@ -252,11 +252,12 @@ class LLMEngine:
         logprobs = logits.float().log_softmax(-1).cpu()
         following = torch.tensor(input_ids[1:])
         chosen = logprobs.gather(1, following[:, None])[:, 0].tolist()
+        values, ids = logprobs.topk(min(num_top, logprobs.shape[1]), dim=-1)  # every position's
         top: list[dict[int, float] | None] = [None]
-        for position, token in enumerate(input_ids[1:]):
-            values, ids = logprobs[position].topk(min(num_top, logprobs.shape[1]))
-            likeliest = dict(zip(ids.tolist(), values.tolist(), strict=True))
-            top.append(likeliest | {token: chosen[position]})
+        for token, logprob, step_ids, step_values in zip(
+            input_ids[1:], chosen, ids.tolist(), values.tolist(), strict=True
+        ):
+            top.append(dict(zip(step_ids, step_values, strict=True)) | {token: logprob})
         return [None, *chosen], top
 
     # -- one step -------------------------------------------------------------------------------
