@@ -868,6 +868,12 @@ def test_openai_chat_completions_translate_the_users_last_message(server, client
     assert answer.choices[0].message.content == done.choices[0].message.content
     streamed = hub.chat_completion(messages, max_tokens=12, temperature=0, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in streamed) == text
+    # ... and at the server's base URL, where it sends model "dummy" (TGI ignores `model`; its
+    # docs have the openai package send "tgi"): both mean the default model
+    root = InferenceClient(base_url=server.url)
+    answer = root.chat_completion(messages, max_tokens=12, temperature=0)
+    assert answer.choices[0].message.content == done.choices[0].message.content
+    assert chat.create(**ask | {"model": "tgi"}).choices[0].message.content == text
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,11 @@ from service.api.settings import Settings
 from service.engine import AsyncEngine, EngineConfig, LLMEngine, SamplingParams, SchedulerConfig
 from service.engine.detokenizer import IncrementalDetokenizer
 
+# What TGI's clients send for "the model this server serves": TGI ignores `model`, its docs use
+# "tgi" with the openai package, and huggingface_hub's chat_completion at a server's base URL
+# sends "dummy". Unless a served model has that id, it means the route's default model here.
+PLACEHOLDER_MODEL_IDS = ("tgi", "dummy")
+
 
 @dataclass
 class ServedModel:
@@ -134,7 +139,10 @@ class ModelRegistry:
             served.async_engine.shutdown()
 
     def get(self, model_id: str | None, translation: bool = False) -> ServedModel:
-        """The named model; without a name, the translation model (translate) or the first one."""
+        """The named model; without a name (or with a placeholder's), the translation model
+        (translate) or the first one."""
+        if model_id in PLACEHOLDER_MODEL_IDS and model_id not in self.models:
+            model_id = None
         if model_id is None:
             candidates = [m for m in self.models.values() if m.is_translation or not translation]
             if not candidates:
