@@ -194,6 +194,12 @@ def test_translate_one_text_and_a_batch(client):
     ).json()
     assert len(batch["translations"]) == 2
     assert batch["translations"][1]["text"] == one["translations"][0]["text"]
+    # a large batch is fine while the queue can take it (256 here); larger ones are refused
+    texts = ["Open the file"] * 100
+    large = client.post("/v1/translate", json={"text": texts, "beam_size": 1})
+    assert [t["text"] for t in large.json()["translations"]] == [one["translations"][0]["text"]] * 100
+    over = client.post("/v1/translate", json={"text": texts * 3, "beam_size": 1})
+    assert over.status_code == 422 and over.json()["error"].startswith("text: 300 generations")
 
 
 def test_translate_n_best_is_sorted_by_score(client):
@@ -331,6 +337,7 @@ def test_bad_translation_requests_get_422_naming_the_field(client, body, field):
         ({"prompt": "a", "suffix": "!"}, "suffix"),
         ({"prompt": "a", "stream": 1}, "stream"),
         ({"prompt": "a", "logit_bias": {"²": 1}}, "logit_bias"),  # a digit to isdigit(), not int()
+        ({"prompt": "a", "logit_bias": {"9" * 5000: 1}}, "logit_bias"),  # int() refuses > 4300 digits
         ({"prompt": "a", "stop": [1]}, "stop"),
         ({"prompt": "a", "stop": ["a"] * 5}, "stop"),
         ({"prompt": "a", "stream_options": {"include_usage": True}}, "stream_options"),
@@ -343,6 +350,20 @@ def test_bad_completions_get_400_with_the_field_as_param(client, body, param):
     error = r.json()["error"]
     assert error["param"] == param and error["type"] == "invalid_request_error"
     assert "Value error" not in error["message"] and "constrained" not in error["message"]
+
+
+def test_openai_default_max_tokens_is_lowered_to_what_fits_and_a_clients_own_is_refused(models):
+    """A KV cache of 8 blocks of 4 slots: a 20-token prompt leaves room for fewer than OpenAI's
+    default of 16 new tokens."""
+    block = 2 * 2 * 4 * 32 * 4  # K and V, 2 layers, 4 slots, d_model 32, fp32 (the tiny models)
+    with ServerThread(settings(models, kv_cache_mb=8 * block / 2**20)) as small:
+        ask = {"model": "tiny-lm", "prompt": [5] * 20, "ignore_eos": True}
+        fitted = httpx.post(f"{small.url}/v1/completions", json=ask, timeout=60)
+        assert fitted.status_code == 200, fitted.text
+        assert 0 < fitted.json()["usage"]["completion_tokens"] < 16
+        assert fitted.json()["choices"][0]["finish_reason"] == "length"
+        own = httpx.post(f"{small.url}/v1/completions", json=ask | {"max_tokens": 16}, timeout=60)
+        assert own.status_code == 400 and own.json()["error"]["param"] == "max_tokens", own.text
 
 
 def test_a_bad_prompt_of_a_list_is_named_by_its_index(client):
@@ -415,9 +436,12 @@ def test_text_that_is_not_unicode_and_infinite_numbers_are_refused_naming_the_fi
     if path.startswith("/v1/completions"):
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"] == field
+        message = r.json()["error"]["message"]
     else:
         assert r.status_code == 422, r.text
-        assert field in r.json()["error"]
+        message = r.json()["error"]
+        assert field in message
+    assert b"\\ud" not in body or "not valid Unicode" in message, message
 
 
 def test_bodies_that_cannot_be_decoded_are_422_saying_why(client):

@@ -15,6 +15,9 @@ from service.api.schemas import OpenAIBody
 from service.engine import FinishReason, RequestOutput, SamplingParams
 
 
+MAX_TOKENS_FIELDS = {"max_tokens", "max_completion_tokens"}
+
+
 def sampling_params(
     body: OpenAIBody, request: Request, served: ServedModel, index: int
 ) -> SamplingParams:
@@ -29,7 +32,9 @@ def sampling_params(
         raise ApiError(422, f"logit_bias: token ids must be below {vocab_size}", param="logit_bias")
     return SamplingParams(
         max_new_tokens=max_new,
-        fit_max_new_tokens=requested is None,
+        # a default (completions' 16, or what fits) is lowered to what fits; a client's own
+        # max_tokens that does not fit is refused, naming it
+        fit_max_new_tokens=requested is None or not body.model_fields_set & MAX_TOKENS_FIELDS,
         temperature=body.temperature,
         top_p=body.top_p,
         seed=None if body.seed is None else body.seed + index,  # n choices differ, reproducibly

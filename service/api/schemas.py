@@ -45,7 +45,7 @@ def _non_empty(text: str) -> str:
 NonEmptyText = Annotated[
     Text, AfterValidator(_non_empty), WithJsonSchema({"type": "string", "minLength": 1})
 ]
-MAX_BATCH = 64  # texts or prompts in one request
+MAX_BATCH = 1024  # texts or prompts in one request (the queue must also hold them all)
 # Seeds: any 64-bit value (n > 1 completions use seed + index).
 Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
 
@@ -104,7 +104,7 @@ def _prompts(value: object) -> object:
     try:
         texts = _one_or_many(value)
     except ValueError as error:
-        if str(error).startswith("item "):  # a list of texts with one bad item: name it
+        if str(error).startswith(("item ", "is not valid")):  # say what is wrong, and where
             raise
         raise ValueError(
             f"must be a non-empty string, a list of 1 to {MAX_BATCH} non-empty strings, "
@@ -366,8 +366,8 @@ class OpenAIBody(Body):
     @classmethod
     def _biases(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
         for token, value in (bias or {}).items():
-            if not (token.isascii() and token.isdigit()):
-                raise ValueError(f"keys must be token ids, not {token!r}")
+            if not (token.isascii() and token.isdigit()) or len(token) > 9:
+                raise ValueError(f"keys must be token ids, not {token[:20]!r}")
             if not -100 <= value <= 100:
                 raise ValueError(f"the bias of token {token} must be in [-100, 100]")
         return bias
