@@ -197,7 +197,9 @@ def test_translate_one_text_and_a_batch(client):
     # a large batch is fine while the queue can take it (256 here); larger ones are refused
     texts = ["Open the file"] * 100
     large = client.post("/v1/translate", json={"text": texts, "beam_size": 1})
-    assert [t["text"] for t in large.json()["translations"]] == [one["translations"][0]["text"]] * 100
+    assert [t["text"] for t in large.json()["translations"]] == [
+        one["translations"][0]["text"]
+    ] * 100
     over = client.post("/v1/translate", json={"text": texts * 3, "beam_size": 1})
     assert over.status_code == 422 and over.json()["error"].startswith("text: 300 generations")
 
@@ -337,7 +339,10 @@ def test_bad_translation_requests_get_422_naming_the_field(client, body, field):
         ({"prompt": "a", "suffix": "!"}, "suffix"),
         ({"prompt": "a", "stream": 1}, "stream"),
         ({"prompt": "a", "logit_bias": {"²": 1}}, "logit_bias"),  # a digit to isdigit(), not int()
-        ({"prompt": "a", "logit_bias": {"9" * 5000: 1}}, "logit_bias"),  # int() refuses > 4300 digits
+        (
+            {"prompt": "a", "logit_bias": {"9" * 5000: 1}},
+            "logit_bias",
+        ),  # int() refuses > 4300 digits
         ({"prompt": "a", "stop": [1]}, "stop"),
         ({"prompt": "a", "stop": ["a"] * 5}, "stop"),
         ({"prompt": "a", "stream_options": {"include_usage": True}}, "stream_options"),

@@ -14,7 +14,6 @@ from service.api.registry import ServedModel
 from service.api.schemas import OpenAIBody
 from service.engine import FinishReason, RequestOutput, SamplingParams
 
-
 MAX_TOKENS_FIELDS = {"max_tokens", "max_completion_tokens"}
 
 
