@@ -357,6 +357,27 @@ def test_bad_completions_get_400_with_the_field_as_param(client, body, param):
     assert "Value error" not in error["message"] and "constrained" not in error["message"]
 
 
+def test_max_new_tokens_over_a_translation_models_limit_is_lowered_and_a_generators_refused(
+    models,
+):
+    """The tiny models have 512 positions, so at most 511 new tokens; this server allows 600.
+    A translation's max_new_tokens is an upper bound (API.md's example asks for 256, more
+    than the bundled translator's 135); a prompt shares a generator's positions (vLLM, TGI)."""
+    with ServerThread(settings(models, max_new_tokens=600)) as big:
+        ask = {"text": "Open the file", "beam_size": 1, "max_new_tokens": 600}
+        lowered = httpx.post(f"{big.url}/v1/translate", json=ask, timeout=60)
+        assert lowered.status_code == 200, lowered.text
+        assert lowered.json()["usage"]["output_tokens"] <= 511
+        over = httpx.post(f"{big.url}/v1/translate", json=ask | {"max_new_tokens": 601})
+        assert over.status_code == 422, over.text
+        assert over.json()["error"] == "max_new_tokens: 601 is over this server's limit of 600"
+        tgi = {"inputs": "Open", "parameters": {"max_new_tokens": 600}}
+        refused = httpx.post(f"{big.url}/models/tiny-lm/generate", json=tgi)
+        assert refused.status_code == 422, refused.text
+        message = "parameters.max_new_tokens: 600 is over this model's limit of 511"
+        assert refused.json()["error"] == message
+
+
 def test_openai_default_max_tokens_is_lowered_to_what_fits_and_a_clients_own_is_refused(models):
     """A KV cache of 8 blocks of 4 slots: a 20-token prompt leaves room for fewer than OpenAI's
     default of 16 new tokens."""
@@ -1573,3 +1594,11 @@ def test_a_request_too_long_blames_the_field_at_fault(at_fault, param):
     with pytest.raises(ApiError) as refused:
         start(served, "hi", None, ctx)
     assert refused.value.param == param and refused.value.status == 422
+
+
+def test_the_reserve_full_length_setting_reaches_every_engine(models):
+    with ServerThread(settings(models, reserve_full_length=True)) as reserving:
+        engines = [m.llm for m in reserving.app.state.registry.models.values()]
+        assert all(e.config.scheduler.reserve_full_length for e in engines)
+        r = httpx.post(f"{reserving.url}/v1/translate", json={"text": "Open"}, timeout=60)
+        assert r.status_code == 200, r.text

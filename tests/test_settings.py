@@ -16,6 +16,13 @@ def test_flags_override_environment_variables_which_override_defaults(monkeypatc
     assert settings.kv_cache_mb == Settings.model_fields["kv_cache_mb"].default
 
 
+def test_switches_reach_the_settings():
+    settings = parse_args(["--reserve-full-length", "--batching", "static", "--quantize", "int8"])
+    assert settings.reserve_full_length and settings.batching == "static"
+    assert settings.quantize == "int8"
+    assert not parse_args([]).reserve_full_length
+
+
 def test_help_describes_every_flag(capsys):
     with pytest.raises(SystemExit) as exit:
         parse_args(["--help"])

@@ -101,6 +101,7 @@ class ModelRegistry:
             max_tokens_per_step=settings.max_tokens_per_step,
             max_waiting_requests=settings.max_queued_requests,
             static_batching=settings.batching == "static",
+            reserve_full_length=settings.reserve_full_length,
         )
         config = EngineConfig(
             kv_cache_mb=settings.kv_cache_mb,

@@ -49,7 +49,11 @@ def sampling_params(body: TgiRequest, request: Request, served: ServedModel) -> 
     p = body.parameters
     limit = served.max_new_tokens(settings.max_new_tokens)  # TGI's default is 100
     max_new = new_tokens_limit(
-        p.max_new_tokens, min(100, limit), limit, "parameters.max_new_tokens"
+        served,
+        settings.max_new_tokens,
+        p.max_new_tokens,
+        min(100, limit),
+        "parameters.max_new_tokens",
     )
     sampling = p.is_sampling
     seed = p.seed if p.seed is not None else (random.getrandbits(63) if sampling else None)

@@ -34,7 +34,9 @@ def sampling_params(
 ) -> SamplingParams:
     settings = request.app.state.settings
     limit = served.max_new_tokens(settings.max_new_tokens)
-    max_new_tokens = new_tokens_limit(body.max_new_tokens, limit, limit, "max_new_tokens")
+    max_new_tokens = new_tokens_limit(
+        served, settings.max_new_tokens, body.max_new_tokens, limit, "max_new_tokens"
+    )
     assert body.beam_size is not None
     return SamplingParams(
         max_new_tokens=max_new_tokens,

@@ -42,14 +42,26 @@ class Settings(BaseSettings):
     )
     kv_cache_mb: float = Field(256.0, gt=0, description="KV cache memory per model, MiB")
     block_size: int = Field(16, ge=1, description="token positions per KV cache block")
-    max_input_tokens: int = Field(256, ge=1, description="longer inputs are refused")
-    max_new_tokens: int = Field(256, ge=1, description="the most a request may ask for")
+    max_input_tokens: int = Field(
+        256,
+        ge=1,
+        description="longer inputs are refused; a model's positions may allow fewer (/info)",
+    )
+    max_new_tokens: int = Field(
+        256,
+        ge=1,
+        description="the most new tokens a request may ask for; a model's positions may allow "
+        "fewer (/info): a translation model then lowers the request's, a generator refuses it",
+    )
     request_timeout_s: float | None = Field(
         120.0, gt=0, description="deadline of a request that sets none"
     )
     batching: Literal["continuous", "static"] = Field(
         "continuous", description="static: the benchmark's baseline"
     )
+    # When the KV cache runs out: preempt a running request and recompute it later (the
+    # default), or reserve input + max_new_tokens at admission and never preempt (docs/engine.md)
+    reserve_full_length: bool = False
     api_key: str | None = Field(None, description="require Authorization: Bearer KEY")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="debug, info, warning, error or critical"
@@ -109,7 +121,6 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "--port": int,
         "--device": str,
         "--dtype": str,
-        "--quantize": str,
         "--threads": int,
         "--max-running-requests": int,
         "--max-queued-requests": int,
@@ -130,9 +141,15 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument(
         "--batching", choices=["continuous", "static"], default=None, help=_help("--batching")
     )
+    p.add_argument("--quantize", choices=["int8"], default=None, help=_help("--quantize"))
     p.add_argument(
         "--no-prepack-weights", dest="prepack_weights", action="store_false", default=None,
         help="use plain F.linear instead of oneDNN-packed weights on the CPU",
+    )  # fmt: skip
+    p.add_argument(
+        "--reserve-full-length", action="store_true", default=None,
+        help="reserve each request's input + max_new_tokens of KV cache at admission: never "
+        "preempts, admits fewer (default: preempt and recompute when the cache runs out)",
     )  # fmt: skip
     p.add_argument(
         "--compile", action="store_true", default=None,
