@@ -299,7 +299,7 @@ def test_alignments_show_where_each_target_token_looked(server, client):
         ({"text": "word " * 200}, "text"),
         ({"text": ["Open", "word " * 200]}, "text[1]"),  # which text of the batch
         ({"text": " \t\n"}, "text"),  # nothing to translate
-        ({"text": ["Open", " "]}, "item 1"),
+        ({"text": ["Open", " "]}, "text[1]: is only whitespace"),
         ({"text": "\u200b \ufeff\u200b"}, "text: is only whitespace"),  # zero-width, BOM
         ({"text": ["Open", "", "Save"]}, "text: item 1 must be a non-empty string"),
         ({"text": ["Open", None]}, "text: item 1 must be a non-empty string, not None"),
@@ -657,6 +657,20 @@ def test_huggingface_hub_translation_gets_the_translation(server, client):
     )
     generated = client.post("/", json={"model": "tiny-lm", "inputs": "Open"}).json()[0]
     assert "translation_text" not in generated  # only translation models
+    detailed = {"inputs": "Open the file", "parameters": {"details": True}}
+    detailed = client.post("/", json=detailed).json()[0]
+    assert detailed["translation_text"] == detailed["generated_text"] == translated.translation_text
+    # whitespace alone has nothing to translate, on every route
+    for path, body in [
+        ("/", {"inputs": " \u200b"}),
+        ("/generate", {"inputs": "\n"}),
+        ("/generate_stream", {"inputs": "\ufeff"}),
+        ("/v1/completions", {"model": "tiny-mt", "prompt": ["Open", " "]}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "  "}]}),
+    ]:
+        r = client.post(path, json=body)
+        assert r.status_code == (400 if path.startswith("/v1") else 422), r.text
+        assert "is only whitespace" in r.text, r.text
     # transformers' generate() options, as translation() sends them: taken, or refused by name
     short = hf.translation("Open the file", generate_parameters={"max_new_tokens": 2})
     body = {"inputs": "Open the file", "parameters": {"max_new_tokens": 2}}
@@ -1587,6 +1601,7 @@ def test_a_request_too_long_blames_the_field_at_fault(at_fault, param):
         raise RequestTooLong("does not fit", at_fault)
 
     served = SimpleNamespace(
+        is_translation=False,
         async_engine=SimpleNamespace(is_running=True, generate=refuse),
         llm=SimpleNamespace(input_ids=lambda prompt: [1, 2]),
     )

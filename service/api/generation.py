@@ -90,6 +90,12 @@ def start(
     batch), by default the body's field."""
     if not served.async_engine.is_running:
         raise ApiError(503, "the server is shutting down", "not_ready")
+    if served.is_translation and isinstance(prompt, str) and _is_blank(prompt):
+        # nothing to translate: the model would make something up
+        message = (
+            f"{input_name or ctx.input_param}: is only whitespace: there is nothing to translate"
+        )
+        raise ApiError(422, message, param=ctx.input_param)
     input_ids = served.llm.input_ids(prompt)  # counted in the metrics however it ends
     try:
         outputs = served.async_engine.generate(
@@ -104,6 +110,15 @@ def start(
     except EngineOverloaded as error:
         raise _overloaded(served, str(error)) from None
     return _observed(served, outputs, ctx, len(input_ids) if counts_prompt else 0)
+
+
+# Invisible characters that `str.isspace` does not count: zero-width space, non-joiner and
+# joiner, word joiner, byte order mark.
+INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
+
+
+def _is_blank(text: str) -> bool:
+    return all(c.isspace() or c in INVISIBLE for c in text)
 
 
 def _overloaded(served: ServedModel, why: str) -> ApiError:

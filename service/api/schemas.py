@@ -50,11 +50,6 @@ MAX_BATCH = 1024  # texts or prompts in one request (the queue must also hold th
 Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
 
 
-# Invisible characters that `str.strip` keeps: zero-width space, non-joiner and joiner, word
-# joiner, byte order mark.
-INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
-
-
 class FieldError(ValueError):
     """A check across fields that blames one of them (the error's `param`)."""
 
@@ -182,18 +177,6 @@ class TranslateRequest(Body):
     return_alignments: bool = False  # each translation's cross-attention over the source
     stream: bool = False
     timeout_s: float | None = Field(None, gt=0)
-
-    @field_validator("text")
-    @classmethod
-    def _has_words(cls, text: str | list[str]) -> str | list[str]:
-        """Whitespace alone (zero-width spaces and the byte order mark too) has nothing to
-        translate: the model would make something up."""
-        texts = [text] if isinstance(text, str) else text
-        for index, item in enumerate(texts):
-            if all(c.isspace() or c in INVISIBLE for c in item):
-                where = "" if isinstance(text, str) else f"item {index} "
-                raise ValueError(f"{where}is only whitespace: there is nothing to translate")
-        return text
 
     @model_validator(mode="after")
     def _consistent(self) -> TranslateRequest:
