@@ -4,6 +4,7 @@ httpx, the `openai` package and `huggingface_hub.InferenceClient`. Tiny random m
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import re
 import socket
@@ -483,7 +484,7 @@ def test_bodies_that_cannot_be_decoded_are_422_saying_why(client):
     r = client.get("/v1/completions")  # a route that exists, with the wrong method
     assert r.status_code == 405 and r.headers["allow"] == "POST" and "message" in r.json()["error"]
     assert client.post("/health").headers["allow"] == "GET, HEAD"  # every method of the path
-    assert client.put("/").headers["allow"] == "GET, POST"  # the playground, TGI's route
+    assert client.put("/").headers["allow"] == "GET, HEAD, POST"  # the playground, TGI's route
 
 
 def test_a_request_refused_before_its_body_is_read_is_counted_for_the_model_its_url_names(client):
@@ -554,11 +555,25 @@ def test_malformed_json_and_oversized_bodies(client):
     counted = metrics(client)  # logged and counted like any other answer
     assert counted["attnserve_requests_total{model=,route=/v1/translate,status=413}"] >= 2
     assert client.get("/no/such/route").status_code == 404
+    packed = gzip.compress(b'{"text": "Open"}')
+    for path in ("/v1/translate", "/v1/completions"):  # a compressed body is refused, saying so
+        r = client.post(path, content=packed, headers={"content-encoding": "gzip"})
+        assert r.status_code == 415 and "Content-Encoding 'gzip'" in r.text, r.text
+    plain = {"content-encoding": "identity", "content-type": "application/json"}
+    assert (
+        client.post("/v1/translate", content=b'{"text": "Open"}', headers=plain).status_code == 200
+    )
     unknown = client.post("/v1/embeddings", json={})
     assert unknown.status_code == 404  # in OpenAI's shape, saying what there is instead
     assert "/v1/completions" in unknown.json()["error"]["message"]
-    for probe in ("/health", "/ready"):  # load balancers may probe with HEAD
-        assert client.head(probe).status_code == 200
+    # HEAD wherever GET is (load balancers probe with it): GET's status and headers, no body
+    for path in ("/health", "/ready", "/metrics", "/info", "/v1/models", "/v1/models/tiny-lm",
+                 "/models/tiny-lm/health", "/models/tiny-lm/info", "/", "/openapi.json"):  # fmt: skip
+        head, get = client.head(path), client.get(path)
+        assert head.status_code == get.status_code == 200, path
+        assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"]
+    assert client.head("/v1/models/gpt-4").status_code == 404
+    assert client.head("/v1/translate").headers["allow"] == "POST"
 
 
 # -- TGI --------------------------------------------------------------------------------------

@@ -95,6 +95,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     install_error_handlers(app)
     # Inside the request middleware below (added later, so it wraps this one): a 413 is logged
     # and counted like any other answer.
+    app.add_middleware(HeadAsGet)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
     @app.middleware("http")
@@ -223,7 +224,6 @@ def _route_label(request: Request) -> str:
 
 def _add_operations(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     @app.get("/health")
-    @app.head("/health", include_in_schema=False)  # probes may use HEAD
     async def health():
         if app.state.status == "failed":  # the models could not load: restart me
             return JSONResponse({"status": "failed"}, status_code=503)
@@ -235,7 +235,6 @@ def _add_operations(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
         return {"status": "ok"}
 
     @app.get("/ready", responses={503: {"description": "loading, failed to load, or draining"}})
-    @app.head("/ready", include_in_schema=False)  # probes may use HEAD
     async def ready():
         status = app.state.status
         return JSONResponse({"status": status}, status_code=200 if status == "ready" else 503)
@@ -314,9 +313,29 @@ def _add_operations(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
         return playground
 
 
+class HeadAsGet:
+    """HEAD wherever GET is (load balancers and link checkers send it): the GET's status and
+    headers, without its body."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, without_body)
+
+
 class BodySizeLimit:
     """413 for bodies over the limit, by Content-Length or, for a chunked body, by reading it
-    here first (an error raised while the app reads it would turn into a 400)."""
+    here first (an error raised while the app reads it would turn into a 400); 415 for a
+    compressed body (it would read as bad JSON)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app = app
@@ -326,6 +345,11 @@ class BodySizeLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
+        encoding = headers.get(b"content-encoding", b"").decode("latin-1").strip().lower()
+        if encoding not in ("", "identity"):
+            message = f"Content-Encoding {encoding!r} is not supported: send the body uncompressed"
+            error = ApiError(415, message, "validation", param="Content-Encoding")
+            return await error_response(error, scope["path"])(scope, receive, send)
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await self._too_large(scope, receive, send)

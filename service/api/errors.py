@@ -150,11 +150,12 @@ def _validation_error(exc: RequestValidationError, content_type: str) -> ApiErro
 
 def _methods_of(request: Request, allowed: str) -> str:
     """Every method the request's path has, from the API's schema (Starlette's `allowed`
-    names one route's: `POST /health` would get `HEAD`)."""
-    operations = request.app.openapi()["paths"].get(request.url.path)
-    if not operations:
-        return allowed
-    return ", ".join(sorted({method.upper() for method in operations} | set(allowed.split(", "))))
+    names one route's), and HEAD wherever GET is (app.HeadAsGet answers it)."""
+    operations = request.app.openapi()["paths"].get(request.url.path) or {}
+    methods = {method.upper() for method in operations} | set(allowed.split(", "))
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -253,7 +253,6 @@ def _served(request: Request, model_id: str) -> ServedModel:
 
 
 @router.get("/models/{model_id:path}/health", responses={503: {"description": "not ready"}})
-@router.head("/models/{model_id:path}/health", include_in_schema=False)
 async def health_for(model_id: str, request: Request):
     """TGI's `/health` under a model's base URL (`InferenceClient.health_check()`): 200 once
     the model can serve."""
