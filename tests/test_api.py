@@ -882,6 +882,11 @@ def test_openai_completions_plain_and_streamed(server):
     there = at_model.completions.create(model="x", prompt="Open", max_tokens=10, temperature=0)
     assert there.model == "tiny-lm" and there.choices[0].text == text
     assert [card.id for card in at_model.models.list()] == ["tiny-lm"]
+    assert at_model.models.retrieve("tiny-lm").id == "tiny-lm"
+    with pytest.raises(openai.NotFoundError):
+        at_model.models.retrieve("tiny-mt")
+    lost = httpx.get(f"{server.url}/models/tiny-lm/v1/nothing")  # a 404 saying what there is
+    assert lost.status_code == 404 and "/generate_stream" in lost.json()["error"], lost.text
     with pytest.raises(openai.UnprocessableEntityError) as refused:  # TGI's shape, as TGI there
         at_model.completions.create(model="x", prompt="Open", max_tokens=10, temperature=-1)
     assert refused.value.response.json()["error_type"] == "validation"
