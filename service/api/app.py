@@ -93,8 +93,8 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     app.state.on_failure = lambda: None  # the server sets how to exit when loading fails
     app.state.num_in_flight = 0
     install_error_handlers(app)
-    # Inside the request middleware below (added later, so it wraps this one): a 413 is logged
-    # and counted like any other answer.
+    # Inside the request middleware below (added later, so it wraps these): a 413 or 415 is
+    # logged and counted like any other answer, and a HEAD as itself.
     app.add_middleware(HeadAsGet)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
