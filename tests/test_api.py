@@ -225,6 +225,24 @@ def test_streamed_translation_concatenates_to_the_non_streamed_text(client):
     r = client.post("/v1/translate", json=body | {"stream": True})
     assert r.headers["content-type"].startswith("text/event-stream")
     events = sse_data(r)
+    # every stream tells caches and proxies (nginx buffers by default) not to hold it back
+    streams = [
+        ("/v1/translate", body | {"stream": True}),
+        ("/generate_stream", {"inputs": "Open"}),
+        ("/", {"inputs": "Open", "stream": True}),
+        ("/v1/completions", {"model": "tiny-lm", "prompt": "Open", "stream": True}),
+        (
+            "/v1/completions",
+            {"model": "tiny-lm", "prompt": "Open", "stream": True, "echo": True, "max_tokens": 0},
+        ),  # fmt: skip
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "Open"}], "stream": True},
+        ),
+    ]
+    for path, ask in streams:
+        headers = client.post(path, json=ask).headers
+        assert headers["cache-control"] == "no-cache" and headers["x-accel-buffering"] == "no", path
     assert events[-1] == "[DONE]"
     final = events[-2]
     assert final["finish_reason"] in ("stop", "length") and final["text"] == whole
@@ -958,6 +976,8 @@ def test_openai_chat_completions_translate_the_users_last_message(server, client
     answer = root.chat_completion(messages, max_tokens=12, temperature=0)
     assert answer.choices[0].message.content == done.choices[0].message.content
     assert chat.create(**ask | {"model": "tgi"}).choices[0].message.content == text
+    url = chat.create(**ask | {"model": server.url})  # @huggingface/inference sends its URL
+    assert url.choices[0].message.content == text
 
 
 @pytest.mark.parametrize(

@@ -347,8 +347,8 @@ class BodySizeLimit:
         headers = dict(scope.get("headers") or [])
         encoding = headers.get(b"content-encoding", b"").decode("latin-1").strip().lower()
         if encoding not in ("", "identity"):
-            message = f"Content-Encoding {encoding!r} is not supported: send the body uncompressed"
-            error = ApiError(415, message, "validation", param="Content-Encoding")
+            why = f"Content-Encoding {encoding!r} is not supported: send the body uncompressed"
+            error = ApiError(415, why, "validation", param="Content-Encoding")
             return await error_response(error, scope["path"])(scope, receive, send)
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:

@@ -7,11 +7,12 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request as HttpRequest
+from fastapi.responses import StreamingResponse
 
 from service.api.errors import ApiError
 from service.api.metrics import Metrics
@@ -304,6 +305,20 @@ def merged_timings(outputs: list[RequestOutput]) -> dict[str, float]:
 def sse_event(data: dict | str) -> str:
     payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
     return f"data: {payload}\n\n"
+
+
+def event_stream(
+    events: AsyncIterator[str] | Iterable[str], request: HttpRequest
+) -> StreamingResponse:
+    """An SSE response: `events` (already `data: ...` text), with keep-alive comments, and
+    headers that keep caches and proxies (nginx's buffering) from holding them back."""
+    if isinstance(events, AsyncIterator):
+        events = with_keepalive(events, request.app.state.settings.keepalive_s)
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 async def with_keepalive(events: AsyncIterator[str], interval_s: float) -> AsyncIterator[str]:

@@ -17,19 +17,19 @@ import uuid
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 import service
 from service.api.errors import SSE_RESPONSE, ApiError, documented_errors, is_openai_route
 from service.api.generation import (
     Context,
     check_finished,
+    event_stream,
     final_outputs,
     merged_timings,
     served_model,
     start_all,
     timings_header,
-    with_keepalive,
 )
 from service.api.openai_common import (
     Unsent,
@@ -111,9 +111,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         events = _stream_events(
             streams, served, body, chat_id, created, settings.request_timeout_s, openai_errors
         )
-        return StreamingResponse(
-            with_keepalive(events, settings.keepalive_s), media_type="text/event-stream"
-        )
+        return event_stream(events, request)
     finals = await final_outputs(streams, request)
     outputs = [check_finished(o, settings.request_timeout_s) for o in finals]
     choices = [

@@ -12,19 +12,19 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from service.api.errors import SSE_RESPONSE, ApiError, documented_errors, is_openai_route
 from service.api.generation import (
     Context,
     check_finished,
+    event_stream,
     final_outputs,
     merged_timings,
     served_model,
     sse_event,
     start_all,
     timings_header,
-    with_keepalive,
 )
 from service.api.openai_common import (
     Unsent,
@@ -224,10 +224,7 @@ async def completions(body: CompletionRequest, request: Request):
         events = _stream_events(
             streams, served, body, echoes, completion_id, created, timeout_s, openai_errors
         )
-        return StreamingResponse(
-            with_keepalive(events, request.app.state.settings.keepalive_s),
-            media_type="text/event-stream",
-        )
+        return event_stream(events, request)
     outputs = [check_finished(o, timeout_s) for o in await final_outputs(streams, request)]
     choices = []
     for k, (o, echo) in enumerate(zip(outputs, echoes, strict=True)):
@@ -284,7 +281,7 @@ async def _echoed_prompts(served: ServedModel, body: CompletionRequest, request:
     if include_usage:
         events.append(sse_event(head | {"choices": [], "usage": usage}))
     events.append(sse_event("[DONE]"))
-    return StreamingResponse(iter(events), media_type="text/event-stream")
+    return event_stream(events, request)
 
 
 @router.post("/models/{model_id:path}/v1/completions", responses=SSE_RESPONSE)

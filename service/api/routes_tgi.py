@@ -14,13 +14,13 @@ from service.api.errors import SSE_RESPONSE, ApiError, documented_errors
 from service.api.generation import (
     Context,
     check_finished,
+    event_stream,
     final_outputs,
     new_tokens_limit,
     served_model,
     sse_event,
     start,
     timings_header,
-    with_keepalive,
 )
 from service.api.registry import ServedModel
 from service.api.schemas import MAX_STOP_SEQUENCES, TgiRequest
@@ -210,10 +210,7 @@ async def generate_stream(body: TgiRequest, request: Request):
     ctx = Context.of(request, "inputs", "parameters.max_new_tokens")
     outputs = start(served, _model_input(served, body), params, ctx)
     events = _stream_events(outputs, served, body, params)
-    return StreamingResponse(
-        with_keepalive(events, request.app.state.settings.keepalive_s),
-        media_type="text/event-stream",
-    )
+    return event_stream(events, request)
 
 
 @router.post("/", responses=SSE_RESPONSE)

@@ -6,12 +6,13 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from service.api.errors import SSE_RESPONSE, ApiError, documented_errors
 from service.api.generation import (
     Context,
     check_finished,
+    event_stream,
     final_outputs,
     merged_timings,
     new_tokens_limit,
@@ -20,7 +21,6 @@ from service.api.generation import (
     start,
     start_all,
     timings_header,
-    with_keepalive,
 )
 from service.api.registry import ServedModel
 from service.api.schemas import TranslateRequest
@@ -63,11 +63,7 @@ async def translate(body: TranslateRequest, request: Request):
         text: str = body.text
         outputs = start(served, text, params, ctx)
         alignment_of = (lambda o: alignment(served, text, o)) if body.return_alignments else None
-        events = with_keepalive(
-            _stream_events(outputs, params, body, alignment_of),
-            request.app.state.settings.keepalive_s,
-        )
-        return StreamingResponse(events, media_type="text/event-stream")
+        return event_stream(_stream_events(outputs, params, body, alignment_of), request)
     texts = [body.text] if isinstance(body.text, str) else body.text
     streams = start_all(served, [(t, params) for t in texts], ctx, "text")
     finished = [check_finished(o, params.timeout_s) for o in await final_outputs(streams, request)]
