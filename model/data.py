@@ -6,7 +6,8 @@ Sources (all real human translations): the gettext catalogs of ~380 Debian packa
 (`model/corpus_packages.txt`) plus LibreOffice's, Debian's translated package descriptions
 (DDTP), and Python wheels that ship `.po` files; and, for everyday words and sentences, the
 Ding dictionary (`model/ding.py`). Writes `{train,valid,test}.tsv` (en, de, package), the
-dictionary's own training file `dictionary.tsv` and general-domain test sentences
+dictionary's own training file `dictionary.tsv`, its sentences again as
+`dictionary_sentences.tsv` (for training to repeat), general-domain test sentences
 `test_general.tsv`, `manifest.json` (every source with version and sha256), `NOTICE.md`,
 `stats.json`, and the shared subword tokenizer `tokenizer.json` (of train.tsv). Run once, never
 in CI (~1 GB download).
@@ -333,6 +334,8 @@ def build(out: Path, raw: Path, vocab_size: int) -> None:
     eval_en = {p.en for p in splits["valid"] + splits["test"]}
     splits["dictionary"] = dedupe([p for p in dictionary if p.en not in eval_en])
     splits["test_general"] = general
+    # Its sentences and exclamations again, as a file that training can repeat (stage 3)
+    splits["dictionary_sentences"] = [p for p in splits["dictionary"] if ding.ends_a_sentence(p.en)]
     for name, split in splits.items():
         write_tsv(split, out / f"{name}.tsv")
     stats = {

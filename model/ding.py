@@ -63,6 +63,12 @@ def is_sentence(text: str) -> bool:
     return text[:1].isupper() and text[-1:] in ".?!" and len(text.split()) >= 4
 
 
+def ends_a_sentence(text: str) -> bool:
+    """A sentence or an exclamation ("Hello!", "How are you?"): the dictionary's everyday text,
+    which training repeats (`dictionary_sentences.tsv`), since among its words it is rare."""
+    return text[:1].isupper() and text[-1:] in ".?!"
+
+
 def is_held_out(line: str, one_in: int = 25) -> bool:
     """Whole lines go to the general-domain test set, chosen by a hash (stable across builds)."""
     return int(hashlib.sha256(line.encode()).hexdigest()[:8], 16) % one_in == 0

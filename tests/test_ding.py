@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from model.ding import clean_sense, ding_pairs, is_held_out, is_sentence, line_pairs
+from model.ding import (
+    clean_sense,
+    ding_pairs,
+    ends_a_sentence,
+    is_held_out,
+    is_sentence,
+    line_pairs,
+)
 
 LINES = [
     "# Version :: devel 2023-01-30\n",
@@ -84,3 +91,10 @@ def test_held_out_lines_give_test_sentences_that_train_never_sees(tmp_path: Path
     assert not {p.en for p in train} & {p.en for p in test}
     assert not {p.de for p in train} & {p.de for p in test}
     assert ("common", "Gemeinsam") in [(p.en, p.de) for p in train]  # only the sentence goes
+
+
+def test_sentences_and_exclamations_are_the_everyday_text_training_repeats() -> None:
+    assert ends_a_sentence("How are you?") and ends_a_sentence("Hello!")
+    assert ends_a_sentence("The weather is nice today.")
+    assert not ends_a_sentence("in all weathers") and not ends_a_sentence("weather")
+    assert not ends_a_sentence("e.g.")  # an abbreviation, not a sentence
