@@ -577,6 +577,7 @@ def test_malformed_json_and_oversized_bodies(client):
     for path in ("/v1/translate", "/v1/completions"):  # a compressed body is refused, saying so
         r = client.post(path, content=packed, headers={"content-encoding": "gzip"})
         assert r.status_code == 415 and "Content-Encoding 'gzip'" in r.text, r.text
+    assert client.get("/health", headers={"content-encoding": "gzip"}).status_code == 200  # no body
     plain = {"content-encoding": "identity", "content-type": "application/json"}
     assert (
         client.post("/v1/translate", content=b'{"text": "Open"}', headers=plain).status_code == 200
@@ -903,8 +904,11 @@ def test_openai_completions_plain_and_streamed(server):
     assert at_model.models.retrieve("tiny-lm").id == "tiny-lm"
     with pytest.raises(openai.NotFoundError):
         at_model.models.retrieve("tiny-mt")
-    lost = httpx.get(f"{server.url}/models/tiny-lm/v1/nothing")  # a 404 saying what there is
-    assert lost.status_code == 404 and "/generate_stream" in lost.json()["error"], lost.text
+    # a placeholder is a body's; in the URL it is an unknown model
+    placeholder = httpx.post(f"{server.url}/models/tgi/v1/completions", json={"prompt": "Open"})
+    assert placeholder.status_code == 422 and "unknown model 'tgi'" in placeholder.text
+    wrong_method = httpx.head(f"{server.url}/models/tiny-lm/generate")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
     with pytest.raises(openai.UnprocessableEntityError) as refused:  # TGI's shape, as TGI there
         at_model.completions.create(model="x", prompt="Open", max_tokens=10, temperature=-1)
     assert refused.value.response.json()["error_type"] == "validation"

@@ -346,7 +346,7 @@ class BodySizeLimit:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         encoding = headers.get(b"content-encoding", b"").decode("latin-1").strip().lower()
-        if encoding not in ("", "identity"):
+        if encoding not in ("", "identity") and scope["method"] in ("POST", "PUT", "PATCH"):
             why = f"Content-Encoding {encoding!r} is not supported: send the body uncompressed"
             error = ApiError(415, why, "validation", param="Content-Encoding")
             return await error_response(error, scope["path"])(scope, receive, send)

@@ -14,16 +14,6 @@ from service.api.settings import Settings
 from service.engine import AsyncEngine, EngineConfig, LLMEngine, SamplingParams, SchedulerConfig
 from service.engine.detokenizer import IncrementalDetokenizer
 
-# What TGI's clients send for "the model this server serves": TGI ignores `model`, its docs use
-# "tgi" with the openai package, huggingface_hub's chat_completion at a server's base URL sends
-# "dummy", and @huggingface/inference (JS) the endpoint's URL. Unless a served model has that
-# id, each means the route's default model here.
-PLACEHOLDER_MODEL_IDS = ("tgi", "dummy")
-
-
-def is_placeholder(model_id: str) -> bool:
-    return model_id in PLACEHOLDER_MODEL_IDS or model_id.startswith(("http://", "https://"))
-
 
 @dataclass
 class ServedModel:
@@ -145,10 +135,7 @@ class ModelRegistry:
             served.async_engine.shutdown()
 
     def get(self, model_id: str | None, translation: bool = False) -> ServedModel:
-        """The named model; without a name (or with a placeholder's), the translation model
-        (translate) or the first one."""
-        if model_id is not None and is_placeholder(model_id) and model_id not in self.models:
-            model_id = None
+        """The named model; without a name, the translation model (translate) or the first one."""
         if model_id is None:
             candidates = [m for m in self.models.values() if m.is_translation or not translation]
             if not candidates:

@@ -89,6 +89,7 @@ async def retrieve_model_for(model_id: str, name: str, request: Request):
     """`GET /v1/models/{name}` at a model's base URL (`.models.retrieve(name)`): that model's
     card, if it is the one named."""
     registry = _registry(request)
+    name = name.rstrip("/")
     if model_id not in registry.models or name != model_id:
         raise ApiError(404, f"unknown model {name!r}", "not_found", param="model")
     return _model_card(registry.models[model_id])

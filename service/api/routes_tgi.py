@@ -313,19 +313,6 @@ async def compat_for(model_id: str, body: TgiRequest, request: Request):
     return await compat(_for_model(body, model_id), request)
 
 
-@router.get("/models/{model_id:path}", include_in_schema=False)
-async def no_such_page(model_id: str):
-    """A GET under a model's base URL that no route above took: a 404 saying what there is
-    (POST's catch-all would otherwise make it a 405)."""
-    raise ApiError(
-        404,
-        f"not found: GET /models/{model_id}; a model's base URL /models/{{id}} has GET /health, "
-        "/info and /v1/models, and POST to itself, /generate, /generate_stream, "
-        "/v1/completions and /v1/chat/completions",
-        "not_found",
-    )
-
-
 async def _stream_events(
     outputs: AsyncIterator[RequestOutput],
     served: ServedModel,

@@ -45,6 +45,20 @@ def _non_empty(text: str) -> str:
 NonEmptyText = Annotated[
     Text, AfterValidator(_non_empty), WithJsonSchema({"type": "string", "minLength": 1})
 ]
+# What TGI's clients send for "the model this server serves" (TGI ignores `model`): "tgi" in
+# TGI's docs for the openai package, "dummy" from huggingface_hub's chat_completion at a server's
+# base URL, the endpoint's URL from @huggingface/inference (JS). In a body, each means the
+# route's default model, as no `model` does. (A model's base URL names its model in the URL.)
+PLACEHOLDER_MODEL_IDS = ("tgi", "dummy")
+
+
+def _placeholder_is_none(model_id: str | None) -> str | None:
+    if model_id in PLACEHOLDER_MODEL_IDS or (model_id or "").startswith(("http://", "https://")):
+        return None
+    return model_id
+
+
+ModelId = Annotated[str | None, AfterValidator(_placeholder_is_none)]
 MAX_BATCH = 1024  # texts or prompts in one request (the queue must also hold them all)
 # Seeds: any 64-bit value (n > 1 completions use seed + index).
 Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
@@ -158,7 +172,7 @@ class Body(BaseModel):
 class TranslateRequest(Body):
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = None
+    model: ModelId = None
     text: TextOrTexts
     beam_size: int | None = Field(
         None, ge=1, le=16, description="default 4; 1 when streaming or sampling"
@@ -303,7 +317,7 @@ class TgiRequest(Body):
     inputs: NonEmptyText
     parameters: TgiParameters = Field(default_factory=lambda: TgiParameters())
     stream: bool = False
-    model: str | None = None
+    model: ModelId = None
 
 
 class StreamOptions(Body):
@@ -316,7 +330,7 @@ class OpenAIBody(Body):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = None
+    model: ModelId = None
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
