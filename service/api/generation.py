@@ -59,18 +59,23 @@ def served_model(http: HttpRequest, model_id: str | None, translation: bool = Fa
 
 
 def new_tokens_limit(
-    served: ServedModel, server_limit: int, requested: int | None, default: int, param: str
+    served: ServedModel,
+    server_limit: int,
+    requested: int | None,
+    param: str,
+    default: int | None = None,
 ) -> int:
-    """The request's max new tokens: its own, or the route's default. Never over the server's
-    `--max-new-tokens`. Over the model's own limit (`ServedModel.max_new_tokens`, as /info
-    shows it), a translation model lowers it to that: a translation ends when it ends, and
-    max_new_tokens only bounds it (as CTranslate2's max_decoding_length; API.md's example asks
-    for 256). A generation model refuses it, as vLLM and TGI do."""
-    value = requested or default
+    """The request's max new tokens: its own, or the route's `default` (by default, the most
+    that fits). Never over the server's `--max-new-tokens`. Over the model's own limit
+    (`ServedModel.max_new_tokens`, as /info shows it), a translation model lowers it to that: a
+    translation ends when it ends, and max_new_tokens only bounds it (as CTranslate2's
+    max_decoding_length; API.md's example asks for 256). A generation model refuses it, as vLLM
+    and TGI do."""
+    limit = served.max_new_tokens(server_limit)
+    value = requested or (limit if default is None else min(default, limit))
     if value > server_limit:
         message = f"{param}: {value} is over this server's limit of {server_limit}"
         raise ApiError(422, message, param=param)
-    limit = served.max_new_tokens(server_limit)
     if value > limit and not served.is_translation:
         raise ApiError(422, f"{param}: {value} is over this model's limit of {limit}", param=param)
     return min(value, limit)

@@ -22,9 +22,8 @@ def sampling_params(
 ) -> SamplingParams:
     """Choice `index`'s decoding options."""
     settings = request.app.state.settings
-    limit = served.max_new_tokens(settings.max_new_tokens)
     requested, name = body.requested_max_tokens
-    max_new = new_tokens_limit(served, settings.max_new_tokens, requested, limit, name)
+    max_new = new_tokens_limit(served, settings.max_new_tokens, requested, name)
     logit_bias = tuple((int(token), bias) for token, bias in (body.logit_bias or {}).items())
     vocab_size = served.llm.model_config.vocab_size
     if any(token >= vocab_size for token, _ in logit_bias):

@@ -47,13 +47,8 @@ TGI_FINISH = {
 def sampling_params(body: TgiRequest, request: Request, served: ServedModel) -> SamplingParams:
     settings = request.app.state.settings
     p = body.parameters
-    limit = served.max_new_tokens(settings.max_new_tokens)  # TGI's default is 100
-    max_new = new_tokens_limit(
-        served,
-        settings.max_new_tokens,
-        p.max_new_tokens,
-        min(100, limit),
-        "parameters.max_new_tokens",
+    max_new = new_tokens_limit(  # TGI's default is 100
+        served, settings.max_new_tokens, p.max_new_tokens, "parameters.max_new_tokens", default=100
     )
     sampling = p.is_sampling
     seed = p.seed if p.seed is not None else (random.getrandbits(63) if sampling else None)

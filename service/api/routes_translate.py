@@ -33,9 +33,8 @@ def sampling_params(
     body: TranslateRequest, request: Request, served: ServedModel
 ) -> SamplingParams:
     settings = request.app.state.settings
-    limit = served.max_new_tokens(settings.max_new_tokens)
     max_new_tokens = new_tokens_limit(
-        served, settings.max_new_tokens, body.max_new_tokens, limit, "max_new_tokens"
+        served, settings.max_new_tokens, body.max_new_tokens, "max_new_tokens"
     )
     assert body.beam_size is not None
     return SamplingParams(
