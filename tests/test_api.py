@@ -303,6 +303,64 @@ def test_alignments_show_where_each_target_token_looked(server, client):
     assert streamed["alignments"] == plain["alignments"]
 
 
+def test_a_text_of_several_lines_is_translated_line_by_line_keeping_its_layout(client):
+    """Each non-blank line is translated as if alone; line breaks, blank lines and indentation
+    stay where they were (the model was trained on single lines)."""
+    lines = ["Open the file", "Save the document as PDF", "Größe ändern"]
+    text = f"{lines[0]}\n\n  {lines[1]}  \r\n{lines[2]}\n"
+    for extra in ({"beam_size": 1}, {"beam_size": 4, "num_hypotheses": 2, "return_scores": True}):
+        body = {"max_new_tokens": 12} | extra
+        alone = client.post("/v1/translate", json=body | {"text": [*lines, lines[0]]}).json()
+        whole = client.post("/v1/translate", json=body | {"text": [text, lines[0]]}).json()
+        got = [t["text"] for t in alone["translations"]]
+        (translation, single) = whole["translations"]
+        assert translation["text"] == f"{got[0]}\n\n  {got[1]}  \r\n{got[2]}\n"
+        assert single["text"] == got[0]  # a batch may mix texts of one line and of several
+        assert whole["usage"] == alone["usage"]
+        if "num_hypotheses" in extra:
+            scores = [h["score"] for h in translation["hypotheses"]]
+            assert len(scores) == 2 and scores == sorted(scores, reverse=True)
+            assert translation["hypotheses"][0]["text"] == translation["text"]
+            assert translation["score"] == scores[0]
+    streamed = sse_data(
+        client.post("/v1/translate", json={"text": text, "stream": True, "max_new_tokens": 12})
+    )
+    final = streamed[-2]
+    greedy = client.post("/v1/translate", json={"text": text, "beam_size": 1, "max_new_tokens": 12})
+    assert final["text"] == greedy.json()["translations"][0]["text"]
+    assert "".join(e["text"] for e in streamed[:-2]) == final["text"]
+    assert final["usage"] == greedy.json()["usage"]
+    # an error names the line; a text of nothing but blank lines is still refused
+    long = client.post("/v1/translate", json={"text": ["Open", f"Open\n\n{'word ' * 200}"]})
+    assert long.status_code == 422 and long.json()["error"].startswith("text[1], line 3: ")
+    blank = client.post("/v1/translate", json={"text": " \n\u200b\n"})
+    assert blank.status_code == 422 and "only whitespace" in blank.json()["error"]
+
+
+def test_a_multi_line_texts_alignments_join_its_lines_block_by_block(client):
+    lines = ["Open the file", "Größe ändern"]
+    body = {"beam_size": 1, "max_new_tokens": 12, "return_alignments": True}
+    alone = [
+        client.post("/v1/translate", json=body | {"text": line}).json()["translations"][0]
+        for line in lines
+    ]
+    text = "\n".join(lines)
+    (joined,) = client.post("/v1/translate", json=body | {"text": text}).json()["translations"]
+    streamed = sse_data(client.post("/v1/translate", json=body | {"text": text, "stream": True}))
+    assert streamed[-2]["alignments"] == joined["alignments"]
+    a, b = (t["alignments"] for t in alone)
+    merged = joined["alignments"]
+    assert merged["source_tokens"] == a["source_tokens"] + b["source_tokens"]
+    assert merged["target_tokens"] == a["target_tokens"] + b["target_tokens"]
+    n, m = len(a["source_tokens"]), len(b["source_tokens"])
+    # block-diagonal: the first line's targets look only at its own source, and so on
+    assert merged["weights"] == [row + [0.0] * m for row in a["weights"]] + [
+        [0.0] * n + row for row in b["weights"]
+    ]
+    offset = len(a["target_tokens"])
+    assert merged["pairs"] == a["pairs"] + [[i + offset, j + n] for i, j in b["pairs"]]
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -1306,6 +1364,12 @@ def test_clients_that_disconnect_leave_nothing_running(server, client):
         c.stream("POST", "/generate_stream", json=body) as r,
     ):
         next(r.iter_lines())  # one event, then hang up
+    lines = {"text": "\n".join(f"Open file {i}" for i in range(16)), "stream": True}
+    with (
+        httpx.Client(base_url=server.url, timeout=60) as c,
+        c.stream("POST", "/v1/translate", json=lines | {"max_new_tokens": 64}) as r,
+    ):
+        next(r.iter_lines())  # a text of 16 lines is 16 engine requests: all are aborted
     batch = {"text": [f"Open file {i}" for i in range(64)], "beam_size": 8, "max_new_tokens": 64}
     with pytest.raises(httpx.ReadTimeout):  # non-streaming: give up before the answer
         httpx.post(f"{server.url}/v1/translate", json=batch, timeout=0.5)

@@ -96,7 +96,7 @@ def start(
     batch), by default the body's field."""
     if not served.async_engine.is_running:
         raise ApiError(503, "the server is shutting down", "not_ready")
-    if served.is_translation and isinstance(prompt, str) and _is_blank(prompt):
+    if served.is_translation and isinstance(prompt, str) and is_blank(prompt):
         # nothing to translate: the model would make something up
         message = (
             f"{input_name or ctx.input_param}: is only whitespace: there is nothing to translate"
@@ -123,7 +123,7 @@ def start(
 INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
 
 
-def _is_blank(text: str) -> bool:
+def is_blank(text: str) -> bool:
     return all(c.isspace() or c in INVISIBLE for c in text)
 
 
@@ -143,10 +143,12 @@ def start_all(
     ctx: Context,
     param: str,
     choices_per_prompt: int = 1,
+    names: Sequence[str | None] | None = None,
 ) -> list[AsyncIterator[RequestOutput]]:
     """`start` for a batch, all or nothing: refused before anything is queued when the queue
     cannot take all of it; if one is refused later, the ones queued are aborted. `jobs` are
-    each prompt's `choices_per_prompt` choices in turn."""
+    each prompt's `choices_per_prompt` choices in turn; `names`, what errors call each job's
+    input (by default `param[k]` for several prompts)."""
     capacity = served.llm.config.scheduler.max_waiting_requests
     if len(jobs) > capacity:  # never fits: a 429 would only make the client retry forever
         raise ApiError(
@@ -163,6 +165,8 @@ def start_all(
         for k, (prompt, params) in enumerate(jobs):
             prompt_index, choice = divmod(k, choices_per_prompt)
             name = f"{ctx.input_param}[{prompt_index}]" if several else None
+            if names is not None:
+                name = names[k]
             streams.append(start(served, prompt, params, ctx, f"-{k}", choice == 0, name))
     except ApiError:
         for k in range(len(streams)):

@@ -18,10 +18,10 @@ from service.api.generation import (
     new_tokens_limit,
     served_model,
     sse_event,
-    start,
     start_all,
     timings_header,
 )
+from service.api.lines import Lines, in_order, merge, merge_alignments, split_lines
 from service.api.registry import ServedModel
 from service.api.schemas import TranslateRequest
 from service.engine import RequestOutput, SamplingParams
@@ -57,30 +57,57 @@ async def translate(body: TranslateRequest, request: Request):
     served = served_model(request, body.model, translation=True)
     params = sampling_params(body, request, served)
     ctx = Context.of(request, "text", "max_new_tokens")
-    if body.stream:
-        assert isinstance(body.text, str)
-        text: str = body.text
-        outputs = start(served, text, params, ctx)
-        alignment_of = (lambda o: alignment(served, text, o)) if body.return_alignments else None
-        return event_stream(_stream_events(outputs, params, body, alignment_of), request)
     texts = [body.text] if isinstance(body.text, str) else body.text
-    streams = start_all(served, [(t, params) for t in texts], ctx, "text")
+    # A text with line breaks is one engine request per line (service/api/lines.py)
+    split = [split_lines(text) for text in texts]
+    sources = [lines.sources if lines else [text] for text, lines in zip(texts, split, strict=True)]
+    jobs = [(source, params) for group in sources for source in group]
+    streams = start_all(served, jobs, ctx, "text", names=_input_names(split, len(texts) > 1))
+    if body.stream:
+        lines, stream = split[0], streams[0]
+        line_outputs: list[RequestOutput] = []
+        if lines is not None:
+            stream = in_order(lines, streams, params.length_penalty, line_outputs)
+
+        async def alignment_of(output: RequestOutput) -> dict:
+            return await alignments(served, sources[0], line_outputs or [output])
+
+        aligned = alignment_of if body.return_alignments else None
+        return event_stream(_stream_events(stream, params, body, aligned), request)
     finished = [check_finished(o, params.timeout_s) for o in await final_outputs(streams, request)]
     timings = merged_timings(finished)
-    translations = [_translation(o, body) for o in finished]
+    groups, translations = [], []  # each text's outputs (one per line), and its translation
+    for lines, group in zip(split, sources, strict=True):
+        outputs = finished[: len(group)]
+        del finished[: len(group)]
+        groups.append(outputs)
+        output = outputs[0] if lines is None else merge(lines, outputs, params.length_penalty)
+        translations.append(_translation(output, body))
     if body.return_alignments:
-        for text, output, translation in zip(texts, finished, translations, strict=True):
-            translation["alignments"] = await alignment(served, text, output)
+        for group, outputs, translation in zip(sources, groups, translations, strict=True):
+            translation["alignments"] = await alignments(served, group, outputs)
     response = {
         "model": served.model_id,
         "translations": translations,
         "usage": {
-            "input_tokens": sum(o.num_input_tokens for o in finished),
-            "output_tokens": sum(len(o.token_ids) for o in finished),
+            "input_tokens": sum(o.num_input_tokens for g in groups for o in g),
+            "output_tokens": sum(len(o.token_ids) for g in groups for o in g),
         },
         "timings": timings,
     }
     return JSONResponse(response, headers=timings_header(timings))
+
+
+def _input_names(split: list[Lines | None], several: bool) -> list[str | None]:
+    """What an error calls each engine request's input: `text`, `text[2]`, `text, line 3`."""
+    names: list[str | None] = []
+    for k, lines in enumerate(split):
+        name = f"text[{k}]" if several else "text"
+        if lines is None:
+            names.append(name if several else None)
+        else:
+            names += [f"{name}, line {n}" for n in lines.numbers]
+    return names
 
 
 def _translation(output: RequestOutput, body: TranslateRequest) -> dict:
@@ -121,6 +148,12 @@ async def alignment(served: ServedModel, text: str, output: RequestOutput) -> di
     }
 
 
+async def alignments(served: ServedModel, sources: list[str], outputs: list[RequestOutput]) -> dict:
+    """A translation's alignment; a multi-line text's joins its lines'."""
+    parts = [await alignment(served, s, o) for s, o in zip(sources, outputs, strict=True)]
+    return parts[0] if len(parts) == 1 else merge_alignments(parts)
+
+
 async def _stream_events(
     outputs: AsyncIterator[RequestOutput],
     params: SamplingParams,
@@ -132,7 +165,8 @@ async def _stream_events(
             # One event per new piece of text: none for EOS or for half a character held back;
             # the event names the output's last token.
             if output.text_delta:
-                token_id = (output.new_token_ids or output.token_ids)[-1]
+                ids = output.new_token_ids or output.token_ids
+                token_id = ids[-1] if ids else None  # None: only text between lines
                 yield sse_event(
                     {
                         "index": 0,

@@ -6,6 +6,7 @@ from service.engine.engine import LLMEngine
 from service.engine.request import (
     EngineOverloaded,
     FinishReason,
+    Hypothesis,
     RequestOutput,
     RequestTooLong,
     SamplingParams,
@@ -17,6 +18,7 @@ __all__ = [
     "EngineConfig",
     "EngineOverloaded",
     "FinishReason",
+    "Hypothesis",
     "LLMEngine",
     "RequestOutput",
     "RequestTooLong",
