@@ -4,6 +4,8 @@
     python -m model.evaluate model/checkpoints/en-de --split test [--json results.json]
     python -m model.evaluate model/checkpoints/en-lm --split test
     python -m model.evaluate model/checkpoints/en-de --quantize int8   # int8 Linear layers
+    python -m model.evaluate model/checkpoints/en-de --split-sentences  # as /v1/translate does
+    python -m model.evaluate model/checkpoints/en-de --split test_general --join 2  # 2 sentences
 
 Scores are sacrebleu's on detokenized text: the hypotheses are decoded to plain strings and
 compared with the untouched reference strings of the split.
@@ -20,10 +22,13 @@ from pathlib import Path
 import sacrebleu
 import torch
 
+from model.catalogs import Pair
 from model.checkpoint import load_checkpoint
 from model.cpu_kernels import quantized
 from model.data import read_tsv
 from model.decoding import beam_search_batch, greedy_batch
+from model.ding import ends_a_sentence
+from model.segment import split_text
 from model.tokenizer import Tokenizer
 from model.train import evaluate_loss, make_batches, make_examples
 from model.transformer import Transformer
@@ -56,6 +61,37 @@ def translate(
     return outputs
 
 
+def translate_segments(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    texts: list[str],
+    beam_size: int,
+    batch_size: int,
+    max_new_tokens: int,
+) -> list[str]:
+    """`translate`, each line and sentence on its own, put back together as `/v1/translate`
+    does (model/segment.py)."""
+    split = [split_text(text) for text in texts]
+    sources = [s.sources if s else [text] for text, s in zip(texts, split, strict=True)]
+    flat = [source for group in sources for source in group]
+    outputs = translate(model, tokenizer, flat, beam_size, batch_size, max_new_tokens)
+    joined = []
+    for segments, group in zip(split, sources, strict=True):
+        parts, outputs = outputs[: len(group)], outputs[len(group) :]
+        joined.append(segments.join(parts) if segments else parts[0])
+    return joined
+
+
+def joined(pairs: list[Pair], n: int) -> list[Pair]:
+    """Texts of `n` sentences: each `n` consecutive pairs whose English is one sentence (as
+    `split_text` sees it), joined with a space on both sides."""
+    single = [p for p in pairs if split_text(p.en) is None and ends_a_sentence(p.en)]
+    groups = [single[k : k + n] for k in range(0, len(single) - n + 1, n)]
+    return [
+        Pair(" ".join(p.en for p in g), " ".join(p.de for p in g), g[0].package) for g in groups
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -74,9 +110,20 @@ def main() -> None:
         "--quantize", choices=["int8"], help="int8 Linear layers, as the server's --quantize"
     )
     parser.add_argument(
+        "--split-sentences",
+        action="store_true",
+        help="translate each line and sentence on its own, as /v1/translate does by default",
+    )
+    parser.add_argument(
+        "--join",
+        type=int,
+        default=1,
+        help="texts of N sentences: join each N consecutive pairs whose English is one sentence",
+    )
+    parser.add_argument(
         "--json",
         type=Path,
-        help="write the scores here (default: CHECKPOINT/eval_SPLIT.json, eval_SPLIT_int8.json)",
+        help="write the scores here (default: CHECKPOINT/eval_SPLIT.json; _int8, _split added)",
     )
     parser.add_argument(
         "--save-hypotheses", type=Path, help="write the hypotheses of each beam size here"
@@ -91,11 +138,15 @@ def main() -> None:
     if args.quantize == "int8":
         model = quantized(model)
     pairs = read_tsv(split_file)[: args.limit]
+    if args.join > 1:
+        pairs = joined(pairs, args.join)
     references = [p.de for p in pairs]
     results = {
         "checkpoint": str(args.checkpoint),
         "split": args.split,
         "quantize": args.quantize,
+        "split_sentences": args.split_sentences,
+        "join": args.join,
         "sentences": len(pairs),
         "scores": {},
     }
@@ -110,7 +161,8 @@ def main() -> None:
         args.beams = []
     for beam in args.beams:
         start = time.monotonic()
-        hypotheses = translate(
+        run = translate_segments if args.split_sentences else translate
+        hypotheses = run(
             model, tokenizer, [p.en for p in pairs], beam, args.batch_size, args.max_new_tokens
         )
         name = "greedy" if beam == 1 else f"beam{beam}"
@@ -129,6 +181,8 @@ def main() -> None:
                 "\n".join(hypotheses) + "\n"
             )
     suffix = f"_{args.quantize}" if args.quantize else ""
+    suffix += "_split" if args.split_sentences else ""
+    suffix += f"_join{args.join}" if args.join > 1 else ""
     out = args.json or args.checkpoint / f"eval_{args.split}{suffix}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")

@@ -330,6 +330,19 @@ def test_a_text_of_several_lines_is_translated_line_by_line_keeping_its_layout(c
     assert final["text"] == greedy.json()["translations"][0]["text"]
     assert "".join(e["text"] for e in streamed[:-2]) == final["text"]
     assert final["usage"] == greedy.json()["usage"]
+    # sentences too; split_sentences: false (as DeepL's option) gives the text to the model whole
+    body = {"beam_size": 1, "max_new_tokens": 12}
+    sentences = ["Open the file.", "Save the document as PDF!"]
+    alone = client.post("/v1/translate", json=body | {"text": sentences}).json()["translations"]
+    text = "  ".join(sentences)
+    split = client.post("/v1/translate", json=body | {"text": text}).json()["translations"][0]
+    assert split["text"] == f"{alone[0]['text']}  {alone[1]['text']}"
+    whole = client.post("/v1/translate", json=body | {"text": text, "split_sentences": False})
+    engine_alone = client.post(
+        "/v1/completions",
+        json={"model": "tiny-mt", "prompt": text, "max_tokens": 12, "temperature": 0},
+    )
+    assert whole.json()["translations"][0]["text"] == engine_alone.json()["choices"][0]["text"]
     # an error names the line; a text of nothing but blank lines is still refused
     long = client.post("/v1/translate", json={"text": ["Open", f"Open\n\n{'word ' * 200}"]})
     assert long.status_code == 422 and long.json()["error"].startswith("text[1], line 3: ")

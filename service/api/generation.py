@@ -23,6 +23,7 @@ from service.engine import (
     RequestOutput,
     RequestTooLong,
     SamplingParams,
+    is_blank,
 )
 
 # The error of requests still running when the drain on SIGTERM runs out of time: a 503.
@@ -116,15 +117,6 @@ def start(
     except EngineOverloaded as error:
         raise _overloaded(served, str(error)) from None
     return _observed(served, outputs, ctx, len(input_ids) if counts_prompt else 0)
-
-
-# Invisible characters that `str.isspace` does not count: zero-width space, non-joiner and
-# joiner, word joiner, byte order mark.
-INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
-
-
-def is_blank(text: str) -> bool:
-    return all(c.isspace() or c in INVISIBLE for c in text)
 
 
 def _overloaded(served: ServedModel, why: str) -> ApiError:

@@ -21,10 +21,10 @@ from service.api.generation import (
     start_all,
     timings_header,
 )
-from service.api.lines import Lines, in_order, merge, merge_alignments, split_lines
 from service.api.registry import ServedModel
 from service.api.schemas import TranslateRequest
-from service.engine import RequestOutput, SamplingParams
+from service.api.segments import in_order, merge, merge_alignments
+from service.engine import RequestOutput, SamplingParams, Segments, split_text
 
 router = APIRouter(responses=documented_errors(openai=False))
 
@@ -58,30 +58,30 @@ async def translate(body: TranslateRequest, request: Request):
     params = sampling_params(body, request, served)
     ctx = Context.of(request, "text", "max_new_tokens")
     texts = [body.text] if isinstance(body.text, str) else body.text
-    # A text with line breaks is one engine request per line (service/api/lines.py)
-    split = [split_lines(text) for text in texts]
-    sources = [lines.sources if lines else [text] for text, lines in zip(texts, split, strict=True)]
+    # A text of several lines or sentences is one engine request per segment (segments.py)
+    split = [split_text(text) if body.split_sentences else None for text in texts]
+    sources = [s.sources if s else [text] for text, s in zip(texts, split, strict=True)]
     jobs = [(source, params) for group in sources for source in group]
     streams = start_all(served, jobs, ctx, "text", names=_input_names(split, len(texts) > 1))
     if body.stream:
-        lines, stream = split[0], streams[0]
-        line_outputs: list[RequestOutput] = []
-        if lines is not None:
-            stream = in_order(lines, streams, params.length_penalty, line_outputs)
+        segments, stream = split[0], streams[0]
+        segment_outputs: list[RequestOutput] = []
+        if segments is not None:
+            stream = in_order(segments, streams, params.length_penalty, segment_outputs)
 
         async def alignment_of(output: RequestOutput) -> dict:
-            return await alignments(served, sources[0], line_outputs or [output])
+            return await alignments(served, sources[0], segment_outputs or [output])
 
         aligned = alignment_of if body.return_alignments else None
         return event_stream(_stream_events(stream, params, body, aligned), request)
     finished = [check_finished(o, params.timeout_s) for o in await final_outputs(streams, request)]
     timings = merged_timings(finished)
-    groups, translations = [], []  # each text's outputs (one per line), and its translation
-    for lines, group in zip(split, sources, strict=True):
+    groups, translations = [], []  # each text's outputs (one per segment), and its translation
+    for segments, group in zip(split, sources, strict=True):
         outputs = finished[: len(group)]
         del finished[: len(group)]
         groups.append(outputs)
-        output = outputs[0] if lines is None else merge(lines, outputs, params.length_penalty)
+        output = outputs[0] if segments is None else merge(segments, outputs, params.length_penalty)
         translations.append(_translation(output, body))
     if body.return_alignments:
         for group, outputs, translation in zip(sources, groups, translations, strict=True):
@@ -98,15 +98,15 @@ async def translate(body: TranslateRequest, request: Request):
     return JSONResponse(response, headers=timings_header(timings))
 
 
-def _input_names(split: list[Lines | None], several: bool) -> list[str | None]:
+def _input_names(split: list[Segments | None], several: bool) -> list[str | None]:
     """What an error calls each engine request's input: `text`, `text[2]`, `text, line 3`."""
     names: list[str | None] = []
-    for k, lines in enumerate(split):
+    for k, segments in enumerate(split):
         name = f"text[{k}]" if several else "text"
-        if lines is None:
+        if segments is None:
             names.append(name if several else None)
         else:
-            names += [f"{name}, line {n}" for n in lines.numbers]
+            names += [f"{name}, line {n}" for n in segments.numbers]
     return names
 
 
@@ -149,7 +149,7 @@ async def alignment(served: ServedModel, text: str, output: RequestOutput) -> di
 
 
 async def alignments(served: ServedModel, sources: list[str], outputs: list[RequestOutput]) -> dict:
-    """A translation's alignment; a multi-line text's joins its lines'."""
+    """A translation's alignment; a text of several segments joins theirs."""
     parts = [await alignment(served, s, o) for s, o in zip(sources, outputs, strict=True)]
     return parts[0] if len(parts) == 1 else merge_alignments(parts)
 

@@ -189,6 +189,8 @@ class TranslateRequest(Body):
     seed: Seed | None = None
     return_scores: bool = False
     return_alignments: bool = False  # each translation's cross-attention over the source
+    # as DeepL's option: translate each line and sentence on its own (model/segment.py)
+    split_sentences: bool = True
     stream: bool = False
     timeout_s: float | None = Field(None, gt=0)
 

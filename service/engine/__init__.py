@@ -1,5 +1,6 @@
 """The engine: paged KV cache, continuous batching, sampling and beam search (see engine.py)."""
 
+from model.segment import Segments, is_blank, split_text  # for the HTTP layer, which sees no model
 from service.engine.async_engine import AsyncEngine
 from service.engine.config import EngineConfig, StepStats, device_problem, quantize_problem
 from service.engine.engine import LLMEngine
@@ -24,7 +25,10 @@ __all__ = [
     "RequestTooLong",
     "SamplingParams",
     "SchedulerConfig",
+    "Segments",
     "StepStats",
     "device_problem",
+    "is_blank",
     "quantize_problem",
+    "split_text",
 ]

@@ -1,0 +1,98 @@
+"""Texts of several lines or sentences for /v1/translate: the split (model/segment.py), and
+the joining of the segments' outputs (service/api/segments.py). The route itself is tested end
+to end in test_api.py."""
+
+import pytest
+
+from model.evaluate import translate, translate_segments
+from model.segment import split_sentences, split_text
+from model.tokenizer import Tokenizer, train_tokenizer
+from service.api.segments import merge
+from service.engine import FinishReason, Hypothesis, RequestOutput
+from tests.conftest import tiny_model
+from tests.server import TEXTS
+
+
+@pytest.mark.parametrize(
+    ("text", "sources", "numbers"),
+    [
+        ("a\nb", ["a", "b"], [1, 2]),
+        ("  a  \n\n\tb\r\n", ["a", "b"], [1, 3]),
+        ("\n\u200b\nsave as\n", ["save as"], [3]),  # a line of zero-width space is blank
+        ("Hi.  How are you?\nFine!", ["Hi.", "How are you?", "Fine!"], [1, 1, 2]),
+        (" Save as ", ["Save as"], [1]),  # white space around a text is kept, not translated
+        ("x \u200by", None, None),  # one sentence: translated as it is
+        (" \n \n", None, None),  # nothing but blank lines: refused as any blank text
+    ],
+)
+def test_split_text_keeps_everything_between_the_segments(text, sources, numbers):
+    segments = split_text(text)
+    if sources is None:
+        assert segments is None
+        return
+    assert segments is not None
+    assert (segments.sources, segments.numbers) == (sources, numbers)
+    assert segments.join(segments.sources) == text  # the segments give the text back
+    lines = split_text(text, sentences=False)  # lines only
+    assert lines is not None and lines.join(lines.sources) == text
+    assert len(lines.sources) == len(set(numbers))
+
+
+@pytest.mark.parametrize(
+    ("line", "sentences"),
+    [
+        ("Hello, how are you? I am fine. The weather is nice today.",
+         ["Hello, how are you?", "I am fine.", "The weather is nice today."]),
+        ('He said "Stop!" Then he left.', ['He said "Stop!"', "Then he left."]),
+        ("Wait... (It is late.) Go!", ["Wait...", "(It is late.)", "Go!"]),
+        ("Ask Dr. Smith, e.g. Monday. Or J. R. Miller.", ["Ask Dr. Smith, e.g. Monday.",
+                                                          "Or J. R. Miller."]),
+        ("Version 2.0. Save it.", ["Version 2.0.", "Save it."]),
+        ("Open the file. then save it", ["Open the file. then save it"]),  # no capital: one
+        ("Save as...", ["Save as..."]),
+    ],
+)  # fmt: skip
+def test_split_sentences_at_their_ends_but_not_after_abbreviations(line, sentences):
+    pieces = split_sentences(line)
+    assert [sentence for sentence, _ in pieces] == sentences
+    assert "".join(s + gap for s, gap in pieces) == line
+
+
+def output(text: str, ids: list[int], reason=FinishReason.STOP, hypotheses=(), **timings):
+    return RequestOutput(
+        "r", [], [], "", ids, text, 3, len(ids), reason, list(hypotheses), timings_ms=timings
+    )
+
+
+def test_merge_joins_texts_sums_counts_and_scores_the_hypotheses_as_one_sequence():
+    segments = split_text("a\n\nb")
+    assert segments is not None
+    first = output(
+        "A", [1, 2], hypotheses=[Hypothesis([1, 2], "A", -1.0), Hypothesis([3], "C", -3.0)],
+        queue_ms=1.0, total_ms=9.0,
+    )  # fmt: skip
+    second = output(
+        "B", [4, 5, 6, 7], FinishReason.LENGTH, [Hypothesis([4, 5, 6, 7], "B", -0.5)],
+        queue_ms=2.0, total_ms=5.0,
+    )  # fmt: skip
+    whole = merge(segments, [first, second], length_penalty=1.0)
+    assert whole.text == "A\n\nB" and whole.token_ids == [1, 2, 4, 5, 6, 7]
+    assert (whole.num_input_tokens, whole.num_output_tokens) == (6, 6)
+    assert whole.finish_reason == FinishReason.LENGTH  # a line that ran out of tokens shows
+    assert whole.timings_ms == {"queue_ms": 2.0, "total_ms": 9.0}  # the lines ran side by side
+    # log-probabilities: -1 * 2 + -0.5 * 4 = -4 over 6 tokens; the second line has one
+    # hypothesis, so the second joined one reuses it: -3 * 1 + -2 over 5 tokens
+    assert [(h.text, h.score) for h in whole.hypotheses] == [("A\n\nB", -4 / 6), ("C\n\nB", -1.0)]
+
+
+def test_the_evaluation_translates_segments_as_the_server_does():
+    tokenizer = Tokenizer(train_tokenizer(TEXTS, vocab_size=300))
+    model = tiny_model(vocab_size=tokenizer.vocab_size)
+    text = "Open the file.  Save the document as PDF!\n\n  Größe ändern"
+    args = (1, 8, 6)  # greedy, batches of 8, 6 new tokens
+    a, b, c = translate(model, tokenizer, ["Open the file.", "Save the document as PDF!",
+                                           "Größe ändern"], *args)  # fmt: skip
+    assert translate_segments(model, tokenizer, [text, "Open the file."], *args) == [
+        f"{a}  {b}\n\n  {c}",
+        a,
+    ]
