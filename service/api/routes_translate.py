@@ -76,23 +76,22 @@ async def translate(body: TranslateRequest, request: Request):
         return event_stream(_stream_events(stream, params, body, aligned), request)
     finished = [check_finished(o, params.timeout_s) for o in await final_outputs(streams, request)]
     timings = merged_timings(finished)
-    groups, translations = [], []  # each text's outputs (one per segment), and its translation
+    usage = {
+        "input_tokens": sum(o.num_input_tokens for o in finished),
+        "output_tokens": sum(len(o.token_ids) for o in finished),
+    }
+    translations = []
     for segments, group in zip(split, sources, strict=True):
-        outputs = finished[: len(group)]
-        del finished[: len(group)]
-        groups.append(outputs)
+        outputs, finished = finished[: len(group)], finished[len(group) :]  # one per segment
         output = outputs[0] if segments is None else merge(segments, outputs, params.length_penalty)
-        translations.append(_translation(output, body))
-    if body.return_alignments:
-        for group, outputs, translation in zip(sources, groups, translations, strict=True):
+        translation = _translation(output, body)
+        if body.return_alignments:
             translation["alignments"] = await alignments(served, group, outputs)
+        translations.append(translation)
     response = {
         "model": served.model_id,
         "translations": translations,
-        "usage": {
-            "input_tokens": sum(o.num_input_tokens for g in groups for o in g),
-            "output_tokens": sum(len(o.token_ids) for g in groups for o in g),
-        },
+        "usage": usage,
         "timings": timings,
     }
     return JSONResponse(response, headers=timings_header(timings))
