@@ -16,16 +16,19 @@ from dataclasses import dataclass
 # joiner, word joiner, byte order mark.
 INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
 
-# A sentence ends at . ! ? or … (then any closing quotes or brackets) before white space and an
-# upper-case letter (after any opening quote or bracket)...
-SENTENCE_END = re.compile(r"""[.!?…]+["'”’)\]]*(\s+)(?=["'“‘(\[]?[A-ZÄÖÜ])""")
-# ...unless the full stop ends one of these words, or an initial ("J. Smith").
+# White space and the invisible characters: what lies between segments, never sent to the model.
+SPACE = rf"[\s{INVISIBLE}]"
+# A sentence may end at . ! ? or … (then any closing quotes or brackets) before white space and
+# a letter (after any opening quote or bracket) or a list's number ("2. ")...
+SENTENCE_END = re.compile(rf"""[.!?…]+["'”’)\]]*({SPACE}+)(?=["'“‘(\[]?([^\W\d_]|\d+\.{SPACE}))""")
+# ...if that letter is a capital, and not after a full stop that ends one of these words, an
+# initial ("J. Smith"), letters with full stops ("U.S.", "e.g.") or a list's number ("1.").
 ABBREVIATIONS = {
-    "mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "mt", "vs", "etc", "e.g", "i.e", "cf",
-    "no", "nr", "vol", "fig", "inc", "ltd", "co", "corp", "approx", "dept", "gen", "col", "lt",
-    "capt", "gov", "sen", "rev", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept",
-    "oct", "nov", "dec",
+    "mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "mt", "vs", "etc", "cf", "inc", "ltd", "co",
+    "corp", "approx", "dept", "gen", "col", "lt", "sgt", "capt", "gov", "sen", "rep", "rev",
+    "ph.d",
 }  # fmt: skip
+LETTERS_WITH_STOPS = re.compile(r"(?:[^\W\d_]\.)+[^\W\d_]")
 
 
 def is_blank(text: str) -> bool:
@@ -57,25 +60,31 @@ def split_text(text: str, sentences: bool = True) -> Segments | None:
     between: list[str] = []
     numbers: list[int] = []
     pending = ""  # text since the last segment
-    for k, line in enumerate(text.split("\n")):
-        if k:
-            pending += "\n"
-        if is_blank(line):
-            pending += line
-            continue
-        core = line.strip()
-        start = line.index(core)
-        pending += line[:start]
-        for sentence, gap in split_sentences(core) if sentences else [(core, "")]:
-            between.append(pending)
-            sources.append(sentence)
-            numbers.append(k + 1)
-            pending = gap
-        pending += line[start + len(core) :]
+    for k, line in enumerate(text.splitlines(keepends=True)):  # \n, \r\n, \r, \u2028, ...
+        lead, core, trail = _edges(line)
+        pending += lead
+        for sentence, gap in split_sentences(core) if sentences and core else [(core, "")]:
+            if sentence:
+                between.append(pending)
+                sources.append(sentence)
+                numbers.append(k + 1)
+                pending = ""
+            pending += gap
+        pending += trail
     between.append(pending)
     if not sources or sources == [text]:
         return None
     return Segments(sources, between, numbers)
+
+
+def _edges(line: str) -> tuple[str, str, str]:
+    """A line as its leading white space, what is between, and its trailing white space (line
+    break included); invisible characters count as white space."""
+    core = re.sub(rf"^{SPACE}+|{SPACE}+$", "", line)
+    if not core:
+        return line, "", ""
+    start = line.index(core)
+    return line[:start], core, line[start + len(core) :]
 
 
 def split_sentences(line: str) -> list[tuple[str, str]]:
@@ -83,12 +92,28 @@ def split_sentences(line: str) -> list[tuple[str, str]]:
     pieces: list[tuple[str, str]] = []
     start = 0
     for match in SENTENCE_END.finditer(line):
-        before = line[start : match.start()].split()
-        word = before[-1].lstrip("\"'“‘([").lower() if before else ""
-        full_stop = line[match.start()] == "."
-        if full_stop and (word in ABBREVIATIONS or (len(word) == 1 and word.isalpha())):
+        if not _is_sentence_end(line[start : match.start(1)], line[match.start()], match):
             continue
         pieces.append((line[start : match.start(1)], match.group(1)))
         start = match.end(1)
     pieces.append((line[start:], ""))
     return pieces
+
+
+def _is_sentence_end(sentence: str, mark: str, match: re.Match) -> bool:
+    """Whether `match` (of SENTENCE_END) ends `sentence`, the text up to it, whose end `mark`
+    is its first . ! ? or …"""
+    following = match.group(2)
+    if following.isalpha() and not following.isupper():
+        return False
+    if sentence.count('"') % 2 or sentence.count("“") > sentence.count("”"):
+        return False  # inside a quotation: its sentences stay with the one quoting them
+    words = sentence.split()
+    word = words[-1].strip("\"'“‘”’()[]").rstrip(".!?…").lower() if words else ""
+    if mark != "." or not word:
+        return True
+    if word.isdigit():
+        return len(words) > 1  # "1. Open the file." is one sentence
+    return not (
+        word in ABBREVIATIONS or len(word) == 1 or LETTERS_WITH_STOPS.fullmatch(word) is not None
+    )

@@ -343,6 +343,13 @@ def test_a_text_of_several_lines_is_translated_line_by_line_keeping_its_layout(c
         json={"model": "tiny-mt", "prompt": text, "max_tokens": 12, "temperature": 0},
     )
     assert whole.json()["translations"][0]["text"] == engine_alone.json()["choices"][0]["text"]
+    # a text's segments count against the queue, as a batch's texts do
+    over = client.post("/v1/translate", json={"text": "Open it.\n" * 300})
+    assert over.status_code == 422
+    assert (
+        over.json()["error"]
+        == "text: 300 segments (lines and sentences) in one request, over the queue's 256"
+    )
     # an error names the line; a text of nothing but blank lines is still refused
     long = client.post("/v1/translate", json={"text": ["Open", f"Open\n\n{'word ' * 200}"]})
     assert long.status_code == 422 and long.json()["error"].startswith("text[1], line 3: ")

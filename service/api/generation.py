@@ -136,16 +136,17 @@ def start_all(
     param: str,
     choices_per_prompt: int = 1,
     names: Sequence[str | None] | None = None,
+    unit: str = "generations",
 ) -> list[AsyncIterator[RequestOutput]]:
     """`start` for a batch, all or nothing: refused before anything is queued when the queue
     cannot take all of it; if one is refused later, the ones queued are aborted. `jobs` are
     each prompt's `choices_per_prompt` choices in turn; `names`, what errors call each job's
-    input (by default `param[k]` for several prompts)."""
+    input (by default `param[k]` for several prompts); `unit`, what an error calls the jobs."""
     capacity = served.llm.config.scheduler.max_waiting_requests
     if len(jobs) > capacity:  # never fits: a 429 would only make the client retry forever
         raise ApiError(
             422,
-            f"{param}: {len(jobs)} generations in one request, over the queue's {capacity}",
+            f"{param}: {len(jobs)} {unit} in one request, over the queue's {capacity}",
             param=param,
         )
     num_waiting = len(served.llm.scheduler.waiting)

@@ -62,18 +62,25 @@ async def translate(body: TranslateRequest, request: Request):
     split = [split_text(text) if body.split_sentences else None for text in texts]
     sources = [s.sources if s else [text] for text, s in zip(texts, split, strict=True)]
     jobs = [(source, params) for group in sources for source in group]
-    streams = start_all(served, jobs, ctx, "text", names=_input_names(split, len(texts) > 1))
+    names = _input_names(split, len(texts) > 1)
+    unit = "segments (lines and sentences)" if any(split) else "generations"
+    streams = start_all(served, jobs, ctx, "text", names=names, unit=unit)
     if body.stream:
         segments, stream = split[0], streams[0]
         segment_outputs: list[RequestOutput] = []
         if segments is not None:
-            stream = in_order(segments, streams, params.length_penalty, segment_outputs)
+            stream = in_order(segments, streams, segment_outputs)
 
-        async def alignment_of(output: RequestOutput) -> dict:
-            return await alignments(served, sources[0], segment_outputs or [output])
+        async def extras(output: RequestOutput) -> dict:
+            """The last event's score and alignments: of the text's segments, if split."""
+            outputs = segment_outputs or [output]
+            score = _score(outputs, body)
+            found: dict = {} if score is None else {"score": score}
+            if body.return_alignments:
+                found["alignments"] = await alignments(served, sources[0], outputs)
+            return found
 
-        aligned = alignment_of if body.return_alignments else None
-        return event_stream(_stream_events(stream, params, body, aligned), request)
+        return event_stream(_stream_events(stream, params, extras), request)
     finished = [check_finished(o, params.timeout_s) for o in await final_outputs(streams, request)]
     timings = merged_timings(finished)
     usage = {
@@ -83,8 +90,8 @@ async def translate(body: TranslateRequest, request: Request):
     translations = []
     for segments, group in zip(split, sources, strict=True):
         outputs, finished = finished[: len(group)], finished[len(group) :]  # one per segment
-        output = outputs[0] if segments is None else merge(segments, outputs, params.length_penalty)
-        translation = _translation(output, body)
+        output = outputs[0] if segments is None else merge(segments, outputs)
+        translation = _translation(output, outputs, body)
         if body.return_alignments:
             translation["alignments"] = await alignments(served, group, outputs)
         translations.append(translation)
@@ -109,26 +116,37 @@ def _input_names(split: list[Segments | None], several: bool) -> list[str | None
     return names
 
 
-def _translation(output: RequestOutput, body: TranslateRequest) -> dict:
+def _translation(
+    output: RequestOutput, segments: list[RequestOutput], body: TranslateRequest
+) -> dict:
+    """A translation's entry in the response; `segments`: the outputs it was merged from (or
+    itself)."""
     translation: dict = {"text": output.text, "finish_reason": output.finish_reason.value}  # type: ignore[union-attr]
     if output.hypotheses and (body.return_scores or body.num_hypotheses > 1):
         translation["hypotheses"] = [
             {"text": h.text, "score": round(h.score, 5)} for h in output.hypotheses
         ]
-    score = _score(output, body)
+    score = _score(segments, body)
     if score is not None:
         translation["score"] = score
     return translation
 
 
-def _score(output: RequestOutput, body: TranslateRequest) -> float | None:
+def _score(segments: list[RequestOutput], body: TranslateRequest) -> float | None:
     """With `return_scores`: the best hypothesis's score; greedy or sampled output is scored as
-    a beam would be (sum of log-probabilities / length ** length_penalty)."""
-    if body.return_scores and output.hypotheses:
-        return round(output.hypotheses[0].score, 5)
-    if body.return_scores and output.logprobs:
-        return round(sum(output.logprobs) / len(output.logprobs) ** body.length_penalty, 5)
-    return None
+    a beam would be (sum of log-probabilities / length ** length_penalty). A text translated
+    segment by segment scores the sum of its segments' scores, as its hypotheses do."""
+    if not body.return_scores:
+        return None
+    scores = []
+    for output in segments:
+        if output.hypotheses:
+            scores.append(output.hypotheses[0].score)
+        elif output.logprobs:
+            scores.append(sum(output.logprobs) / len(output.logprobs) ** body.length_penalty)
+        else:
+            return None
+    return round(sum(scores), 5)
 
 
 async def alignment(served: ServedModel, text: str, output: RequestOutput) -> dict:
@@ -156,16 +174,17 @@ async def alignments(served: ServedModel, sources: list[str], outputs: list[Requ
 async def _stream_events(
     outputs: AsyncIterator[RequestOutput],
     params: SamplingParams,
-    body: TranslateRequest,
-    alignment_of: Callable[[RequestOutput], Awaitable[dict]] | None = None,
+    extras: Callable[[RequestOutput], Awaitable[dict]],
 ) -> AsyncIterator[str]:
+    """The text's events, then a last one with the whole text and `extras(last output)`."""
     try:
         async for output in outputs:
             # One event per new piece of text: none for EOS or for half a character held back;
-            # the event names the output's last token.
+            # the event names the output's last token (None: a split text's segments said
+            # nothing, and the event has only what was between them).
             if output.text_delta:
                 ids = output.new_token_ids or output.token_ids
-                token_id = ids[-1] if ids else None  # None: only text between lines
+                token_id = ids[-1] if ids else None
                 yield sse_event(
                     {
                         "index": 0,
@@ -185,12 +204,7 @@ async def _stream_events(
                     },
                     "timings": {k: round(v, 2) for k, v in output.timings_ms.items()},
                 }
-                score = _score(output, body)
-                if score is not None:
-                    final["score"] = score
-                if alignment_of is not None:
-                    final["alignments"] = await alignment_of(output)
-                yield sse_event(final)
+                yield sse_event(final | await extras(output))
     except ApiError as error:
         yield sse_event({"error": error.message, "error_type": error.error_type})
     yield sse_event("[DONE]")

@@ -15,25 +15,28 @@ from collections.abc import AsyncIterator
 from service.api.generation import merged
 from service.engine import FinishReason, Hypothesis, RequestOutput, Segments
 
+# A text's finish reason is its segments' worst (check_finished then answers as for one).
+WORST_FIRST = [
+    FinishReason.ERROR, FinishReason.TIMEOUT, FinishReason.CANCELLED, FinishReason.LENGTH,
+    FinishReason.STOP,
+]  # fmt: skip
 
-def merge(segments: Segments, outputs: list[RequestOutput], length_penalty: float) -> RequestOutput:
+
+def merge(segments: Segments, outputs: list[RequestOutput]) -> RequestOutput:
     """One finished output for the whole text from its segments' finished outputs: the texts
     joined, tokens and log-probabilities one after the other, counts summed, each timing the
-    longest segment's (they ran side by side). The finish reason is the first segment's that
-    did not simply stop. The n-best list's k-th hypothesis joins every segment's k-th (or its
-    last), scored as one sequence: its segments' log-probabilities summed, over its length **
-    length_penalty."""
+    longest segment's (they ran side by side), the finish reason the worst segment's. The
+    n-best list's k-th hypothesis joins every segment's k-th (or its last), scored as the sum of
+    their scores, so the list stays sorted and its first is the text."""
     first = outputs[0]
-    reason = next(
-        (o.finish_reason for o in outputs if o.finish_reason != FinishReason.STOP),
-        FinishReason.STOP,
-    )
+    reason = min((o.finish_reason for o in outputs), key=WORST_FIRST.index)  # type: ignore[arg-type]
     hypotheses: list[Hypothesis] = []
     if all(o.hypotheses for o in outputs):
         for k in range(max(len(o.hypotheses) for o in outputs)):
             parts = [o.hypotheses[min(k, len(o.hypotheses) - 1)] for o in outputs]
-            hypotheses.append(_joined(segments, parts, length_penalty))
-        hypotheses.sort(key=lambda h: h.score, reverse=True)
+            text = segments.join([h.text for h in parts])
+            token_ids = [t for h in parts for t in h.token_ids]
+            hypotheses.append(Hypothesis(token_ids, text, sum(h.score for h in parts)))
     return dataclasses.replace(
         first,
         new_token_ids=[],
@@ -54,13 +57,6 @@ def merge(segments: Segments, outputs: list[RequestOutput], length_penalty: floa
         top_logprobs=[p for o in outputs for p in o.top_logprobs],
         was_scheduled=all(o.was_scheduled for o in outputs),
     )
-
-
-def _joined(segments: Segments, parts: list[Hypothesis], length_penalty: float) -> Hypothesis:
-    logprob = sum(h.score * max(len(h.token_ids), 1) ** length_penalty for h in parts)
-    token_ids = [t for h in parts for t in h.token_ids]
-    score = logprob / max(len(token_ids), 1) ** length_penalty
-    return Hypothesis(token_ids, segments.join([h.text for h in parts]), score)
 
 
 def merge_alignments(alignments: list[dict]) -> dict:
@@ -86,7 +82,6 @@ def merge_alignments(alignments: list[dict]) -> dict:
 async def in_order(
     segments: Segments,
     streams: list[AsyncIterator[RequestOutput]],
-    length_penalty: float,
     finished: list[RequestOutput],
 ) -> AsyncIterator[RequestOutput]:
     """The segments' streams as the stream of one translation: each segment's outputs in turn,
@@ -115,7 +110,7 @@ async def in_order(
                 if current < len(streams):
                     yield dataclasses.replace(output, text_delta=delta, finish_reason=None)
                 else:
-                    whole = merge(segments, finished, length_penalty)
+                    whole = merge(segments, finished)
                     whole.new_token_ids = output.new_token_ids
                     whole.text_delta = delta + unsent
                     yield whole
