@@ -85,6 +85,14 @@ def test_streamed_translation_equals_the_whole_one(page):
     assert page.locator("table.alignment tbody tr").count() > 0
 
 
+def test_a_text_of_two_lines_shows_its_translation_on_two_lines(page):
+    run(page, "tiny-mt", "Open the file\n\nSave the document as PDF", beam=1)
+    first, blank, second = page.inner_text("#output").split("\n")
+    assert first and not blank and second
+    run(page, "tiny-mt", "Open the file\n\nSave the document as PDF", stream=True)
+    assert page.inner_text("#output") == f"{first}\n\n{second}"
+
+
 def test_generation_model_streams_completions(page):
     run(page, "tiny-lm", "Open the", stream=True)
     assert page.inner_text("#output") != ""
