@@ -88,7 +88,7 @@ async def in_order(
     the text between segments going out with the next piece of text, and at the end `merge`'s
     output. The segments run side by side; a later segment's outputs wait here until those
     before it are done. Each segment's finished output is appended to `finished` (for the
-    alignments)."""
+    score and the alignments of the last event)."""
     waiting: list[list[RequestOutput]] = [[] for _ in streams]
     current = 0
     unsent = segments.between[0]  # text between segments that no event has carried yet
