@@ -338,11 +338,21 @@ def test_a_text_of_several_lines_is_translated_line_by_line_keeping_its_layout(c
     split = client.post("/v1/translate", json=body | {"text": text}).json()["translations"][0]
     assert split["text"] == f"{alone[0]['text']}  {alone[1]['text']}"
     whole = client.post("/v1/translate", json=body | {"text": text, "split_sentences": False})
-    engine_alone = client.post(
-        "/v1/completions",
-        json={"model": "tiny-mt", "prompt": text, "max_tokens": 12, "temperature": 0},
-    )
-    assert whole.json()["translations"][0]["text"] == engine_alone.json()["choices"][0]["text"]
+    # the OpenAI routes split too, but not with logprobs (the tokens then spell the text)
+    ask = {"model": "tiny-mt", "prompt": text, "max_tokens": 12, "temperature": 0}
+    completion = client.post("/v1/completions", json=ask).json()["choices"][0]
+    assert completion["text"] == split["text"]
+    chat = {"model": "tiny-mt", "messages": [{"role": "user", "content": text}]}
+    chat |= {"max_tokens": 12, "temperature": 0, "n": 2}
+    choices = client.post("/v1/chat/completions", json=chat).json()["choices"]
+    assert [c["message"]["content"] for c in choices] == [split["text"]] * 2
+    chunks = sse_data(client.post("/v1/chat/completions", json=chat | {"stream": True}))
+    for k in range(2):  # each choice's deltas spell its text
+        streamed = [c["delta"]["content"] or "" for e in chunks[:-1] for c in e["choices"]
+                    if c["index"] == k]  # fmt: skip
+        assert "".join(streamed) == split["text"]
+    with_logprobs = client.post("/v1/completions", json=ask | {"logprobs": 0}).json()
+    assert with_logprobs["choices"][0]["text"] == whole.json()["translations"][0]["text"]
     # a text's segments count against the queue, as a batch's texts do
     over = client.post("/v1/translate", json={"text": "Open it.\n" * 300})
     assert over.status_code == 422

@@ -28,7 +28,6 @@ from service.api.generation import (
     final_outputs,
     merged_timings,
     served_model,
-    start_all,
     timings_header,
 )
 from service.api.openai_common import (
@@ -40,6 +39,7 @@ from service.api.openai_common import (
 )
 from service.api.registry import ServedModel
 from service.api.schemas import ChatCompletionRequest
+from service.api.segments import start_segmented
 from service.engine import RequestOutput
 
 router = APIRouter(responses=documented_errors(openai=True))
@@ -102,7 +102,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     source = _source(served, body)
     ctx = Context.of(request, "messages", body.requested_max_tokens[1])
     generations = [(source, sampling_params(body, request, served, i)) for i in range(body.n)]
-    streams = start_all(served, generations, ctx, "n", choices_per_prompt=body.n)
+    # a translation of several lines or sentences goes segment by segment, as on /v1/translate;
+    # with logprobs, whole: its tokens then spell its text
+    started = start_segmented(
+        served, generations, ctx, "n", choices_per_prompt=body.n, split=not body.logprobs
+    )
+    streams = [s.outputs for s in started]
     chat_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     settings = request.app.state.settings

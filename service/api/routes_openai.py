@@ -23,7 +23,6 @@ from service.api.generation import (
     merged_timings,
     served_model,
     sse_event,
-    start_all,
     timings_header,
 )
 from service.api.openai_common import (
@@ -35,6 +34,7 @@ from service.api.openai_common import (
 )
 from service.api.registry import ModelRegistry, ServedModel
 from service.api.schemas import CompletionRequest
+from service.api.segments import start_segmented
 from service.engine import RequestOutput
 
 router = APIRouter(responses=documented_errors(openai=True))
@@ -210,11 +210,16 @@ async def completions(body: CompletionRequest, request: Request):
     jobs = [(p, i) for p in prompts for i in range(body.n)]  # choice index = position in jobs
     too_many = "n" if body.n > 1 else "prompt"  # the field to blame if the jobs cannot fit
     generations = [(p, sampling_params(body, request, served, i)) for p, i in jobs]
-    streams = start_all(served, generations, ctx, too_many, choices_per_prompt=body.n)
+    # a translation of several lines or sentences goes segment by segment, as on /v1/translate;
+    # with logprobs, whole: its tokens then spell its text
+    started = start_segmented(
+        served, generations, ctx, too_many, body.n, split=body.logprobs is None
+    )
+    streams = [s.outputs for s in started]
     try:
         echoes = [echo for echo in await _echoes(served, body) for _ in range(body.n)]
     except BaseException:  # the client left, say: nothing has read the streams yet
-        for k in range(len(streams)):
+        for k in range(sum(len(s.sources) for s in started)):  # one per segment and choice
             served.async_engine.abort(f"{ctx.engine_id}-{k}")
         raise
     completion_id = f"cmpl-{uuid.uuid4().hex}"

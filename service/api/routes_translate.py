@@ -18,13 +18,12 @@ from service.api.generation import (
     new_tokens_limit,
     served_model,
     sse_event,
-    start_all,
     timings_header,
 )
 from service.api.registry import ServedModel
 from service.api.schemas import TranslateRequest
-from service.api.segments import in_order, merge, merge_alignments
-from service.engine import RequestOutput, SamplingParams, Segments, split_text
+from service.api.segments import Segmented, merge_alignments, start_segmented
+from service.engine import RequestOutput, SamplingParams
 
 router = APIRouter(responses=documented_errors(openai=False))
 
@@ -58,77 +57,54 @@ async def translate(body: TranslateRequest, request: Request):
     params = sampling_params(body, request, served)
     ctx = Context.of(request, "text", "max_new_tokens")
     texts = [body.text] if isinstance(body.text, str) else body.text
-    # A text of several lines or sentences is one engine request per segment (segments.py)
-    split = [split_text(text) if body.split_sentences else None for text in texts]
-    sources = [s.sources if s else [text] for text, s in zip(texts, split, strict=True)]
-    jobs = [(source, params) for group in sources for source in group]
-    names = _input_names(split, len(texts) > 1)
-    unit = "segments (lines and sentences)" if any(split) else "generations"
-    streams = start_all(served, jobs, ctx, "text", names=names, unit=unit)
+    # a text of several lines or sentences is translated segment by segment (segments.py)
+    started = start_segmented(
+        served, [(t, params) for t in texts], ctx, "text", split=body.split_sentences
+    )
     if body.stream:
-        segments, stream = split[0], streams[0]
-        segment_outputs: list[RequestOutput] = []
-        if segments is not None:
-            stream = in_order(segments, streams, segment_outputs)
+        (one,) = started
 
-        async def extras(output: RequestOutput) -> dict:
-            """The last event's score and alignments: of the text's segments, if split."""
-            outputs = segment_outputs or [output]
-            score = _score(outputs, body)
-            found: dict = {} if score is None else {"score": score}
-            if body.return_alignments:
-                found["alignments"] = await alignments(served, sources[0], outputs)
-            return found
+        async def extras(last: RequestOutput) -> dict:
+            return await _extras(served, one, last, body)
 
-        return event_stream(_stream_events(stream, params, extras), request)
-    finished = [check_finished(o, params.timeout_s) for o in await final_outputs(streams, request)]
+        return event_stream(_stream_events(one.outputs, params, extras), request)
+    outputs = await final_outputs([s.outputs for s in started], request)
+    finished = [check_finished(o, params.timeout_s) for o in outputs]
     timings = merged_timings(finished)
-    usage = {
-        "input_tokens": sum(o.num_input_tokens for o in finished),
-        "output_tokens": sum(len(o.token_ids) for o in finished),
-    }
-    translations = []
-    for segments, group in zip(split, sources, strict=True):
-        outputs, finished = finished[: len(group)], finished[len(group) :]  # one per segment
-        output = outputs[0] if segments is None else merge(segments, outputs)
-        translation = _translation(output, outputs, body)
-        if body.return_alignments:
-            translation["alignments"] = await alignments(served, group, outputs)
-        translations.append(translation)
+    translations = [
+        _translation(o, body) | await _extras(served, s, o, body)
+        for s, o in zip(started, finished, strict=True)
+    ]
     response = {
         "model": served.model_id,
         "translations": translations,
-        "usage": usage,
+        "usage": {
+            "input_tokens": sum(o.num_input_tokens for o in finished),
+            "output_tokens": sum(len(o.token_ids) for o in finished),
+        },
         "timings": timings,
     }
     return JSONResponse(response, headers=timings_header(timings))
 
 
-def _input_names(split: list[Segments | None], several: bool) -> list[str | None]:
-    """What an error calls each engine request's input: `text`, `text[2]`, `text, line 3`."""
-    names: list[str | None] = []
-    for k, segments in enumerate(split):
-        name = f"text[{k}]" if several else "text"
-        if segments is None:
-            names.append(name if several else None)
-        else:
-            names += [f"{name}, line {n}" for n in segments.numbers]
-    return names
-
-
-def _translation(
-    output: RequestOutput, segments: list[RequestOutput], body: TranslateRequest
+async def _extras(
+    served: ServedModel, started: Segmented, last: RequestOutput, body: TranslateRequest
 ) -> dict:
-    """A translation's entry in the response; `segments`: the outputs it was merged from (or
-    itself)."""
+    """A translation's `score` and `alignments`, if asked for: of its segments, if split."""
+    parts = started.parts(last)
+    score = _score(parts, body)
+    found: dict = {} if score is None else {"score": score}
+    if body.return_alignments:
+        found["alignments"] = await alignments(served, started.sources, parts)
+    return found
+
+
+def _translation(output: RequestOutput, body: TranslateRequest) -> dict:
     translation: dict = {"text": output.text, "finish_reason": output.finish_reason.value}  # type: ignore[union-attr]
     if output.hypotheses and (body.return_scores or body.num_hypotheses > 1):
         translation["hypotheses"] = [
             {"text": h.text, "score": round(h.score, 5)} for h in output.hypotheses
         ]
-    score = _score(segments, body)
-    if score is not None:
-        translation["score"] = score
     return translation
 
 
@@ -149,7 +125,7 @@ def _score(segments: list[RequestOutput], body: TranslateRequest) -> float | Non
     return round(sum(scores), 5)
 
 
-async def alignment(served: ServedModel, text: str, output: RequestOutput) -> dict:
+async def alignment(served: ServedModel, text: str | list[int], output: RequestOutput) -> dict:
     """The translation's tokens and where each looked in the source (the last decoder layer's
     cross-attention, mean over heads): `weights[i][j]` for target token i and source token j,
     and `pairs` [i, j] of each target token's most attended source token."""
@@ -165,7 +141,9 @@ async def alignment(served: ServedModel, text: str, output: RequestOutput) -> di
     }
 
 
-async def alignments(served: ServedModel, sources: list[str], outputs: list[RequestOutput]) -> dict:
+async def alignments(
+    served: ServedModel, sources: list[str | list[int]], outputs: list[RequestOutput]
+) -> dict:
     """A translation's alignment; a text of several segments joins theirs."""
     parts = [await alignment(served, s, o) for s, o in zip(sources, outputs, strict=True)]
     return parts[0] if len(parts) == 1 else merge_alignments(parts)

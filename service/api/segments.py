@@ -1,19 +1,86 @@
-"""Texts of several lines or sentences on `/v1/translate`: each segment is translated on its
-own, and the translation keeps everything between them (line breaks, blank lines, indentation,
-the spaces between sentences), as translation services do.
+"""A translation model's texts of several lines or sentences: each segment is translated on
+its own, and the translation keeps everything between them (line breaks, blank lines,
+indentation, the spaces between sentences), as translation services do.
 
-`model.segment.split_text` cuts a text into its segments (why: see there); each one is an
-engine request of its own (they run side by side in the batch), and `merge` puts their outputs
-back together as the output of one translation.
+`model.segment.split_text` cuts a text into its segments (why: see there); `start_segmented`
+makes each one an engine request of its own (they run side by side in the batch), and
+`in_order` streams their outputs as those of one translation, ending with `merge`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 
-from service.api.generation import merged
-from service.engine import FinishReason, Hypothesis, RequestOutput, Segments
+from service.api.generation import Context, merged, start_all
+from service.api.registry import ServedModel
+from service.engine import (
+    FinishReason,
+    Hypothesis,
+    RequestOutput,
+    SamplingParams,
+    Segments,
+    split_text,
+)
+
+
+@dataclass
+class Segmented:
+    """One generation's outputs (`outputs`, its last one finished), and what the model was given
+    for it: its text whole, or its segments (`sources`), whose last outputs `finished` holds
+    once they are done (empty for a text given whole)."""
+
+    outputs: AsyncIterator[RequestOutput]
+    sources: list[str | list[int]]
+    finished: list[RequestOutput] = field(default_factory=list)
+
+    def parts(self, last: RequestOutput) -> list[RequestOutput]:
+        """The finished outputs the generation's `last` output was made of (or itself)."""
+        return self.finished or [last]
+
+
+def start_segmented(
+    served: ServedModel,
+    generations: Sequence[tuple[str | list[int], SamplingParams]],
+    ctx: Context,
+    param: str,
+    choices_per_prompt: int = 1,
+    split: bool = True,
+) -> list[Segmented]:
+    """`start_all`, with each text that a translation model is given cut into its lines and
+    sentences (unless not `split`): one engine request per segment and choice, all queued or
+    none. An error names the segment's line (`text[2], line 3: ...`)."""
+    n = choices_per_prompt
+    prompts = [generations[k][0] for k in range(0, len(generations), n)]
+    jobs: list[tuple[str | list[int], SamplingParams]] = []
+    names: list[str | None] = []
+    groups: list[tuple[Segments | None, list[str | list[int]], int]] = []
+    for g, prompt in enumerate(prompts):
+        segments = None
+        if split and served.is_translation and isinstance(prompt, str):
+            segments = split_text(prompt)
+        sources: list[str | list[int]] = list(segments.sources) if segments else [prompt]
+        name = f"{ctx.input_param}[{g}]" if len(prompts) > 1 else ctx.input_param
+        groups.append((segments, sources, len(jobs)))
+        for s, source in enumerate(sources):
+            line = f"{name}, line {segments.numbers[s]}" if segments else None
+            for i in range(n):  # each choice of a segment: a job, as start_all orders them
+                jobs.append((source, generations[g * n + i][1]))
+                names.append(line or (name if len(prompts) > 1 else None))
+    unit = "segments (lines and sentences)" if any(g[0] for g in groups) else "generations"
+    streams = start_all(served, jobs, ctx, param, n, names, unit)
+    started = []
+    for segments, sources, first in groups:
+        for i in range(n):
+            own = streams[first + i : first + len(sources) * n : n]
+            if segments is None:
+                started.append(Segmented(own[0], sources))
+            else:
+                finished: list[RequestOutput] = []
+                started.append(Segmented(in_order(segments, own, finished), sources, finished))
+    return started
+
 
 # A text's finish reason is its segments' worst (check_finished then answers as for one).
 WORST_FIRST = [
