@@ -2,7 +2,8 @@
 only chat (LiteLLM's `openai/` models, chat front ends, `InferenceClient.chat_completion`).
 
 A translation model translates the last message, which must be the user's: each turn is a
-translation of its own, the earlier ones are not read. A generation model needs a chat template
+translation of its own, the earlier ones are not read; its lines and sentences are translated
+one by one, as on /v1/translate (segments.py). A generation model needs a chat template
 to turn messages into a prompt; ours are not chat models and have none, so they are refused
 with a 400 naming `messages`, as vLLM refuses a model without one.
 
