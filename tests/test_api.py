@@ -338,21 +338,34 @@ def test_a_text_of_several_lines_is_translated_line_by_line_keeping_its_layout(c
     split = client.post("/v1/translate", json=body | {"text": text}).json()["translations"][0]
     assert split["text"] == f"{alone[0]['text']}  {alone[1]['text']}"
     whole = client.post("/v1/translate", json=body | {"text": text, "split_sentences": False})
-    # the OpenAI routes split too, but not with logprobs (the tokens then spell the text)
-    ask = {"model": "tiny-mt", "prompt": text, "max_tokens": 12, "temperature": 0}
+    # The OpenAI routes split too (completions' default max_tokens is 16, chat's what fits)...
+    split_16 = client.post(
+        "/v1/translate", json={"text": text, "beam_size": 1, "max_new_tokens": 16}
+    )
+    ask = {"model": "tiny-mt", "prompt": text, "temperature": 0}
     completion = client.post("/v1/completions", json=ask).json()["choices"][0]
-    assert completion["text"] == split["text"]
+    assert completion["text"] == split_16.json()["translations"][0]["text"]
+    split_fit = client.post("/v1/translate", json={"text": text, "beam_size": 1}).json()
     chat = {"model": "tiny-mt", "messages": [{"role": "user", "content": text}]}
-    chat |= {"max_tokens": 12, "temperature": 0, "n": 2}
+    chat |= {"temperature": 0, "n": 2}
     choices = client.post("/v1/chat/completions", json=chat).json()["choices"]
-    assert [c["message"]["content"] for c in choices] == [split["text"]] * 2
+    assert [c["message"]["content"] for c in choices] == [split_fit["translations"][0]["text"]] * 2
     chunks = sse_data(client.post("/v1/chat/completions", json=chat | {"stream": True}))
     for k in range(2):  # each choice's deltas spell its text
         streamed = [c["delta"]["content"] or "" for e in chunks[:-1] for c in e["choices"]
                     if c["index"] == k]  # fmt: skip
-        assert "".join(streamed) == split["text"]
-    with_logprobs = client.post("/v1/completions", json=ask | {"logprobs": 0}).json()
-    assert with_logprobs["choices"][0]["text"] == whole.json()["translations"][0]["text"]
+        assert "".join(streamed) == split_fit["translations"][0]["text"]
+    # ...but an option about the whole completion gives the text whole: the client's own max
+    # tokens, stop, min_tokens, ignore_eos, logprobs (whose tokens then spell the text)
+    whole_16 = body | {"text": text, "split_sentences": False, "max_new_tokens": 16}
+    whole_text = client.post("/v1/translate", json=whole_16).json()["translations"][0]["text"]
+    assert whole_text != completion["text"]
+    for option in ({"max_tokens": 16}, {"logprobs": 0}, {"stop": ["zzz"]}, {"min_tokens": 1}):
+        got = client.post("/v1/completions", json=ask | option).json()
+        assert got["choices"][0]["text"] == whole_text, option
+    chat_whole = chat | {"max_completion_tokens": 16, "n": 1}
+    got = client.post("/v1/chat/completions", json=chat_whole).json()["choices"][0]
+    assert got["message"]["content"] == whole_text
     # a text's segments count against the queue, as a batch's texts do
     over = client.post("/v1/translate", json={"text": "Open it.\n" * 300})
     assert over.status_code == 422

@@ -7,8 +7,8 @@ import pytest
 from model.evaluate import translate, translate_segments
 from model.segment import split_sentences, split_text
 from model.tokenizer import Tokenizer, train_tokenizer
-from service.api.segments import merge
-from service.engine import FinishReason, Hypothesis, RequestOutput
+from service.api.segments import _for_segment, merge
+from service.engine import FinishReason, Hypothesis, RequestOutput, SamplingParams
 from tests.conftest import tiny_model
 from tests.server import TEXTS
 
@@ -115,3 +115,11 @@ def test_the_evaluation_translates_segments_as_the_server_does():
         f"{a}  {b}\n\n  {c}",
         a,
     ]
+
+
+def test_each_segment_of_a_seeded_request_draws_from_a_seed_of_its_own():
+    params = SamplingParams(temperature=1.0, seed=7)
+    seeds = [_for_segment(params, s).seed for s in range(4)]
+    assert seeds[0] == 7 and len(set(seeds)) == 4  # the first keeps the request's
+    assert seeds == [_for_segment(params, s).seed for s in range(4)]  # reproducibly
+    assert _for_segment(SamplingParams(), 3).seed is None

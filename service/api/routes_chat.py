@@ -103,11 +103,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     source = _source(served, body)
     ctx = Context.of(request, "messages", body.requested_max_tokens[1])
     generations = [(source, sampling_params(body, request, served, i)) for i in range(body.n)]
-    # a translation of several lines or sentences goes segment by segment, as on /v1/translate;
-    # with logprobs, whole: its tokens then spell its text
-    started = start_segmented(
-        served, generations, ctx, "n", choices_per_prompt=body.n, split=not body.logprobs
-    )
+    # a translation of several lines or sentences goes segment by segment, as on /v1/translate,
+    # unless an option is about the whole completion
+    too_many = "n" if body.n > 1 else "messages"  # the field to blame if the jobs cannot fit
+    split = not body.reads_whole_completion
+    started = start_segmented(served, generations, ctx, too_many, body.n, split)
     streams = [s.outputs for s in started]
     chat_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())

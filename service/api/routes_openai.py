@@ -210,11 +210,10 @@ async def completions(body: CompletionRequest, request: Request):
     jobs = [(p, i) for p in prompts for i in range(body.n)]  # choice index = position in jobs
     too_many = "n" if body.n > 1 else "prompt"  # the field to blame if the jobs cannot fit
     generations = [(p, sampling_params(body, request, served, i)) for p, i in jobs]
-    # a translation of several lines or sentences goes segment by segment, as on /v1/translate;
-    # with logprobs, whole: its tokens then spell its text
-    started = start_segmented(
-        served, generations, ctx, too_many, body.n, split=body.logprobs is None
-    )
+    # a translation of several lines or sentences goes segment by segment, as on /v1/translate,
+    # unless an option is about the whole completion
+    split = not body.reads_whole_completion
+    started = start_segmented(served, generations, ctx, too_many, body.n, split)
     streams = [s.outputs for s in started]
     try:
         echoes = [echo for echo in await _echoes(served, body) for _ in range(body.n)]

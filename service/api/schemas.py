@@ -361,6 +361,22 @@ class OpenAIBody(Body):
         """The most new tokens the client asked for, and the field it gave them in."""
         return self.max_tokens, "max_tokens"
 
+    @property
+    def asks_logprobs(self) -> bool:
+        return False
+
+    @property
+    def reads_whole_completion(self) -> bool:
+        """Whether an option counts the tokens or reads the text of the whole completion: the
+        client's own max tokens, min_tokens, ignore_eos, stop or logprobs. A translation model
+        then translates the input whole, not segment by segment (segments.py), where each of
+        them would apply to each segment."""
+        max_tokens, name = self.requested_max_tokens
+        own_max = max_tokens is not None and name in self.model_fields_set
+        return (
+            own_max or bool(self.min_tokens or self.ignore_eos or self.stop) or self.asks_logprobs
+        )
+
     @field_validator("logit_bias")
     @classmethod
     def _biases(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
@@ -396,6 +412,10 @@ class CompletionRequest(OpenAIBody):
     @property
     def num_top_logprobs(self) -> int:
         return self.logprobs or 0
+
+    @property
+    def asks_logprobs(self) -> bool:
+        return self.logprobs is not None
 
     @model_validator(mode="after")
     def _supported(self) -> CompletionRequest:
@@ -441,6 +461,10 @@ class ChatCompletionRequest(OpenAIBody):
     @property
     def num_top_logprobs(self) -> int:
         return self.top_logprobs or 0
+
+    @property
+    def asks_logprobs(self) -> bool:
+        return self.logprobs
 
     @property
     def requested_max_tokens(self) -> tuple[int | None, str]:

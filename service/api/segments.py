@@ -10,6 +10,7 @@ makes each one an engine request of its own (they run side by side in the batch)
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -66,7 +67,7 @@ def start_segmented(
         for s, source in enumerate(sources):
             line = f"{name}, line {segments.numbers[s]}" if segments else None
             for i in range(n):  # each choice of a segment: a job, as start_all orders them
-                jobs.append((source, generations[g * n + i][1]))
+                jobs.append((source, _for_segment(generations[g * n + i][1], s)))
                 names.append(line or (name if len(prompts) > 1 else None))
     unit = "segments (lines and sentences)" if any(g[0] for g in groups) else "generations"
     streams = start_all(served, jobs, ctx, param, n, names, unit)
@@ -80,6 +81,15 @@ def start_segmented(
                 finished: list[RequestOutput] = []
                 started.append(Segmented(in_order(segments, own, finished), sources, finished))
     return started
+
+
+def _for_segment(params: SamplingParams, s: int) -> SamplingParams:
+    """The s-th segment's parameters: a seed of its own, derived from the request's (the same
+    seed would draw the same random numbers for every segment)."""
+    if params.seed is None or s == 0:
+        return params
+    digest = hashlib.blake2b(f"{params.seed}/{s}".encode(), digest_size=8).digest()
+    return dataclasses.replace(params, seed=int.from_bytes(digest) >> 1)
 
 
 # A text's finish reason is its segments' worst (check_finished then answers as for one).
