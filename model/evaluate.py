@@ -82,7 +82,7 @@ def translate_segments(
     return joined
 
 
-def joined(pairs: list[Pair], n: int) -> list[Pair]:
+def texts_of_n_sentences(pairs: list[Pair], n: int) -> list[Pair]:
     """Texts of `n` sentences: each `n` consecutive pairs whose English is one sentence (as
     `split_text` sees it), joined with a space on both sides."""
     single = [p for p in pairs if split_text(p.en) is None and ends_a_sentence(p.en)]
@@ -137,9 +137,11 @@ def main() -> None:
     model, tokenizer = load_checkpoint(args.checkpoint)
     if args.quantize == "int8":
         model = quantized(model)
+    if args.join < 1:
+        parser.error("--join: a text has at least 1 sentence")
     pairs = read_tsv(split_file)[: args.limit]
     if args.join > 1:
-        pairs = joined(pairs, args.join)
+        pairs = texts_of_n_sentences(pairs, args.join)
     references = [p.de for p in pairs]
     results = {
         "checkpoint": str(args.checkpoint),

@@ -23,6 +23,7 @@ SPACE = rf"[\s{INVISIBLE}]"
 SENTENCE_END = re.compile(rf"""[.!?…]+["'”’)\]]*({SPACE}+)(?=["'“‘(\[]?([^\W\d_]|\d+\.{SPACE}))""")
 # ...if that letter is a capital, and not after a full stop that ends one of these words, an
 # initial ("J. Smith"), letters with full stops ("U.S.", "e.g.") or a list's number ("1.").
+# (English rules: a script without capitals, such as Arabic, is cut into lines only.)
 ABBREVIATIONS = {
     "mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "mt", "vs", "etc", "cf", "inc", "ltd", "co",
     "corp", "approx", "dept", "gen", "col", "lt", "sgt", "capt", "gov", "sen", "rep", "rev",
@@ -35,15 +36,15 @@ def is_blank(text: str) -> bool:
     return all(c.isspace() or c in INVISIBLE for c in text)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Segments:
     """A text cut into segments to translate one by one (`sources`: non-blank, stripped) and
     what lies around them: the text is `between[0] + sources[0] + between[1] + ... +
-    sources[-1] + between[-1]`. `numbers`: the line (from 1) each segment is on."""
+    sources[-1] + between[-1]`. `line_numbers`: the line (from 1) each segment is on."""
 
     sources: list[str]
     between: list[str]
-    numbers: list[int]
+    line_numbers: list[int]
 
     def join(self, translations: list[str]) -> str:
         """The text with each segment replaced by its translation."""
@@ -53,28 +54,27 @@ class Segments:
         return "".join(parts)
 
 
-def split_text(text: str, sentences: bool = True) -> Segments | None:
-    """The text's lines, and with `sentences` each line's sentences; None when that leaves the
-    text as it is (one sentence, nothing around it), or leaves nothing (only white space)."""
+def split_text(text: str) -> Segments | None:
+    """The text's lines and their sentences; None when that leaves the text as it is (one
+    sentence, nothing around it), or leaves nothing (only white space)."""
     sources: list[str] = []
     between: list[str] = []
-    numbers: list[int] = []
+    line_numbers: list[int] = []
     pending = ""  # text since the last segment
     for k, line in enumerate(text.splitlines(keepends=True)):  # \n, \r\n, \r, \u2028, ...
         lead, core, trail = _edges(line)
         pending += lead
-        for sentence, gap in split_sentences(core) if sentences and core else [(core, "")]:
-            if sentence:
+        if core:
+            for sentence, gap in split_sentences(core):
                 between.append(pending)
                 sources.append(sentence)
-                numbers.append(k + 1)
-                pending = ""
-            pending += gap
+                line_numbers.append(k + 1)
+                pending = gap
         pending += trail
     between.append(pending)
     if not sources or sources == [text]:
         return None
-    return Segments(sources, between, numbers)
+    return Segments(sources, between, line_numbers)
 
 
 def _edges(line: str) -> tuple[str, str, str]:

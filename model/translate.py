@@ -40,7 +40,9 @@ def main() -> None:
         )
     texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     run = translate if args.whole else translate_segments
-    for line in run(model, tokenizer, texts, args.beam, 32, args.max_new_tokens):
+    for line in run(
+        model, tokenizer, texts, args.beam, batch_size=32, max_new_tokens=args.max_new_tokens
+    ):
         print(line)
 
 

@@ -330,52 +330,71 @@ def test_a_text_of_several_lines_is_translated_line_by_line_keeping_its_layout(c
     assert final["text"] == greedy.json()["translations"][0]["text"]
     assert "".join(e["text"] for e in streamed[:-2]) == final["text"]
     assert final["usage"] == greedy.json()["usage"]
-    # sentences too; split_sentences: false (as DeepL's option) gives the text to the model whole
+
+
+SENTENCES = ["Open the file.", "Save the document as PDF!"]
+
+
+def test_sentences_are_translated_one_by_one_unless_split_sentences_is_false(client):
     body = {"beam_size": 1, "max_new_tokens": 12}
-    sentences = ["Open the file.", "Save the document as PDF!"]
-    alone = client.post("/v1/translate", json=body | {"text": sentences}).json()["translations"]
-    text = "  ".join(sentences)
+    alone = client.post("/v1/translate", json=body | {"text": SENTENCES}).json()["translations"]
+    text = "  ".join(SENTENCES)
     split = client.post("/v1/translate", json=body | {"text": text}).json()["translations"][0]
     assert split["text"] == f"{alone[0]['text']}  {alone[1]['text']}"
+    # split_sentences: false (as DeepL's option) gives the text to the model whole, as the
+    # OpenAI routes do with logprobs
     whole = client.post("/v1/translate", json=body | {"text": text, "split_sentences": False})
-    # The OpenAI routes split too (completions' default max_tokens is 16, chat's what fits)...
-    split_16 = client.post(
-        "/v1/translate", json={"text": text, "beam_size": 1, "max_new_tokens": 16}
-    )
+    ask = {"model": "tiny-mt", "prompt": text, "temperature": 0, "logprobs": 0}
+    completion = client.post("/v1/completions", json=ask | {"max_tokens": 12}).json()
+    assert whole.json()["translations"][0]["text"] == completion["choices"][0]["text"]
+    assert whole.json()["translations"][0]["text"] != split["text"]
+
+
+def test_the_openai_routes_split_a_translation_unless_an_option_is_about_the_whole(client):
+    text = "  ".join(SENTENCES)
+    translate = {"text": text, "beam_size": 1}
+    # completions' default max_tokens is 16 and chat's what fits: each segment's
+    split_16 = client.post("/v1/translate", json=translate | {"max_new_tokens": 16}).json()
     ask = {"model": "tiny-mt", "prompt": text, "temperature": 0}
     completion = client.post("/v1/completions", json=ask).json()["choices"][0]
-    assert completion["text"] == split_16.json()["translations"][0]["text"]
-    split_fit = client.post("/v1/translate", json={"text": text, "beam_size": 1}).json()
+    assert completion["text"] == split_16["translations"][0]["text"]
+    split_fit = client.post("/v1/translate", json=translate).json()["translations"][0]["text"]
     chat = {"model": "tiny-mt", "messages": [{"role": "user", "content": text}]}
     chat |= {"temperature": 0, "n": 2}
     choices = client.post("/v1/chat/completions", json=chat).json()["choices"]
-    assert [c["message"]["content"] for c in choices] == [split_fit["translations"][0]["text"]] * 2
+    assert [c["message"]["content"] for c in choices] == [split_fit] * 2
     chunks = sse_data(client.post("/v1/chat/completions", json=chat | {"stream": True}))
     for k in range(2):  # each choice's deltas spell its text
         streamed = [c["delta"]["content"] or "" for e in chunks[:-1] for c in e["choices"]
                     if c["index"] == k]  # fmt: skip
-        assert "".join(streamed) == split_fit["translations"][0]["text"]
-    # ...but an option about the whole completion gives the text whole: the client's own max
-    # tokens, stop, min_tokens, ignore_eos, logprobs (whose tokens then spell the text)
-    whole_16 = body | {"text": text, "split_sentences": False, "max_new_tokens": 16}
-    whole_text = client.post("/v1/translate", json=whole_16).json()["translations"][0]["text"]
-    assert whole_text != completion["text"]
+        assert "".join(streamed) == split_fit
+    # An option about the whole completion gives the text whole, since each would apply per
+    # segment: the client's own max tokens, stop, min_tokens, ignore_eos, logprobs (whose
+    # tokens then spell the text).
+    whole_16 = translate | {"split_sentences": False, "max_new_tokens": 16}
+    whole = client.post("/v1/translate", json=whole_16).json()["translations"][0]["text"]
+    assert whole != completion["text"]
     for option in ({"max_tokens": 16}, {"logprobs": 0}, {"stop": ["zzz"]}, {"min_tokens": 1}):
         got = client.post("/v1/completions", json=ask | option).json()
-        assert got["choices"][0]["text"] == whole_text, option
+        assert got["choices"][0]["text"] == whole, option
     chat_whole = chat | {"max_completion_tokens": 16, "n": 1}
     got = client.post("/v1/chat/completions", json=chat_whole).json()["choices"][0]
-    assert got["message"]["content"] == whole_text
-    # a text's segments count against the queue, as a batch's texts do
+    assert got["message"]["content"] == whole
+
+
+def test_a_texts_segments_count_against_the_queue_and_an_error_names_the_line(client):
     over = client.post("/v1/translate", json={"text": "Open it.\n" * 300})
     assert over.status_code == 422
     assert (
         over.json()["error"]
         == "text: 300 segments (lines and sentences) in one request, over the queue's 256"
     )
-    # an error names the line; a text of nothing but blank lines is still refused
+    chat = {"model": "tiny-mt", "messages": [{"role": "user", "content": "Open it.\n" * 300}]}
+    refused = client.post("/v1/chat/completions", json=chat)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "messages"
     long = client.post("/v1/translate", json={"text": ["Open", f"Open\n\n{'word ' * 200}"]})
     assert long.status_code == 422 and long.json()["error"].startswith("text[1], line 3: ")
+    # a text of nothing but blank lines is refused as any blank text
     blank = client.post("/v1/translate", json={"text": " \n\u200b\n"})
     assert blank.status_code == 422 and "only whitespace" in blank.json()["error"]
 

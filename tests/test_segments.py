@@ -2,12 +2,17 @@
 the joining of the segments' outputs (service/api/segments.py). The route itself is tested end
 to end in test_api.py."""
 
+import asyncio
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from unittest.mock import patch
+
 import pytest
 
 from model.evaluate import translate, translate_segments
 from model.segment import split_sentences, split_text
 from model.tokenizer import Tokenizer, train_tokenizer
-from service.api.segments import _for_segment, merge
+from service.api.segments import _for_segment, in_order, merge, start_segmented
 from service.engine import FinishReason, Hypothesis, RequestOutput, SamplingParams
 from tests.conftest import tiny_model
 from tests.server import TEXTS
@@ -34,11 +39,8 @@ def test_split_text_keeps_everything_between_the_segments(text, sources, numbers
         assert segments is None
         return
     assert segments is not None
-    assert (segments.sources, segments.numbers) == (sources, numbers)
+    assert (segments.sources, segments.line_numbers) == (sources, numbers)
     assert segments.join(segments.sources) == text  # the segments give the text back
-    lines = split_text(text, sentences=False)  # lines only (None: one line, nothing around)
-    assert lines is None or lines.join(lines.sources) == text
-    assert len(lines.sources if lines else [text]) == len(set(numbers))
 
 
 @pytest.mark.parametrize(
@@ -68,10 +70,14 @@ def test_split_sentences_at_their_ends_but_not_after_abbreviations(line, sentenc
     assert "".join(s + gap for s, gap in pieces) == line
 
 
+TIMINGS = dict.fromkeys(("queue_ms", "prefill_ms", "decode_ms", "total_ms"), 1.0)
+
+
 def output(text: str, ids: list[int], reason=FinishReason.STOP, hypotheses=(), **timings):
     return RequestOutput(
-        "r", [], [], "", ids, text, 3, len(ids), reason, list(hypotheses), timings_ms=timings
-    )
+        "r", [], [], "", ids, text, 3, len(ids), reason, list(hypotheses),
+        timings_ms=TIMINGS | timings,
+    )  # fmt: skip
 
 
 def test_merge_joins_texts_sums_counts_and_scores_and_keeps_the_worst_finish():
@@ -89,7 +95,8 @@ def test_merge_joins_texts_sums_counts_and_scores_and_keeps_the_worst_finish():
     assert whole.text == "A\n\nB" and whole.token_ids == [1, 2, 4, 5, 6, 7]
     assert (whole.num_input_tokens, whole.num_output_tokens) == (6, 6)
     assert whole.finish_reason == FinishReason.LENGTH  # a segment that ran out of tokens shows
-    assert whole.timings_ms == {"queue_ms": 2.0, "total_ms": 9.0}  # they ran side by side
+    # each timing the longest segment's: they ran side by side
+    assert whole.timings_ms == TIMINGS | {"queue_ms": 2.0, "total_ms": 9.0}
     # the k-th hypothesis joins every segment's k-th (the second has one: it is reused), scored
     # as the sum of theirs: sorted, and the first is the text
     assert [(h.text, h.score) for h in whole.hypotheses] == [("A\n\nB", -1.5), ("C\n\nB", -3.5)]
@@ -104,14 +111,15 @@ def test_merge_joins_texts_sums_counts_and_scores_and_keeps_the_worst_finish():
     assert merge(segments, [expired, failed]).error == "boom"
 
 
-def test_the_evaluation_translates_segments_as_the_server_does():
+def test_translate_segments_puts_each_translation_where_its_segment_was():
     tokenizer = Tokenizer(train_tokenizer(TEXTS, vocab_size=300))
-    model = tiny_model(vocab_size=tokenizer.vocab_size)
-    text = "Open the file.  Save the document as PDF!\n\n  Größe ändern"
+    model = tiny_model(vocab_size=tokenizer.vocab_size, seed=7)  # three distinct outputs
+    sources = ["Open the file.", "Save the document as PDF!", "Größe ändern"]
     args = (1, 8, 6)  # greedy, batches of 8, 6 new tokens
-    a, b, c = translate(model, tokenizer, ["Open the file.", "Save the document as PDF!",
-                                           "Größe ändern"], *args)  # fmt: skip
-    assert translate_segments(model, tokenizer, [text, "Open the file."], *args) == [
+    a, b, c = translate(model, tokenizer, sources, *args)
+    assert len({a, b, c}) == 3  # so that a misplaced one would show
+    text = "Open the file.  Save the document as PDF!\n\n  Größe ändern"
+    assert translate_segments(model, tokenizer, [text, sources[0]], *args) == [
         f"{a}  {b}\n\n  {c}",
         a,
     ]
@@ -123,3 +131,71 @@ def test_each_segment_of_a_seeded_request_draws_from_a_seed_of_its_own():
     assert seeds[0] == 7 and len(set(seeds)) == 4  # the first keeps the request's
     assert seeds == [_for_segment(params, s).seed for s in range(4)]  # reproducibly
     assert _for_segment(SamplingParams(), 3).seed is None
+
+
+def test_start_segmented_queues_each_segment_and_choice_and_gives_each_choice_its_own():
+    """Two prompts, the first of two sentences, with two choices each: six jobs (each segment's
+    choices in turn, as start_all counts a prompt's tokens once), each choice reading its own."""
+    queued: list = []
+
+    def fake_start_all(served, jobs, ctx, param, names, n, unit):
+        queued.extend(zip(jobs, names, strict=True))
+        return [f"job {k}" for k in range(len(jobs))]
+
+    served = SimpleNamespace(is_translation=True)
+    ctx = SimpleNamespace(input_param="prompt")
+    choice = [SamplingParams(seed=10), SamplingParams(seed=11)]
+    generations = [("Open it. Save it.", choice[0]), ("Open it. Save it.", choice[1]),
+                   ("Close it", choice[0]), ("Close it", choice[1])]  # fmt: skip
+    with (
+        patch("service.api.segments.start_all", fake_start_all),
+        patch("service.api.segments.in_order", lambda segments, own, finished: own),
+    ):
+        started = start_segmented(served, generations, ctx, "n", choices_per_prompt=2)
+    jobs = [(source, params.seed, name) for (source, params), name in queued]
+    assert jobs[0::2] == [("Open it.", 10, "prompt[0], line 1"),
+                          ("Save it.", jobs[2][1], "prompt[0], line 1"),
+                          ("Close it", 10, "prompt[1]")]  # fmt: skip
+    assert [seed for _, seed, _ in jobs[:4]] == [10, 11, jobs[2][1], jobs[3][1]]
+    assert len({seed for _, seed, _ in jobs[:4]}) == 4  # each segment and choice its own seed
+    # a split prompt's choice reads its segments' streams in order, a whole one its own stream
+    assert [s.sources for s in started] == [["Open it.", "Save it."]] * 2 + [["Close it"]] * 2
+    assert [s.outputs for s in started] == [["job 0", "job 2"], ["job 1", "job 3"], "job 4",
+                                            "job 5"]  # fmt: skip
+
+
+def test_in_order_streams_the_segments_one_after_the_other_whatever_finishes_first():
+    segments = split_text("Go. Run.\n\nStop.")
+    assert segments is not None and segments.between == ["", " ", "\n\n", ""]
+
+    def step(delta: str, text: str, ids: list[int], done: bool = False) -> RequestOutput:
+        out = output(text, ids, FinishReason.STOP if done else None, queue_ms=1.0)
+        out.text_delta, out.new_token_ids = delta, ids[-1:]
+        return out
+
+    # the second segment finishes before the first has said anything; the third says nothing
+    streams = {
+        0: [step("Geh", "Geh", [1]), step(".", "Geh.", [1, 2], done=True)],
+        1: [step("Lauf.", "Lauf.", [3], done=True)],
+        2: [step("", "", [], done=True)],
+    }
+    arrival = [(1, 0), (0, 0), (2, 0), (0, 1)]  # (segment, its k-th output) as they come
+
+    async def stream(k: int) -> AsyncIterator[RequestOutput]:
+        for out in streams[k]:
+            while (k, streams[k].index(out)) != arrival[0]:
+                await asyncio.sleep(0)
+            arrival.pop(0)
+            yield out
+
+    async def run() -> list[RequestOutput]:
+        finished: list[RequestOutput] = []
+        outs = [o async for o in in_order(segments, [stream(k) for k in range(3)], finished)]
+        assert len(finished) == 3
+        return outs
+
+    outs = asyncio.run(run())
+    assert [o.text_delta for o in outs] == ["Geh", ".", " Lauf.", "\n\n"]
+    assert [o.finished for o in outs] == [False, False, False, True]
+    assert outs[-1].text == "Geh. Lauf.\n\n"  # the third segment translated to nothing
+    assert "".join(o.text_delta for o in outs) == outs[-1].text

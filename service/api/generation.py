@@ -134,14 +134,15 @@ def start_all(
     jobs: Sequence[tuple[str | list[int], SamplingParams]],
     ctx: Context,
     param: str,
+    names: Sequence[str],
     choices_per_prompt: int = 1,
-    names: Sequence[str | None] | None = None,
     unit: str = "generations",
 ) -> list[AsyncIterator[RequestOutput]]:
     """`start` for a batch, all or nothing: refused before anything is queued when the queue
     cannot take all of it; if one is refused later, the ones queued are aborted. `jobs` are
     each prompt's `choices_per_prompt` choices in turn; `names`, what errors call each job's
-    input (by default `param[k]` for several prompts); `unit`, what an error calls the jobs."""
+    input; `unit`, what an error calls the jobs. Routes call it through
+    `segments.start_segmented`, which cuts a translation model's texts first."""
     capacity = served.llm.config.scheduler.max_waiting_requests
     if len(jobs) > capacity:  # never fits: a 429 would only make the client retry forever
         raise ApiError(
@@ -153,14 +154,10 @@ def start_all(
     if num_waiting + len(jobs) > capacity:
         raise _overloaded(served, f"{num_waiting} requests are already waiting")
     streams = []
-    several = len(jobs) > choices_per_prompt  # several prompts: errors say which one
     try:
         for k, (prompt, params) in enumerate(jobs):
-            prompt_index, choice = divmod(k, choices_per_prompt)
-            name = f"{ctx.input_param}[{prompt_index}]" if several else None
-            if names is not None:
-                name = names[k]
-            streams.append(start(served, prompt, params, ctx, f"-{k}", choice == 0, name))
+            first_choice = k % choices_per_prompt == 0  # counts the prompt's tokens
+            streams.append(start(served, prompt, params, ctx, f"-{k}", first_choice, names[k]))
     except ApiError:
         for k in range(len(streams)):
             served.async_engine.abort(f"{ctx.engine_id}-{k}")

@@ -14,8 +14,6 @@ from service.api.registry import ServedModel
 from service.api.schemas import OpenAIBody
 from service.engine import FinishReason, RequestOutput, SamplingParams
 
-MAX_TOKENS_FIELDS = {"max_tokens", "max_completion_tokens"}
-
 
 def sampling_params(
     body: OpenAIBody, request: Request, served: ServedModel, index: int
@@ -28,12 +26,9 @@ def sampling_params(
     vocab_size = served.llm.model_config.vocab_size
     if any(token >= vocab_size for token, _ in logit_bias):
         raise ApiError(422, f"logit_bias: token ids must be below {vocab_size}", param="logit_bias")
-    # A default (completions' 16, or what fits) is lowered to what fits; a client's own
-    # max_tokens that does not fit is refused, naming it.
-    clients_own = requested is not None and bool(body.model_fields_set & MAX_TOKENS_FIELDS)
     return SamplingParams(
         max_new_tokens=max_new,
-        fit_max_new_tokens=not clients_own,
+        fit_max_new_tokens=not body.has_own_max_tokens,  # a client's own is refused if too long
         temperature=body.temperature,
         top_p=body.top_p,
         seed=None if body.seed is None else body.seed + index,  # n choices differ, reproducibly

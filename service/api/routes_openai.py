@@ -34,7 +34,7 @@ from service.api.openai_common import (
 )
 from service.api.registry import ModelRegistry, ServedModel
 from service.api.schemas import CompletionRequest
-from service.api.segments import start_segmented
+from service.api.segments import abort, start_segmented
 from service.engine import RequestOutput
 
 router = APIRouter(responses=documented_errors(openai=True))
@@ -218,8 +218,7 @@ async def completions(body: CompletionRequest, request: Request):
     try:
         echoes = [echo for echo in await _echoes(served, body) for _ in range(body.n)]
     except BaseException:  # the client left, say: nothing has read the streams yet
-        for k in range(sum(len(s.sources) for s in started)):  # one per segment and choice
-            served.async_engine.abort(f"{ctx.engine_id}-{k}")
+        abort(served, ctx, started)
         raise
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())

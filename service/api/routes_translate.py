@@ -145,8 +145,9 @@ async def alignments(
     served: ServedModel, sources: list[str | list[int]], outputs: list[RequestOutput]
 ) -> dict:
     """A translation's alignment; a text of several segments joins theirs."""
-    parts = [await alignment(served, s, o) for s, o in zip(sources, outputs, strict=True)]
-    return parts[0] if len(parts) == 1 else merge_alignments(parts)
+    return merge_alignments(
+        [await alignment(served, s, o) for s, o in zip(sources, outputs, strict=True)]
+    )
 
 
 async def _stream_events(

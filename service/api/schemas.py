@@ -326,6 +326,9 @@ class StreamOptions(Body):
     include_usage: bool = False
 
 
+MAX_TOKENS_FIELDS = {"max_tokens", "max_completion_tokens"}
+
+
 class OpenAIBody(Body):
     """What OpenAI's completions and chat completions bodies share; unsupported options are
     refused, not ignored."""
@@ -362,6 +365,13 @@ class OpenAIBody(Body):
         return self.max_tokens, "max_tokens"
 
     @property
+    def has_own_max_tokens(self) -> bool:
+        """Whether the client set max_tokens (or max_completion_tokens) itself: a default
+        (completions' 16, or what fits) is lowered to what fits, the client's own is not."""
+        requested, _ = self.requested_max_tokens
+        return requested is not None and bool(self.model_fields_set & MAX_TOKENS_FIELDS)
+
+    @property
     def asks_logprobs(self) -> bool:
         return False
 
@@ -371,11 +381,8 @@ class OpenAIBody(Body):
         client's own max tokens, min_tokens, ignore_eos, stop or logprobs. A translation model
         then translates the input whole, not segment by segment (segments.py), where each of
         them would apply to each segment."""
-        max_tokens, name = self.requested_max_tokens
-        own_max = max_tokens is not None and name in self.model_fields_set
-        return (
-            own_max or bool(self.min_tokens or self.ignore_eos or self.stop) or self.asks_logprobs
-        )
+        per_segment = self.has_own_max_tokens or self.min_tokens or self.ignore_eos or self.stop
+        return bool(per_segment) or self.asks_logprobs
 
     @field_validator("logit_bias")
     @classmethod

@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from service.api.generation import Context, merged, start_all
+from service.api.generation import Context, merged, merged_timings, start_all
 from service.api.registry import ServedModel
 from service.engine import (
     FinishReason,
@@ -53,10 +53,10 @@ def start_segmented(
     sentences (unless not `split`): one engine request per segment and choice, all queued or
     none. An error names the segment's line (`text[2], line 3: ...`)."""
     n = choices_per_prompt
-    prompts = [generations[k][0] for k in range(0, len(generations), n)]
+    prompts = [prompt for prompt, _ in generations[::n]]
     jobs: list[tuple[str | list[int], SamplingParams]] = []
-    names: list[str | None] = []
-    groups: list[tuple[Segments | None, list[str | list[int]], int]] = []
+    names: list[str] = []  # what an error calls each job's input
+    groups: list[tuple[Segments | None, list[str | list[int]], int]] = []  # + its first job
     for g, prompt in enumerate(prompts):
         segments = None
         if split and served.is_translation and isinstance(prompt, str):
@@ -65,15 +65,17 @@ def start_segmented(
         name = f"{ctx.input_param}[{g}]" if len(prompts) > 1 else ctx.input_param
         groups.append((segments, sources, len(jobs)))
         for s, source in enumerate(sources):
-            line = f"{name}, line {segments.numbers[s]}" if segments else None
+            line = f"{name}, line {segments.line_numbers[s]}" if segments else name
             for i in range(n):  # each choice of a segment: a job, as start_all orders them
                 jobs.append((source, _for_segment(generations[g * n + i][1], s)))
-                names.append(line or (name if len(prompts) > 1 else None))
-    unit = "segments (lines and sentences)" if any(g[0] for g in groups) else "generations"
-    streams = start_all(served, jobs, ctx, param, n, names, unit)
+                names.append(line)
+    unit = "generations"
+    if any(segments for segments, _, _ in groups):
+        unit = "segments (lines and sentences)" if n == 1 else "generations (segments × n)"
+    streams = start_all(served, jobs, ctx, param, names, n, unit)
     started = []
     for segments, sources, first in groups:
-        for i in range(n):
+        for i in range(n):  # choice i of each segment, in order
             own = streams[first + i : first + len(sources) * n : n]
             if segments is None:
                 started.append(Segmented(own[0], sources))
@@ -81,6 +83,13 @@ def start_segmented(
                 finished: list[RequestOutput] = []
                 started.append(Segmented(in_order(segments, own, finished), sources, finished))
     return started
+
+
+def abort(served: ServedModel, ctx: Context, started: list[Segmented]) -> None:
+    """Abort what `start_segmented` queued, before anything has read its streams (a stream's
+    own cleanup runs only once it is read)."""
+    for k in range(sum(len(s.sources) for s in started)):  # start_all's ids: one per job
+        served.async_engine.abort(f"{ctx.engine_id}-{k}")
 
 
 def _for_segment(params: SamplingParams, s: int) -> SamplingParams:
@@ -105,7 +114,6 @@ def merge(segments: Segments, outputs: list[RequestOutput]) -> RequestOutput:
     longest segment's (they ran side by side), the finish reason the worst segment's. The
     n-best list's k-th hypothesis joins every segment's k-th (or its last), scored as the sum of
     their scores, so the list stays sorted and its first is the text."""
-    first = outputs[0]
     reason = min((o.finish_reason for o in outputs), key=WORST_FIRST.index)  # type: ignore[arg-type]
     hypotheses: list[Hypothesis] = []
     if all(o.hypotheses for o in outputs):
@@ -115,22 +123,16 @@ def merge(segments: Segments, outputs: list[RequestOutput]) -> RequestOutput:
             token_ids = [t for h in parts for t in h.token_ids]
             hypotheses.append(Hypothesis(token_ids, text, sum(h.score for h in parts)))
     return dataclasses.replace(
-        first,
-        new_token_ids=[],
-        new_logprobs=[],
-        text_delta="",
+        outputs[-1],  # its new tokens and text_delta are the last step's
         token_ids=[t for o in outputs for t in o.token_ids],
         text=segments.join([o.text for o in outputs]),
         num_input_tokens=sum(o.num_input_tokens for o in outputs),
         num_output_tokens=sum(o.num_output_tokens for o in outputs),
         finish_reason=reason,
         hypotheses=hypotheses,
-        timings_ms={
-            name: max(o.timings_ms.get(name, 0.0) for o in outputs) for name in first.timings_ms
-        },
+        timings_ms=merged_timings(outputs),
         error=next((o.error for o in outputs if o.error), None),
         logprobs=[p for o in outputs for p in o.logprobs],
-        new_top_logprobs=[],
         top_logprobs=[p for o in outputs for p in o.top_logprobs],
         was_scheduled=all(o.was_scheduled for o in outputs),
     )
@@ -139,21 +141,21 @@ def merge(segments: Segments, outputs: list[RequestOutput]) -> RequestOutput:
 def merge_alignments(alignments: list[dict]) -> dict:
     """The segments' alignments as one: tokens one after the other, and the weights
     block-diagonal (a segment's target tokens attend only to its own source)."""
-    merged: dict = {"source_tokens": [], "target_tokens": [], "weights": [], "pairs": []}
+    whole: dict = {"source_tokens": [], "target_tokens": [], "weights": [], "pairs": []}
     num_source = sum(len(a["source_tokens"]) for a in alignments)
     src_offset = tgt_offset = 0
     for a in alignments:
         n = len(a["source_tokens"])
-        merged["source_tokens"] += a["source_tokens"]
-        merged["target_tokens"] += a["target_tokens"]
+        whole["source_tokens"] += a["source_tokens"]
+        whole["target_tokens"] += a["target_tokens"]
         for row in a["weights"]:
-            merged["weights"].append(
+            whole["weights"].append(
                 [0.0] * src_offset + row + [0.0] * (num_source - src_offset - n)
             )
-        merged["pairs"] += [[i + tgt_offset, j + src_offset] for i, j in a["pairs"]]
+        whole["pairs"] += [[i + tgt_offset, j + src_offset] for i, j in a["pairs"]]
         src_offset += n
         tgt_offset += len(a["target_tokens"])
-    return merged
+    return whole
 
 
 async def in_order(
@@ -165,7 +167,8 @@ async def in_order(
     the text between segments going out with the next piece of text, and at the end `merge`'s
     output. The segments run side by side; a later segment's outputs wait here until those
     before it are done. Each segment's finished output is appended to `finished` (for the
-    score and the alignments of the last event)."""
+    score and the alignments of the last event). Before the last, an output's `text` and
+    `token_ids` are its segment's, not the whole text's so far (no reader uses them)."""
     waiting: list[list[RequestOutput]] = [[] for _ in streams]
     current = 0
     unsent = segments.between[0]  # text between segments that no event has carried yet
@@ -187,9 +190,6 @@ async def in_order(
                 if current < len(streams):
                     yield dataclasses.replace(output, text_delta=delta, finish_reason=None)
                 else:
-                    whole = merge(segments, finished)
-                    whole.new_token_ids = output.new_token_ids
-                    whole.text_delta = delta + unsent
-                    yield whole
+                    yield dataclasses.replace(merge(segments, finished), text_delta=delta + unsent)
     finally:
         await outputs.aclose()  # type: ignore[attr-defined]
