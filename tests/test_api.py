@@ -981,6 +981,41 @@ def test_huggingface_hub_client_streams_with_details(server):
 # -- OpenAI -----------------------------------------------------------------------------------
 
 
+def test_tokenize_answers_in_tgis_shape_or_vllms_and_detokenize_round_trips(server, client):
+    mt, lm = server.engine("tiny-mt"), server.engine("tiny-lm")
+    text = "Größe 🎉 ändern"
+    # TGI's body: the tokens a translation request gives the model, with where each lies
+    tokens = client.post("/tokenize", json={"inputs": text}).json()
+    assert [t["id"] for t in tokens] == mt.input_ids(text)  # the source, then </s>
+    assert "".join(text[t["start"] : t["stop"]] for t in tokens) == text
+    assert all(text[t["start"] : t["stop"]] == t["text"] for t in tokens[:-1])
+    assert tokens[-1] == {"id": mt.model_config.eos_token_id, "text": "</s>", "start": len(text),
+                          "stop": len(text)}  # fmt: skip
+    at_base_url = client.post("/models/tiny-mt/tokenize", json={"inputs": text}).json()
+    assert at_base_url == tokens
+    # vLLM's body
+    counted = client.post("/tokenize", json={"model": "tiny-lm", "prompt": text}).json()
+    assert counted["tokens"] == lm.input_ids(text) and counted["count"] == len(counted["tokens"])
+    assert counted["max_model_len"] == lm.model_config.max_positions
+    plain = {"prompt": text, "add_special_tokens": False, "return_token_strs": True}
+    bare = client.post("/tokenize", json=plain).json()
+    assert bare["tokens"] == mt.tokenizer.encode(text) and len(bare["token_strs"]) == bare["count"]
+    back = client.post("/detokenize", json={"model": "tiny-lm", "tokens": counted["tokens"]})
+    assert back.json() == {"prompt": text}
+    # bad bodies name their field; counting tokens is not a generation in the metrics
+    for body, field in [
+        ({}, "prompt"),
+        ({"inputs": "a", "prompt": "b"}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "a", "model": "nope"}, "model"),
+    ]:
+        r = client.post("/tokenize", json=body)
+        assert r.status_code == 422 and field in r.json()["error"], body
+    r = client.post("/detokenize", json={"tokens": [1, 10**6]})
+    assert r.status_code == 422 and r.json()["error"].startswith("tokens")
+    assert not any("tokenize" in key for key in metrics(client))
+
+
 def test_openai_completions_plain_and_streamed(server):
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
     models = [m.id for m in client.models.list()]

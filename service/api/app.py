@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import service
-from service.api import routes_chat, routes_openai, routes_tgi, routes_translate
+from service.api import routes_chat, routes_openai, routes_tgi, routes_tokenize, routes_translate
 from service.api.errors import ApiError, error_response, install_error_handlers
 from service.api.generation import ClientDisconnected
 from service.api.metrics import Metrics
@@ -105,7 +105,8 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
         request.state.request_id = _request_id(request.headers.get("x-request-id"))
         path = request.url.path
         is_generation = request.method == "POST" and (
-            path in GENERATION_PATHS or path.startswith(MODEL_PATHS)
+            path in GENERATION_PATHS
+            or (path.startswith(MODEL_PATHS) and not path.rstrip("/").endswith("/tokenize"))
         )
         app.state.num_in_flight += is_generation
         try:
@@ -176,6 +177,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
         )
 
     app.include_router(routes_translate.router)
+    app.include_router(routes_tokenize.router)
     # chat and completions at a model's base URL go before TGI's `/models/{id}` catch-all
     app.include_router(routes_chat.router)
     app.include_router(routes_openai.router)

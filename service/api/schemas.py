@@ -521,3 +521,30 @@ class ChatCompletionRequest(OpenAIBody):
         if self.response_format not in (None, {"type": "text"}):
             raise FieldError("response_format", 'response_format: only {"type": "text"}')
         return self
+
+
+class TokenizeRequest(Body):
+    """`/tokenize`: TGI's body (`inputs`; its `parameters` are not read) or vLLM's (`prompt`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: ModelId = None
+    inputs: NonEmptyText | None = None  # TGI's
+    prompt: NonEmptyText | None = None  # vLLM's
+    add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.inputs is None) == (self.prompt is None):
+            raise FieldError("prompt", "send `prompt` (as to vLLM) or `inputs` (as to TGI)")
+        return self
+
+
+class DetokenizeRequest(Body):
+    """vLLM's `/detokenize` body."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: ModelId = None
+    tokens: list[Annotated[int, Field(ge=0)]]
