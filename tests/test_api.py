@@ -332,6 +332,23 @@ def test_a_text_of_several_lines_is_translated_line_by_line_keeping_its_layout(c
     assert final["usage"] == greedy.json()["usage"]
 
 
+def test_line_separators_in_a_stream_are_escaped_so_line_readers_see_whole_events(server):
+    """U+2028 is kept between segments; raw in an event, str.splitlines (httpx's iter_lines,
+    and so huggingface_hub's streams) would cut the event in two."""
+    text = "Open the file.\u2028Save it.\x85Close it.\u2029"
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        body = {"text": text, "stream": True, "beam_size": 1, "max_new_tokens": 8}
+        with c.stream("POST", "/v1/translate", json=body) as r:
+            events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    assert "\u2028" in events[-1]["text"] and events[-1]["text"].endswith("\u2029")
+    assert "".join(e["text"] for e in events[:-1]) == events[-1]["text"]
+    client = InferenceClient(base_url=f"{server.url}/models/tiny-mt")
+    chunks = client.chat_completion(
+        [{"role": "user", "content": text}], max_tokens=None, temperature=0, stream=True
+    )
+    assert "\u2028" in "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
+
+
 SENTENCES = ["Open the file.", "Save the document as PDF!"]
 
 
@@ -380,6 +397,9 @@ def test_the_openai_routes_split_a_translation_unless_an_option_is_about_the_who
     chat_whole = chat | {"max_completion_tokens": 16, "n": 1}
     got = client.post("/v1/chat/completions", json=chat_whole).json()["choices"][0]
     assert got["message"]["content"] == whole
+    # and so does split_sentences: false, as on /v1/translate
+    unsplit = client.post("/v1/completions", json=ask | {"split_sentences": False}).json()
+    assert unsplit["choices"][0]["text"] == whole
 
 
 def test_a_texts_segments_count_against_the_queue_and_an_error_names_the_line(client):
@@ -987,10 +1007,12 @@ def test_tokenize_answers_in_tgis_shape_or_vllms_and_detokenize_round_trips(serv
     # TGI's body: the tokens a translation request gives the model, with where each lies
     tokens = client.post("/tokenize", json={"inputs": text}).json()
     assert [t["id"] for t in tokens] == mt.input_ids(text)  # the source, then </s>
-    assert "".join(text[t["start"] : t["stop"]] for t in tokens) == text
-    assert all(text[t["start"] : t["stop"]] == t["text"] for t in tokens[:-1])
-    assert tokens[-1] == {"id": mt.model_config.eos_token_id, "text": "</s>", "start": len(text),
-                          "stop": len(text)}  # fmt: skip
+    assert "".join(t["text"] for t in tokens) == text
+    assert all(text[t["start"] : t["stop"]] == t["text"] for t in tokens)  # as TGI's
+    eos = mt.model_config.eos_token_id
+    assert tokens[-1] == {"id": eos, "text": "", "start": len(text), "stop": len(text)}
+    truncated = client.post("/tokenize", json={"inputs": text, "parameters": {"truncate": 2}})
+    assert truncated.json() == tokens[-2:]  # TGI's truncate keeps the last tokens
     at_base_url = client.post("/models/tiny-mt/tokenize", json={"inputs": text}).json()
     assert at_base_url == tokens
     # vLLM's body

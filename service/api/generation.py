@@ -301,9 +301,14 @@ def merged_timings(outputs: list[RequestOutput]) -> dict[str, float]:
     return {name: round(max(o.timings_ms[name] for o in outputs), 2) for name in names}
 
 
+# Characters that JSON leaves as they are but that split a line for some SSE readers (Python's
+# str.splitlines, which httpx's iter_lines and so huggingface_hub use): escaped in events.
+LINE_BREAKING = str.maketrans({c: f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"})
+
+
 def sse_event(data: dict | str) -> str:
     payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
-    return f"data: {payload}\n\n"
+    return f"data: {payload.translate(LINE_BREAKING)}\n\n"
 
 
 def event_stream(

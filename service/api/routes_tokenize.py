@@ -4,8 +4,9 @@ they send a request.
 `/tokenize` answers in the shape of the server its body comes from: TGI's (`{"inputs"}` → a list
 of `{"id", "text", "start", "stop"}`, also at a model's base URL `/models/{id}/tokenize`) or
 vLLM's (`{"model", "prompt", "add_special_tokens"}` → `{"count", "max_model_len", "tokens"}`).
-The tokens are the model's input as a request would give it: a translation source ends with
-`</s>`, a prompt starts with `<s>` if the model adds it.
+The tokens are the model's input for the text whole, as a request gives it: a translation
+source ends with `</s>`, a prompt starts with `<s>` if the model adds it. (A translation split
+into lines and sentences, segments.py, is counted per segment, each with its own `</s>`.)
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ router = APIRouter(responses=documented_errors(openai=False))
 async def tokenize(body: TokenizeRequest, request: Request):
     served = served_model(request, body.model)
     if body.inputs is not None:  # TGI's
-        return _tgi_tokens(served, served.llm.input_ids(body.inputs))
+        tokens = _tgi_tokens(served, body.inputs)
+        return tokens[-body.parameters.truncate :] if body.parameters.truncate else tokens
     assert body.prompt is not None
     ids = served.llm.input_ids(body.prompt)
     if not body.add_special_tokens:
@@ -61,14 +63,16 @@ async def detokenize(body: DetokenizeRequest, request: Request):
     return {"prompt": served.llm.tokenizer.decode(body.tokens)}
 
 
-def _tgi_tokens(served: ServedModel, ids: list[int]) -> list[dict]:
-    """TGI's tokens: each with its text and where that lies in the input (`start`, `stop`, in
-    characters). A character split over several byte-level tokens is on its last piece; a
-    special token has its own string and no extent."""
+def _tgi_tokens(served: ServedModel, text: str) -> list[dict]:
+    """TGI's tokens of a text: each with where it lies in the text (`start`, `stop`, in
+    characters) and that part of the text, as TGI's are. A character split over several
+    byte-level tokens is on its last piece; a special token (`</s>`) has no extent and no text."""
+    ids = served.llm.input_ids(text)
     tokens, position = [], 0
-    for token_id, text in zip(ids, served.token_texts(ids), strict=True):
-        special = token_id in served.special_ids
-        stop = position if special else position + len(text)
-        tokens.append({"id": token_id, "text": text, "start": position, "stop": stop})
+    for token_id, piece in zip(ids, served.token_texts(ids), strict=True):
+        stop = position if token_id in served.special_ids else position + len(piece)
+        tokens.append(
+            {"id": token_id, "text": text[position:stop], "start": position, "stop": stop}
+        )
         position = stop
     return tokens

@@ -348,6 +348,8 @@ class OpenAIBody(Body):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     user: str | None = None
     logit_bias: dict[str, float] | None = None  # token id (a string, as JSON keys are) → bias
+    # as /v1/translate's: a translation model translates each line and sentence on its own
+    split_sentences: bool = True
     # vLLM's extensions (ignore_eos is handy for load tests of fixed lengths)
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
@@ -378,11 +380,11 @@ class OpenAIBody(Body):
     @property
     def reads_whole_completion(self) -> bool:
         """Whether an option counts the tokens or reads the text of the whole completion: the
-        client's own max tokens, min_tokens, ignore_eos, stop or logprobs. A translation model
-        then translates the input whole, not segment by segment (segments.py), where each of
-        them would apply to each segment."""
+        client's own max tokens, min_tokens, ignore_eos, stop or logprobs (or split_sentences is
+        false). A translation model then translates the input whole, not segment by segment
+        (segments.py), where each of them would apply to each segment."""
         per_segment = self.has_own_max_tokens or self.min_tokens or self.ignore_eos or self.stop
-        return bool(per_segment) or self.asks_logprobs
+        return bool(per_segment) or self.asks_logprobs or not self.split_sentences
 
     @field_validator("logit_bias")
     @classmethod
@@ -523,13 +525,20 @@ class ChatCompletionRequest(OpenAIBody):
         return self
 
 
+class TokenizeParameters(Body):
+    model_config = ConfigDict(extra="ignore")
+
+    truncate: int | None = Field(None, ge=1)  # as TGI's: keep only the last `truncate` tokens
+
+
 class TokenizeRequest(Body):
-    """`/tokenize`: TGI's body (`inputs`; its `parameters` are not read) or vLLM's (`prompt`)."""
+    """`/tokenize`: TGI's body (`inputs`, `parameters.truncate`) or vLLM's (`prompt`)."""
 
     model_config = ConfigDict(extra="ignore")
 
     model: ModelId = None
     inputs: NonEmptyText | None = None  # TGI's
+    parameters: TokenizeParameters = Field(default_factory=lambda: TokenizeParameters())
     prompt: NonEmptyText | None = None  # vLLM's
     add_special_tokens: bool = True
     return_token_strs: bool = False
