@@ -41,15 +41,28 @@ def translate(
     beam_size: int,
     batch_size: int,
     max_new_tokens: int,
+    split_sentences: bool = False,
 ) -> list[str]:
-    """Translate in batches of similar source length (restored to input order)."""
+    """Translate in batches of similar source length (restored to input order). With
+    `split_sentences`, each line and sentence on its own, put back together as `/v1/translate`
+    does (model/segment.py)."""
+    if split_sentences:
+        split = [split_text(text) for text in texts]
+        sources = [s.sources if s else [text] for text, s in zip(texts, split, strict=True)]
+        flat = [source for group in sources for source in group]
+        outputs = translate(model, tokenizer, flat, beam_size, batch_size, max_new_tokens)
+        joined = []
+        for segments, group in zip(split, sources, strict=True):
+            parts, outputs = outputs[: len(group)], outputs[len(group) :]
+            joined.append(segments.join(parts) if segments else parts[0])
+        return joined
     max_new_tokens = min(max_new_tokens, model.config.max_positions - 1)  # the decoder's positions
-    sources = [ids + [tokenizer.eos_id] for ids in tokenizer.encode_batch(texts)]
-    order = sorted(range(len(texts)), key=lambda i: len(sources[i]))
-    outputs: list[str] = [""] * len(texts)
+    sources_ids = [ids + [tokenizer.eos_id] for ids in tokenizer.encode_batch(texts)]
+    order = sorted(range(len(texts)), key=lambda i: len(sources_ids[i]))
+    translations: list[str] = [""] * len(texts)
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
-        batch = [sources[i] for i in index]
+        batch = [sources_ids[i] for i in index]
         if beam_size == 1:
             new_ids = greedy_batch(model, batch, max_new_tokens)
         else:
@@ -57,29 +70,8 @@ def translate(
                 h[0].token_ids for h in beam_search_batch(model, batch, beam_size, max_new_tokens)
             ]
         for i, text in zip(index, tokenizer.decode_batch(new_ids), strict=True):
-            outputs[i] = text
-    return outputs
-
-
-def translate_segments(
-    model: Transformer,
-    tokenizer: Tokenizer,
-    texts: list[str],
-    beam_size: int,
-    batch_size: int,
-    max_new_tokens: int,
-) -> list[str]:
-    """`translate`, each line and sentence on its own, put back together as `/v1/translate`
-    does (model/segment.py)."""
-    split = [split_text(text) for text in texts]
-    sources = [s.sources if s else [text] for text, s in zip(texts, split, strict=True)]
-    flat = [source for group in sources for source in group]
-    outputs = translate(model, tokenizer, flat, beam_size, batch_size, max_new_tokens)
-    joined = []
-    for segments, group in zip(split, sources, strict=True):
-        parts, outputs = outputs[: len(group)], outputs[len(group) :]
-        joined.append(segments.join(parts) if segments else parts[0])
-    return joined
+            translations[i] = text
+    return translations
 
 
 def texts_of_n_sentences(pairs: list[Pair], n: int) -> list[Pair]:
@@ -163,10 +155,10 @@ def main() -> None:
         args.beams = []
     for beam in args.beams:
         start = time.monotonic()
-        run = translate_segments if args.split_sentences else translate
-        hypotheses = run(
-            model, tokenizer, [p.en for p in pairs], beam, args.batch_size, args.max_new_tokens
-        )
+        hypotheses = translate(
+            model, tokenizer, [p.en for p in pairs], beam, args.batch_size, args.max_new_tokens,
+            split_sentences=args.split_sentences,
+        )  # fmt: skip
         name = "greedy" if beam == 1 else f"beam{beam}"
         results["scores"][name] = {
             "bleu": round(sacrebleu.corpus_bleu(hypotheses, [references]).score, 2),

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from model.checkpoint import load_checkpoint
-from model.evaluate import translate, translate_segments
+from model.evaluate import translate
 
 BUNDLED = Path(__file__).parent / "checkpoints" / "en-de"
 
@@ -39,10 +39,10 @@ def main() -> None:
             f"{args.checkpoint} is a {model.config.architecture} model, not a translator"
         )
     texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    run = translate if args.whole else translate_segments
-    for line in run(
-        model, tokenizer, texts, args.beam, batch_size=32, max_new_tokens=args.max_new_tokens
-    ):
+    for line in translate(
+        model, tokenizer, texts, args.beam, batch_size=32, max_new_tokens=args.max_new_tokens,
+        split_sentences=not args.whole,
+    ):  # fmt: skip
         print(line)
 
 

@@ -9,7 +9,7 @@ from unittest.mock import patch
 
 import pytest
 
-from model.evaluate import translate, translate_segments
+from model.evaluate import translate
 from model.segment import split_sentences, split_text
 from model.tokenizer import Tokenizer, train_tokenizer
 from service.api.segments import _for_segment, in_order, merge, start_segmented
@@ -111,7 +111,7 @@ def test_merge_joins_texts_sums_counts_and_scores_and_keeps_the_worst_finish():
     assert merge(segments, [expired, failed]).error == "boom"
 
 
-def test_translate_segments_puts_each_translation_where_its_segment_was():
+def test_translate_split_into_sentences_puts_each_translation_where_its_segment_was():
     tokenizer = Tokenizer(train_tokenizer(TEXTS, vocab_size=300))
     model = tiny_model(vocab_size=tokenizer.vocab_size, seed=7)  # three distinct outputs
     sources = ["Open the file.", "Save the document as PDF!", "Größe ändern"]
@@ -119,7 +119,7 @@ def test_translate_segments_puts_each_translation_where_its_segment_was():
     a, b, c = translate(model, tokenizer, sources, *args)
     assert len({a, b, c}) == 3  # so that a misplaced one would show
     text = "Open the file.  Save the document as PDF!\n\n  Größe ändern"
-    assert translate_segments(model, tokenizer, [text, sources[0]], *args) == [
+    assert translate(model, tokenizer, [text, sources[0]], *args, split_sentences=True) == [
         f"{a}  {b}\n\n  {c}",
         a,
     ]
