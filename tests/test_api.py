@@ -402,6 +402,68 @@ def test_the_openai_routes_split_a_translation_unless_an_option_is_about_the_who
     assert unsplit["choices"][0]["text"] == whole
 
 
+def test_the_tgi_routes_split_a_translation_unless_an_option_is_about_the_whole(server, client):
+    """As the OpenAI routes, so InferenceClient.translation() translates each line and
+    sentence too. The tokens' texts still spell generated_text, streamed or not."""
+    text = " " + "  ".join(SENTENCES) + "\nClose it.\n"
+    # TGI's default max_new_tokens, 100, is lowered to the server's limit, 64, per segment
+    translate = {"text": text, "beam_size": 1, "max_new_tokens": 64}
+    split = client.post("/v1/translate", json=translate).json()
+    expected = split["translations"][0]["text"]
+    body = {"model": "tiny-mt", "inputs": text, "parameters": {"details": True}}
+    result = client.post("/generate", json=body).json()
+    streamed = sse_data(client.post("/generate_stream", json=body))
+    hub = InferenceClient(base_url=server.url).translation(text).translation_text
+    assert result["generated_text"] == hub == expected
+    tokens = result["details"]["tokens"]
+    assert result["details"]["generated_tokens"] == len(tokens) == split["usage"]["output_tokens"]
+    assert result["details"]["input_length"] == split["usage"]["input_tokens"]
+    eos = "</s>" if tokens[-1]["special"] else ""
+    assert "".join(t["text"] for t in tokens) == expected + eos
+    assert [(e["token"]["id"], e["token"]["text"]) for e in streamed] == [
+        (t["id"], t["text"]) for t in tokens
+    ]
+    assert streamed[-1]["generated_text"] == expected
+    # An option about the whole generation gives the text whole: the client's own
+    # max_new_tokens, stop, truncate (token ids), or split_sentences false.
+    whole = client.post("/v1/translate", json=translate | {"split_sentences": False}).json()
+    assert whole["translations"][0]["text"] != expected
+    for option in ({"max_new_tokens": 64}, {"stop": ["zzz"]}, {"split_sentences": False}):
+        got = client.post("/generate", json={"inputs": text, "parameters": option}).json()
+        assert got["generated_text"] == whole["translations"][0]["text"], option
+
+
+def test_a_split_translations_tgi_tokens_carry_the_text_between_segments(models):
+    """The text between segments starts the next segment's first token; a segment's EOS has no
+    text, and the last EOS has what is left of the text, then "</s>", as for a text whole."""
+    with ServerThread(settings(models)) as running:
+        runner = running.engine("tiny-mt").runner
+        eos = running.engine("tiny-mt").model_config.eos_token_id
+        decode = runner.decode
+
+        def eos_second(requests):  # EOS after one token: each segment's translation is a word
+            logits = [t.clone() for t in decode(requests)]
+            for request, t in zip(requests, logits, strict=True):
+                for row, beam in enumerate(request.beams):
+                    if len(beam.tokens) > 1:  # the decoder's start and one token
+                        t[row, eos] = 1e4
+            return logits
+
+        runner.decode = eos_second
+        body = {"model": "tiny-mt", "inputs": "  Open it.\n\nClose it.\n", "parameters": {
+            "details": True}}  # fmt: skip
+        result = httpx.post(f"{running.url}/generate", json=body).json()
+        streamed = sse_data(httpx.post(f"{running.url}/generate_stream", json=body))
+        words = httpx.post(
+            f"{running.url}/v1/translate", json={"text": ["Open it.", "Close it."], "beam_size": 1}
+        ).json()["translations"]
+    first, second = (w["text"] for w in words)
+    tokens = [(t["text"], t["special"]) for t in result["details"]["tokens"]]
+    assert tokens == [(f"  {first}", False), ("", True), (f"\n\n{second}", False), ("\n</s>", True)]
+    assert result["generated_text"] == f"  {first}\n\n{second}\n"
+    assert [e["token"] for e in streamed] == result["details"]["tokens"]
+
+
 def test_a_texts_segments_count_against_the_queue_and_an_error_names_the_line(client):
     over = client.post("/v1/translate", json={"text": "Open it.\n" * 300})
     assert over.status_code == 422

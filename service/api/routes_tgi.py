@@ -19,12 +19,12 @@ from service.api.generation import (
     new_tokens_limit,
     served_model,
     sse_event,
-    start,
     timings_header,
 )
 from service.api.registry import ServedModel
 from service.api.schemas import MAX_STOP_SEQUENCES, TgiRequest
-from service.engine import FinishReason, RequestOutput, SamplingParams
+from service.api.segments import Segmented, start_segmented
+from service.engine import FinishReason, RequestOutput, SamplingParams, Segments
 from service.engine.detokenizer import IncrementalDetokenizer
 
 
@@ -139,23 +139,33 @@ async def _prefill(served: ServedModel, model_input: str | list[int]) -> list[di
     ]
 
 
+def _start(
+    served: ServedModel, body: TgiRequest, params: SamplingParams, ctx: Context
+) -> Segmented:
+    """Queue the generation: a translation model's text in segments unless an option reads the
+    whole text (`TgiRequest.reads_whole_text`)."""
+    generation = (_model_input(served, body), params)
+    split = not body.reads_whole_text
+    (started,) = start_segmented(served, [generation], ctx, "inputs", split=split)
+    return started
+
+
 async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str, str]]:
     served = served_model(request, body.model)
     _check_decoder_input_details(served, body, stream=False)
     params = sampling_params(body, request, served)
     ctx = Context.of(request, "inputs", "parameters.max_new_tokens")
-    model_input = _model_input(served, body)
-    outputs = start(served, model_input, params, ctx)
-    (output,) = await final_outputs([outputs], request)
+    started = _start(served, body, params, ctx)
+    (output,) = await final_outputs([started.outputs], request)
     check_finished(output, params.timeout_s)
     result: dict = {"generated_text": _generated_text(body, served, output)}
     if body.parameters.details:
         prefill = []
         if body.parameters.decoder_input_details:
-            prefill = await _prefill(served, model_input)
+            prefill = await _prefill(served, _model_input(served, body))
         result["details"] = _details(output, params, output.stopped_on is not None) | {
             "prefill": prefill,
-            "tokens": _sequence_tokens(served, output),
+            "tokens": _sequence_tokens(served, started, output),
         }
         if params.num_top_logprobs:
             result["details"]["top_tokens"] = [
@@ -164,11 +174,48 @@ async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str,
     return result, timings_header(output.timings_ms)
 
 
-def _sequence_tokens(served: ServedModel, output: RequestOutput) -> list[dict]:
-    """`details.tokens`, each with its text as the stream gives it (`ServedModel.token_text`)."""
+class TokenTexts:
+    """The texts of a generation's tokens as TGI gives them (`ServedModel.token_text`), which
+    add up to its text. A translation in segments (segments.py): each segment's tokens are
+    decoded on their own; the text between two segments goes at the start of the next one's
+    first token, and the text after the last at the end of the last token's text (before a
+    special token's own string); a segment's EOS has no text (only the generation's last keeps
+    its "</s>"), so the texts read as the translation whether or not a client skips them."""
+
+    def __init__(self, served: ServedModel, segments: Segments | None):
+        self.served = served
+        self.segments = segments
+        self.detokenizer = IncrementalDetokenizer(served.llm.tokenizer)
+        self.done = 0  # segments whose tokens have all been given out
+        self.unsent = segments.between[0] if segments else ""
+
+    def text(self, token_id: int, ends_segment: bool, is_last: bool) -> str:
+        """The next token's text; `ends_segment`: its segment's last (the text's, for a text
+        given whole); `is_last`: the generation's last."""
+        text = self.served.token_text(self.detokenizer, token_id, ends_segment)
+        text, self.unsent = self.unsent + text, ""
+        if not ends_segment:
+            return text
+        special = self.served.special_text(token_id)
+        own = text.removesuffix(special) if special else text
+        self.done += 1
+        self.detokenizer = IncrementalDetokenizer(self.served.llm.tokenizer)
+        if self.segments is None:
+            return text
+        if not is_last:
+            self.unsent = self.segments.between[self.done]
+            return own
+        return own + self.segments.between[self.done] + special
+
+
+def _sequence_tokens(served: ServedModel, started: Segmented, output: RequestOutput) -> list[dict]:
+    """`details.tokens`, each with its text as the stream gives it (`TokenTexts`)."""
     tokens = _tokens(served, output.token_ids, output.logprobs)
-    for token, text in zip(tokens, served.token_texts(output.token_ids), strict=True):
-        token["text"] = text
+    texts = TokenTexts(served, started.segments)
+    parts = started.parts(output)
+    ends = {sum(len(p.token_ids) for p in parts[: k + 1]) - 1 for k in range(len(parts))}
+    for n, token in enumerate(tokens):
+        token["text"] = texts.text(token["id"], n in ends, n == len(tokens) - 1)
     return tokens
 
 
@@ -203,8 +250,7 @@ async def generate_stream(body: TgiRequest, request: Request):
     _check_decoder_input_details(served, body, stream=True)
     params = sampling_params(body, request, served)
     ctx = Context.of(request, "inputs", "parameters.max_new_tokens")
-    outputs = start(served, _model_input(served, body), params, ctx)
-    events = _stream_events(outputs, served, body, params)
+    events = _stream_events(_start(served, body, params, ctx), served, body, params)
     return event_stream(events, request)
 
 
@@ -309,19 +355,21 @@ async def compat_for(model_id: str, body: TgiRequest, request: Request):
 
 
 async def _stream_events(
-    outputs: AsyncIterator[RequestOutput],
-    served: ServedModel,
-    body: TgiRequest,
-    params: SamplingParams,
+    started: Segmented, served: ServedModel, body: TgiRequest, params: SamplingParams
 ) -> AsyncIterator[str]:
     """One event per token; the last also has `generated_text` and `details`. The tokens' texts
-    (`ServedModel.token_text`) add up to the new text, the stop sequence included, as TGI's do."""
+    (`TokenTexts`) add up to the new text, the stop sequence included, as TGI's do."""
     index = 0
-    detokenizer = IncrementalDetokenizer(served.llm.tokenizer)
+    texts = TokenTexts(served, started.segments)
+    segments_done = 0
     try:
-        async for output in outputs:
+        async for output in started.outputs:
             if output.finished:
                 check_finished(output, params.timeout_s)
+            # The last output of the text, or of one of its segments (`in_order` has just
+            # counted it among the finished ones).
+            ends_segment = output.finished or len(started.finished) > segments_done
+            segments_done = len(started.finished)
             # A request that ends without a new token (its deadline passed between two steps)
             # still needs a last event to carry generated_text: EOS's id, marked special, with
             # no text (it was not generated).
@@ -329,9 +377,10 @@ async def _stream_events(
             for n, token_id in enumerate(token_ids):
                 index += 1
                 is_last = output.finished and n == len(token_ids) - 1
-                text = served.token_text(detokenizer, token_id, is_last)
-                if not output.new_token_ids:
-                    text = detokenizer.finish()
+                if output.new_token_ids:
+                    text = texts.text(token_id, ends_segment and n == len(token_ids) - 1, is_last)
+                else:
+                    text = texts.detokenizer.finish()
                 event: dict = {
                     "index": index,
                     "token": {

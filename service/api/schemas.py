@@ -255,6 +255,8 @@ class TgiParameters(Body):
     decoder_input_details: bool = False
     top_n_tokens: int | None = Field(None, ge=0, le=10)  # also the likeliest tokens per step
     truncate: int | None = Field(None, ge=1)  # keep only the last `truncate` input tokens
+    # not TGI's: as /v1/translate's, a translation model translates each line and sentence alone
+    split_sentences: bool = True
     best_of: int | None = None
     grammar: dict | None = None
     watermark: bool = False
@@ -320,6 +322,16 @@ class TgiRequest(Body):
     parameters: TgiParameters = Field(default_factory=lambda: TgiParameters())
     stream: bool = False
     model: ModelId = None
+
+    @property
+    def reads_whole_text(self) -> bool:
+        """Whether an option counts the tokens or reads the text of the whole generation: the
+        client's own max_new_tokens, stop, truncate (which cuts the input's tokens), or
+        split_sentences false. A translation model then translates the input whole, not segment
+        by segment (segments.py), where each of them would apply to each segment."""
+        p = self.parameters
+        per_segment = p.max_new_tokens is not None or p.stop or p.truncate is not None
+        return bool(per_segment) or not p.split_sentences
 
 
 class StreamOptions(Body):

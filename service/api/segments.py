@@ -29,11 +29,12 @@ from service.engine import (
 @dataclass
 class Segmented:
     """One generation's outputs (`outputs`, its last one finished), and what the model was given
-    for it: its text whole, or its segments (`sources`), whose last outputs `finished` holds
-    once they are done (empty for a text given whole)."""
+    for it: its text whole, or its `segments`, whose last outputs `finished` holds once they are
+    done (empty for a text given whole). `sources`: what each engine request was given."""
 
     outputs: AsyncIterator[RequestOutput]
     sources: list[str | list[int]]
+    segments: Segments | None = None
     finished: list[RequestOutput] = field(default_factory=list)
 
     def parts(self, last: RequestOutput) -> list[RequestOutput]:
@@ -81,7 +82,8 @@ def start_segmented(
                 started.append(Segmented(own[0], sources))
             else:
                 finished: list[RequestOutput] = []
-                started.append(Segmented(in_order(segments, own, finished), sources, finished))
+                outputs = in_order(segments, own, finished)
+                started.append(Segmented(outputs, sources, segments, finished))
     return started
 
 
