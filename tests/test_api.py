@@ -464,6 +464,38 @@ def test_a_split_translations_tgi_tokens_carry_the_text_between_segments(models)
     assert [e["token"] for e in streamed] == result["details"]["tokens"]
 
 
+def test_tgi_token_texts_keep_the_text_of_a_segment_that_ended_without_a_token(server):
+    """A segment whose deadline passed between two steps has no token of its own: the text
+    around it waits for the next token, or goes with a stream's made-up last event."""
+    from service.api.routes_tgi import TokenTexts
+    from service.engine import split_text
+
+    served = server.app.state.registry.models["tiny-mt"]
+    segments = split_text(" Open it.\n\nSave it. Close it.\n")
+    assert segments is not None and len(segments.sources) == 3
+    decode = served.llm.tokenizer.decode
+    first, third = served.llm.tokenizer.encode("Datei"), served.llm.tokenizer.encode("öffnen")
+
+    def spelled(parts: list[list[int] | None], last_made_up: bool = False) -> str:
+        texts = TokenTexts(served, segments)
+        out = []
+        for k, ids in enumerate(parts):
+            is_last_part = k == len(parts) - 1
+            if ids is None:  # the segment ended without a token
+                left = texts.text(None, True, is_last_part)
+                out.append(left if is_last_part and last_made_up else "")
+                assert left == "" or is_last_part
+            for j, token in enumerate(ids or []):
+                ends = j == len(ids) - 1
+                out.append(texts.text(token, ends, ends and is_last_part))
+        return "".join(out)
+
+    assert spelled([first, None, third]) == segments.join([decode(first), "", decode(third)])
+    assert spelled([first, third, None], last_made_up=True) == segments.join(
+        [decode(first), decode(third), ""]
+    )
+
+
 def test_a_texts_segments_count_against_the_queue_and_an_error_names_the_line(client):
     over = client.post("/v1/translate", json={"text": "Open it.\n" * 300})
     assert over.status_code == 422
@@ -901,6 +933,7 @@ def test_huggingface_hub_translation_gets_the_translation(server, client):
         ("/", {"inputs": " \u200b"}),
         ("/generate", {"inputs": "\n"}),
         ("/generate_stream", {"inputs": "\ufeff"}),
+        ("/generate", {"inputs": " \n ", "parameters": {"truncate": 5}}),  # before token ids
         ("/v1/completions", {"model": "tiny-mt", "prompt": ["Open", " "]}),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "  "}]}),
     ]:

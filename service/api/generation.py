@@ -82,6 +82,15 @@ def new_tokens_limit(
     return min(value, limit)
 
 
+def refuse_blank(served: ServedModel, text: str, name: str, param: str) -> None:
+    """A translation model given only whitespace would make something up: a 422 naming the
+    input (`name`, e.g. `text[3]`; `param`, the body's field)."""
+    if served.is_translation and is_blank(text):
+        raise ApiError(
+            422, f"{name}: is only whitespace: there is nothing to translate", param=param
+        )
+
+
 def start(
     served: ServedModel,
     prompt: str | list[int],
@@ -97,12 +106,8 @@ def start(
     batch), by default the body's field."""
     if not served.async_engine.is_running:
         raise ApiError(503, "the server is shutting down", "not_ready")
-    if served.is_translation and isinstance(prompt, str) and is_blank(prompt):
-        # nothing to translate: the model would make something up
-        message = (
-            f"{input_name or ctx.input_param}: is only whitespace: there is nothing to translate"
-        )
-        raise ApiError(422, message, param=ctx.input_param)
+    if isinstance(prompt, str):
+        refuse_blank(served, prompt, input_name or ctx.input_param, ctx.input_param)
     input_ids = served.llm.input_ids(prompt)  # counted in the metrics however it ends
     try:
         outputs = served.async_engine.generate(

@@ -17,6 +17,7 @@ from service.api.generation import (
     event_stream,
     final_outputs,
     new_tokens_limit,
+    refuse_blank,
     served_model,
     sse_event,
     timings_header,
@@ -91,6 +92,7 @@ def _model_input(served: ServedModel, body: TgiRequest) -> str | list[int]:
     limit = body.parameters.truncate
     if limit is None:
         return body.inputs
+    refuse_blank(served, body.inputs, "inputs", "inputs")  # before it becomes token ids
     input_ids = served.llm.input_ids(body.inputs)
     return input_ids[-limit:]
 
@@ -189,23 +191,30 @@ class TokenTexts:
         self.done = 0  # segments whose tokens have all been given out
         self.unsent = segments.between[0] if segments else ""
 
-    def text(self, token_id: int, ends_segment: bool, is_last: bool) -> str:
+    def text(self, token_id: int | None, ends_segment: bool, is_last: bool) -> str:
         """The next token's text; `ends_segment`: its segment's last (the text's, for a text
-        given whole); `is_last`: the generation's last."""
-        text = self.served.token_text(self.detokenizer, token_id, ends_segment)
+        given whole); `is_last`: the generation's last. `token_id` None: a segment that ended
+        without a new token (its deadline passed between two steps), whose text left over waits
+        for the next token (or is returned, for the generation's last)."""
+        if token_id is None:
+            text, special = self.detokenizer.finish(), ""
+        else:
+            text = self.served.token_text(self.detokenizer, token_id, ends_segment)
+            special = self.served.special_text(token_id)
         text, self.unsent = self.unsent + text, ""
         if not ends_segment:
             return text
-        special = self.served.special_text(token_id)
-        own = text.removesuffix(special) if special else text
+        own = text.removesuffix(special)
         self.done += 1
         self.detokenizer = IncrementalDetokenizer(self.served.llm.tokenizer)
-        if self.segments is None:
-            return text
-        if not is_last:
-            self.unsent = self.segments.between[self.done]
-            return own
-        return own + self.segments.between[self.done] + special
+        after = self.segments.between[self.done] if self.segments else ""
+        if is_last:
+            return own + after + special
+        if token_id is None:
+            self.unsent, own = own + after, ""
+        else:
+            self.unsent = after
+        return own
 
 
 def _sequence_tokens(served: ServedModel, started: Segmented, output: RequestOutput) -> list[dict]:
@@ -213,9 +222,19 @@ def _sequence_tokens(served: ServedModel, started: Segmented, output: RequestOut
     tokens = _tokens(served, output.token_ids, output.logprobs)
     texts = TokenTexts(served, started.segments)
     parts = started.parts(output)
-    ends = {sum(len(p.token_ids) for p in parts[: k + 1]) - 1 for k in range(len(parts))}
-    for n, token in enumerate(tokens):
-        token["text"] = texts.text(token["id"], n in ends, n == len(tokens) - 1)
+    n = 0
+    for k, part in enumerate(parts):
+        is_last_part = k == len(parts) - 1
+        if not part.token_ids:  # its deadline passed before it said anything
+            left = texts.text(None, True, is_last_part)
+            if left and tokens:
+                tokens[-1]["text"] += left
+        for j in range(len(part.token_ids)):
+            ends_segment = j == len(part.token_ids) - 1
+            tokens[n]["text"] = texts.text(
+                tokens[n]["id"], ends_segment, ends_segment and is_last_part
+            )
+            n += 1
     return tokens
 
 
@@ -372,15 +391,16 @@ async def _stream_events(
             segments_done = len(started.finished)
             # A request that ends without a new token (its deadline passed between two steps)
             # still needs a last event to carry generated_text: EOS's id, marked special, with
-            # no text (it was not generated).
+            # only the text left over (EOS was not generated).
             token_ids = output.new_token_ids or ([] if not output.finished else [served.eos_id])
+            if ends_segment and not token_ids:  # a segment's deadline: its text waits (TokenTexts)
+                texts.text(None, True, False)
             for n, token_id in enumerate(token_ids):
                 index += 1
                 is_last = output.finished and n == len(token_ids) - 1
-                if output.new_token_ids:
-                    text = texts.text(token_id, ends_segment and n == len(token_ids) - 1, is_last)
-                else:
-                    text = texts.detokenizer.finish()
+                made_up = not output.new_token_ids
+                ends = ends_segment and n == len(token_ids) - 1
+                text = texts.text(None if made_up else token_id, ends, is_last)
                 event: dict = {
                     "index": index,
                     "token": {
