@@ -82,7 +82,8 @@ class ReadGroup:
 
 @dataclass
 class PagedBatch:
-    """Where one step's rows write and read their keys and values; built by the engine.
+    """Where one step's rows write and read their keys and values; built by the engine's
+    `ModelRunner`.
 
     A prefill step feeds T > 1 tokens per row and attends only to those (no prefix is cached);
     a decode step feeds one token per row and attends to all of the row's cached positions.

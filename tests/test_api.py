@@ -482,12 +482,12 @@ def test_tgi_token_texts_keep_the_text_of_a_segment_that_ended_without_a_token(s
         for k, ids in enumerate(parts):
             is_last_part = k == len(parts) - 1
             if ids is None:  # the segment ended without a token
-                left = texts.text(None, True, is_last_part)
+                left = texts.without_token(is_last_part)
                 out.append(left if is_last_part and last_made_up else "")
                 assert left == "" or is_last_part
             for j, token in enumerate(ids or []):
                 ends = j == len(ids) - 1
-                out.append(texts.text(token, ends, ends and is_last_part))
+                out.append(texts.token(token, ends, ends and is_last_part))
         return "".join(out)
 
     assert spelled([first, None, third]) == segments.join([decode(first), "", decode(third)])

@@ -50,6 +50,10 @@ class Context:
     def of(cls, http: HttpRequest, input_param: str, max_tokens_param: str) -> Context:
         return cls(http.app.state.metrics, http.state.arrival, input_param, max_tokens_param)
 
+    def job_id(self, k: int) -> str:
+        """The engine request id of this HTTP request's k-th generation (`start_all`'s jobs)."""
+        return f"{self.engine_id}-{k}"
+
 
 def served_model(http: HttpRequest, model_id: str | None, translation: bool = False) -> ServedModel:
     """The model a request names, or its route's default. From here on its id labels the
@@ -96,12 +100,12 @@ def start(
     prompt: str | list[int],
     params: SamplingParams,
     ctx: Context,
-    suffix: str = "",
+    job: int = 0,
     counts_prompt: bool = True,
     input_name: str | None = None,
 ) -> AsyncIterator[RequestOutput]:
     """Queue one engine request now (errors become ApiError here) and return its outputs.
-    `counts_prompt`: whether its input counts in `prompt_tokens_total` (once per prompt, not
+    `job`: which of the HTTP request's generations it is (`Context.job_id`); `counts_prompt`: whether its input counts in `prompt_tokens_total` (once per prompt, not
     once per choice of `n`); `input_name`: what an error calls its input (`text[3]` in a
     batch), by default the body's field."""
     if not served.async_engine.is_running:
@@ -110,9 +114,7 @@ def start(
         refuse_blank(served, prompt, input_name or ctx.input_param, ctx.input_param)
     input_ids = served.llm.input_ids(prompt)  # counted in the metrics however it ends
     try:
-        outputs = served.async_engine.generate(
-            input_ids, params, ctx.engine_id + suffix, ctx.arrival
-        )
+        outputs = served.async_engine.generate(input_ids, params, ctx.job_id(job), ctx.arrival)
     except RequestTooLong as error:
         if error.field == "max_new_tokens":
             param, name = ctx.max_tokens_param, ctx.max_tokens_param
@@ -162,10 +164,10 @@ def start_all(
     try:
         for k, (prompt, params) in enumerate(jobs):
             first_choice = k % choices_per_prompt == 0  # counts the prompt's tokens
-            streams.append(start(served, prompt, params, ctx, f"-{k}", first_choice, names[k]))
+            streams.append(start(served, prompt, params, ctx, k, first_choice, names[k]))
     except ApiError:
         for k in range(len(streams)):
-            served.async_engine.abort(f"{ctx.engine_id}-{k}")
+            served.async_engine.abort(ctx.job_id(k))
         raise
     return streams
 
@@ -262,7 +264,7 @@ async def final_outputs(
     return results.result()
 
 
-async def merged(
+async def interleaved(
     streams: list[AsyncIterator[RequestOutput]],
 ) -> AsyncIterator[tuple[int, RequestOutput]]:
     """The outputs of several streams as they come, each with its stream's index; closing

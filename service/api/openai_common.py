@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from service.api.errors import ApiError, error_body
-from service.api.generation import check_finished, merged, new_tokens_limit, sse_event
+from service.api.generation import check_finished, interleaved, new_tokens_limit, sse_event
 from service.api.registry import ServedModel
 from service.api.schemas import OpenAIBody
 from service.engine import FinishReason, RequestOutput, SamplingParams
@@ -104,7 +104,7 @@ async def stream_chunks(
 
     finished: dict[int, RequestOutput] = {}
     unsent = [Unsent() for _ in streams]
-    outputs = merged(streams)
+    outputs = interleaved(streams)
     try:
         async for k, output in outputs:
             # `first` goes out with the first output, once the streams are read: a client that

@@ -48,14 +48,16 @@ class ServedModel:
             return ""
         return self.llm.tokenizer.hf.id_to_token(token_id) or ""
 
-    def token_text(self, detokenizer: IncrementalDetokenizer, token_id: int, is_last: bool) -> str:
+    def token_text(
+        self, detokenizer: IncrementalDetokenizer, token_id: int, ends_sequence: bool
+    ) -> str:
         """A token's own text, as TGI gives it: a character split over byte-level tokens comes
         whole with its last token (a lone token's decoding would be "\ufffd"), and the last
-        token takes what is left; a special token is its own string, which the text leaves out.
-        Text that may begin a stop string is not held back, unlike the engine's text: the texts
+        token of the sequence `detokenizer` decodes (`ends_sequence`) takes what is left; a
+        special token is its own string, which the text leaves out. Text that may begin a stop string is not held back, unlike the engine's text: the texts
         of the tokens that are not special add up to the decoded tokens, stop string included."""
         text = detokenizer.add([token_id])
-        if is_last:
+        if ends_sequence:
             text += detokenizer.finish()
         return text + self.special_text(token_id)
 

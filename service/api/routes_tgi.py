@@ -70,10 +70,10 @@ def sampling_params(body: TgiRequest, request: Request, served: ServedModel) -> 
     )
 
 
-def _details(output: RequestOutput, params: SamplingParams, stopped_on_string: bool) -> dict:
+def _details(output: RequestOutput, params: SamplingParams) -> dict:
     reason = (
         "stop_sequence"
-        if stopped_on_string
+        if output.stopped_on is not None
         else TGI_FINISH.get(
             output.finish_reason,  # type: ignore[arg-type]
             output.finish_reason.value,  # type: ignore[union-attr]
@@ -134,21 +134,24 @@ async def _prefill(served: ServedModel, model_input: str | list[int]) -> list[di
     ones before it (none for the first)."""
     ids = served.llm.input_ids(model_input)
     logprobs, _ = await asyncio.to_thread(served.llm.prompt_logprobs, ids)
-    text = served.llm.tokenizer.decode
+    decode = served.llm.tokenizer.decode
     return [
-        {"id": i, "text": text([i]) + served.special_text(i), "logprob": lp}
+        {"id": i, "text": decode([i]) + served.special_text(i), "logprob": lp}
         for i, lp in zip(ids, logprobs, strict=True)
     ]
 
 
 def _start(
-    served: ServedModel, body: TgiRequest, params: SamplingParams, ctx: Context
+    served: ServedModel,
+    body: TgiRequest,
+    model_input: str | list[int],
+    params: SamplingParams,
+    ctx: Context,
 ) -> Segmented:
     """Queue the generation: a translation model's text in segments unless an option reads the
     whole text (`TgiRequest.reads_whole_text`)."""
-    generation = (_model_input(served, body), params)
     split = not body.reads_whole_text
-    (started,) = start_segmented(served, [generation], ctx, "inputs", split=split)
+    (started,) = start_segmented(served, [(model_input, params)], ctx, "inputs", split=split)
     return started
 
 
@@ -157,15 +160,16 @@ async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str,
     _check_decoder_input_details(served, body, stream=False)
     params = sampling_params(body, request, served)
     ctx = Context.of(request, "inputs", "parameters.max_new_tokens")
-    started = _start(served, body, params, ctx)
+    model_input = _model_input(served, body)
+    started = _start(served, body, model_input, params, ctx)
     (output,) = await final_outputs([started.outputs], request)
     check_finished(output, params.timeout_s)
     result: dict = {"generated_text": _generated_text(body, served, output)}
     if body.parameters.details:
         prefill = []
         if body.parameters.decoder_input_details:
-            prefill = await _prefill(served, _model_input(served, body))
-        result["details"] = _details(output, params, output.stopped_on is not None) | {
+            prefill = await _prefill(served, model_input)
+        result["details"] = _details(output, params) | {
             "prefill": prefill,
             "tokens": _sequence_tokens(served, started, output),
         }
@@ -188,33 +192,36 @@ class TokenTexts:
         self.served = served
         self.segments = segments
         self.detokenizer = IncrementalDetokenizer(served.llm.tokenizer)
-        self.done = 0  # segments whose tokens have all been given out
+        self.num_done = 0  # segments whose tokens have all been given out
         self.unsent = segments.between[0] if segments else ""
 
-    def text(self, token_id: int | None, ends_segment: bool, is_last: bool) -> str:
+    def token(self, token_id: int, ends_segment: bool, is_last: bool) -> str:
         """The next token's text; `ends_segment`: its segment's last (the text's, for a text
-        given whole); `is_last`: the generation's last. `token_id` None: a segment that ended
-        without a new token (its deadline passed between two steps), whose text left over waits
-        for the next token (or is returned, for the generation's last)."""
-        if token_id is None:
-            text, special = self.detokenizer.finish(), ""
-        else:
-            text = self.served.token_text(self.detokenizer, token_id, ends_segment)
-            special = self.served.special_text(token_id)
-        text, self.unsent = self.unsent + text, ""
+        given whole); `is_last`: the generation's last."""
+        text = self.unsent + self.served.token_text(self.detokenizer, token_id, ends_segment)
+        self.unsent = ""
         if not ends_segment:
             return text
-        own = text.removesuffix(special)
-        self.done += 1
-        self.detokenizer = IncrementalDetokenizer(self.served.llm.tokenizer)
-        after = self.segments.between[self.done] if self.segments else ""
+        special = self.served.special_text(token_id)
+        own, after = text.removesuffix(special), self._next_segment()
         if is_last:
             return own + after + special
-        if token_id is None:
-            self.unsent, own = own + after, ""
-        else:
-            self.unsent = after
+        self.unsent = after
         return own
+
+    def without_token(self, is_last: bool) -> str:
+        """A segment ended without a new token (its deadline passed between two steps): the
+        text left over waits for the next token, or is returned if the generation ended too
+        (for a stream's made-up last event)."""
+        left = self.unsent + self.detokenizer.finish() + self._next_segment()
+        self.unsent = "" if is_last else left
+        return left if is_last else ""
+
+    def _next_segment(self) -> str:
+        """Starts decoding the next segment; returns the text after the one that ended."""
+        self.num_done += 1
+        self.detokenizer = IncrementalDetokenizer(self.served.llm.tokenizer)
+        return self.segments.between[self.num_done] if self.segments else ""
 
 
 def _sequence_tokens(served: ServedModel, started: Segmented, output: RequestOutput) -> list[dict]:
@@ -225,15 +232,14 @@ def _sequence_tokens(served: ServedModel, started: Segmented, output: RequestOut
     n = 0
     for k, part in enumerate(parts):
         is_last_part = k == len(parts) - 1
-        if not part.token_ids:  # its deadline passed before it said anything
-            left = texts.text(None, True, is_last_part)
+        if not part.token_ids:
+            left = texts.without_token(is_last_part)
             if left and tokens:
                 tokens[-1]["text"] += left
         for j in range(len(part.token_ids)):
             ends_segment = j == len(part.token_ids) - 1
-            tokens[n]["text"] = texts.text(
-                tokens[n]["id"], ends_segment, ends_segment and is_last_part
-            )
+            is_last = ends_segment and is_last_part
+            tokens[n]["text"] = texts.token(tokens[n]["id"], ends_segment, is_last)
             n += 1
     return tokens
 
@@ -269,7 +275,8 @@ async def generate_stream(body: TgiRequest, request: Request):
     _check_decoder_input_details(served, body, stream=True)
     params = sampling_params(body, request, served)
     ctx = Context.of(request, "inputs", "parameters.max_new_tokens")
-    events = _stream_events(_start(served, body, params, ctx), served, body, params)
+    started = _start(served, body, _model_input(served, body), params, ctx)
+    events = _stream_events(started, served, body, params)
     return event_stream(events, request)
 
 
@@ -387,20 +394,21 @@ async def _stream_events(
                 check_finished(output, params.timeout_s)
             # The last output of the text, or of one of its segments (`in_order` has just
             # counted it among the finished ones).
-            ends_segment = output.finished or len(started.finished) > segments_done
-            segments_done = len(started.finished)
-            # A request that ends without a new token (its deadline passed between two steps)
-            # still needs a last event to carry generated_text: EOS's id, marked special, with
-            # only the text left over (EOS was not generated).
-            token_ids = output.new_token_ids or ([] if not output.finished else [served.eos_id])
-            if ends_segment and not token_ids:  # a segment's deadline: its text waits (TokenTexts)
-                texts.text(None, True, False)
-            for n, token_id in enumerate(token_ids):
+            ends_segment = output.finished or len(started.finished_segments) > segments_done
+            segments_done = len(started.finished_segments)
+            tokens = []  # (id, text) of each event
+            for n, token_id in enumerate(output.new_token_ids):
+                last = n == len(output.new_token_ids) - 1
+                text = texts.token(token_id, last and ends_segment, last and output.finished)
+                tokens.append((token_id, text))
+            if not tokens and ends_segment:  # its deadline passed between two steps
+                left = texts.without_token(output.finished)
+                # The generation's end still needs a last event to carry generated_text: EOS's
+                # id, marked special, with only the text left over (EOS was not generated).
+                tokens = [(served.eos_id, left)] if output.finished else []
+            for n, (token_id, text) in enumerate(tokens):
                 index += 1
-                is_last = output.finished and n == len(token_ids) - 1
-                made_up = not output.new_token_ids
-                ends = ends_segment and n == len(token_ids) - 1
-                text = texts.text(None if made_up else token_id, ends, is_last)
+                is_last = output.finished and n == len(tokens) - 1
                 event: dict = {
                     "index": index,
                     "token": {
@@ -418,7 +426,7 @@ async def _stream_events(
                     event["top_tokens"] = _top_tokens(served, step, params.num_top_logprobs)
                 if is_last:
                     event["generated_text"] = _generated_text(body, served, output)
-                    event["details"] = _details(output, params, output.stopped_on is not None)
+                    event["details"] = _details(output, params)
                 yield sse_event(event)
     except ApiError as error:
         yield sse_event({"error": error.message, "error_type": error.error_type})

@@ -330,8 +330,8 @@ class TgiRequest(Body):
         split_sentences false. A translation model then translates the input whole, not segment
         by segment (segments.py), where each of them would apply to each segment."""
         p = self.parameters
-        per_segment = p.max_new_tokens is not None or p.stop or p.truncate is not None
-        return bool(per_segment) or not p.split_sentences
+        would_apply_per_segment = p.max_new_tokens is not None or p.stop or p.truncate is not None
+        return bool(would_apply_per_segment) or not p.split_sentences
 
 
 class StreamOptions(Body):
@@ -395,8 +395,10 @@ class OpenAIBody(Body):
         client's own max tokens, min_tokens, ignore_eos, stop or logprobs (or split_sentences is
         false). A translation model then translates the input whole, not segment by segment
         (segments.py), where each of them would apply to each segment."""
-        per_segment = self.has_own_max_tokens or self.min_tokens or self.ignore_eos or self.stop
-        return bool(per_segment) or self.asks_logprobs or not self.split_sentences
+        would_apply_per_segment = (
+            self.has_own_max_tokens or self.min_tokens or self.ignore_eos or self.stop
+        )
+        return bool(would_apply_per_segment) or self.asks_logprobs or not self.split_sentences
 
     @field_validator("logit_bias")
     @classmethod

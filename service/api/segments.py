@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from service.api.generation import Context, merged, merged_timings, start_all
+from service.api.generation import Context, interleaved, merged_timings, start_all
 from service.api.registry import ServedModel
 from service.engine import (
     FinishReason,
@@ -29,17 +29,18 @@ from service.engine import (
 @dataclass
 class Segmented:
     """One generation's outputs (`outputs`, its last one finished), and what the model was given
-    for it: its text whole, or its `segments`, whose last outputs `finished` holds once they are
-    done (empty for a text given whole). `sources`: what each engine request was given."""
+    for it: its text whole, or its `segments`. `sources`: what each engine request was given.
+    `finished_segments`: the last output of each segment that is done, in order, appended by
+    `in_order` just before it yields that output (empty for a text given whole)."""
 
     outputs: AsyncIterator[RequestOutput]
     sources: list[str | list[int]]
     segments: Segments | None = None
-    finished: list[RequestOutput] = field(default_factory=list)
+    finished_segments: list[RequestOutput] = field(default_factory=list)
 
     def parts(self, last: RequestOutput) -> list[RequestOutput]:
         """The finished outputs the generation's `last` output was made of (or itself)."""
-        return self.finished or [last]
+        return self.finished_segments or [last]
 
 
 def start_segmented(
@@ -90,8 +91,8 @@ def start_segmented(
 def abort(served: ServedModel, ctx: Context, started: list[Segmented]) -> None:
     """Abort what `start_segmented` queued, before anything has read its streams (a stream's
     own cleanup runs only once it is read)."""
-    for k in range(sum(len(s.sources) for s in started)):  # start_all's ids: one per job
-        served.async_engine.abort(f"{ctx.engine_id}-{k}")
+    for k in range(sum(len(s.sources) for s in started)):  # start_all's jobs: one per source
+        served.async_engine.abort(ctx.job_id(k))
 
 
 def _for_segment(params: SamplingParams, s: int) -> SamplingParams:
@@ -170,11 +171,12 @@ async def in_order(
     output. The segments run side by side; a later segment's outputs wait here until those
     before it are done. Each segment's finished output is appended to `finished` (for the
     score and the alignments of the last event). Before the last, an output's `text` and
-    `token_ids` are its segment's, not the whole text's so far (no reader uses them)."""
+    `token_ids` are its segment's, not the whole text's so far (readers take only the last
+    token's id from them)."""
     waiting: list[list[RequestOutput]] = [[] for _ in streams]
     current = 0
     unsent = segments.between[0]  # text between segments that no event has carried yet
-    outputs = merged(streams)
+    outputs = interleaved(streams)
     try:
         async for k, output in outputs:
             waiting[k].append(output)

@@ -1,5 +1,6 @@
 """Runs the model for one step: builds the paged-batch tensors from the requests' block tables,
-prefills the newly admitted requests, decodes one token for every running beam."""
+encodes the sources of newly admitted translations (which then join the decode), prefills newly
+admitted prompts, and decodes one token for every running beam."""
 
 from __future__ import annotations
 
@@ -51,8 +52,8 @@ class ModelRunner:
             self.cache.copy_block(src, dst)
 
     @torch.inference_mode()
-    def run(self, prefill: list[Request], decode: list[Request]) -> list[Tensor]:
-        """One step: next-token logits (beams, V) of every request, `prefill` then `decode`.
+    def run(self, admitted: list[Request], running: list[Request]) -> list[Tensor]:
+        """One step: next-token logits (beams, V) of every request, `admitted` then `running`.
 
         A new translation's decoder input is a single token (the decoder start): once its
         source is encoded, it is a decode row at position 0, so it joins the decode forward
@@ -61,15 +62,15 @@ class ModelRunner:
         """
         joining: list[Request] = []
         if self.config.is_encoder_decoder:
-            joining = [r for r in prefill if all(len(b.tokens) == 1 for b in r.beams)]
+            joining = [r for r in admitted if all(len(b.tokens) == 1 for b in r.beams)]
             if joining:
                 self._write_memory(joining)
         joined = {id(r) for r in joining}
-        rest = [r for r in prefill if id(r) not in joined]
+        rest = [r for r in admitted if id(r) not in joined]
         logits = {id(r): x for r, x in zip(rest, self.prefill(rest) if rest else [], strict=True)}
-        rows = sorted(joining + decode, key=lambda r: -r.beams[0].num_cached)  # longest first
+        rows = sorted(joining + running, key=lambda r: -r.beams[0].num_cached)  # longest first
         logits |= {id(r): x for r, x in zip(rows, self.decode(rows) if rows else [], strict=True)}
-        return [logits[id(r)] for r in prefill + decode]
+        return [logits[id(r)] for r in admitted + running]
 
     @torch.inference_mode()
     def prefill(self, requests: list[Request]) -> list[Tensor]:

@@ -24,10 +24,13 @@ class SchedulerConfig:
 class SchedulerOutput:
     """The contract between scheduler and runner for one step."""
 
-    prefill: list[Request]  # admitted now (new, or recomputed after preemption): run their inputs
+    # admitted now (new, or recomputed after preemption): a translation's source is encoded and
+    # it joins the decode; a prompt (or a recomputed request's tokens) is prefilled
+    prefill: list[Request]
     decode: list[Request]  # already running: one token per beam
     copies: list[tuple[int, int]]  # copy-on-write: copy block src to dst before the step
-    finished: list[Request] = field(default_factory=list)  # cancelled or timed out: already freed
+    # cancelled, timed out, or failed (`fail_all`): already freed
+    finished: list[Request] = field(default_factory=list)
     num_preempted: int = 0
 
 
