@@ -467,7 +467,7 @@ def test_a_split_translations_tgi_tokens_carry_the_text_between_segments(models)
 def test_tgi_token_texts_keep_the_text_of_a_segment_that_ended_without_a_token(server):
     """A segment whose deadline passed between two steps has no token of its own: the text
     around it waits for the next token, or goes with a stream's made-up last event."""
-    from service.api.routes_tgi import TokenTexts
+    from service.api.tgi_tokens import TokenTexts
     from service.engine import split_text
 
     served = server.app.state.registry.models["tiny-mt"]

@@ -102,7 +102,7 @@ class AsyncEngine:
     def _loop(self) -> None:
         while not self._stopping:
             if not self.llm.has_unfinished:
-                self._wake.wait(timeout=0.5)
+                self._wake.wait(timeout=0.5)  # woken by new work; the timeout rechecks _stopping
                 self._wake.clear()
                 continue
             try:

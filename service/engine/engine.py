@@ -414,19 +414,9 @@ class LLMEngine:
         request.timings.finished = time.perf_counter()
         self._requests.pop(request.request_id, None)
         output = self._output(request, new_ids or [], logprobs or [], delta)
-        if request.finish_reason != FinishReason.STOP or request.detokenizer.stopped_on is None:
-            output.text_delta += request.detokenizer.finish()
-            if request.detokenizer.stopped_on and request.finish_reason == FinishReason.LENGTH:
-                request.finish_reason = FinishReason.STOP  # the flushed text held a stop string
-        output.text = request.detokenizer.text
+        _flush_text(request, output)
         if request.beam_search is not None:
-            output.hypotheses = [
-                Hypothesis(h.token_ids, self.tokenizer.decode(h.token_ids), h.score)
-                for h in request.beam_search.best(request.params.num_hypotheses)
-            ]
-            if output.hypotheses:
-                output.token_ids = output.hypotheses[0].token_ids
-                output.text = output.text_delta = output.hypotheses[0].text
+            self._best_hypotheses(request, output)
         output.finish_reason = request.finish_reason
         output.was_scheduled = request.timings.scheduled is not None
         output.logprobs = list(request.output_logprobs)
@@ -435,6 +425,18 @@ class LLMEngine:
         output.timings_ms = request.timings.durations_ms()
         output.error = error
         return output
+
+    def _best_hypotheses(self, request: Request, output: RequestOutput) -> None:
+        """A beam search's result: its n-best list, and the best as its tokens and text. None
+        of its text was sent before (beams change until the end), so the delta is all of it."""
+        assert request.beam_search is not None
+        output.hypotheses = [
+            Hypothesis(h.token_ids, self.tokenizer.decode(h.token_ids), h.score)
+            for h in request.beam_search.best(request.params.num_hypotheses)
+        ]
+        if output.hypotheses:
+            output.token_ids = output.hypotheses[0].token_ids
+            output.text = output.text_delta = output.hypotheses[0].text
 
     def _record_stats(self, plan: SchedulerOutput, num_prefill_tokens: int, start: float) -> None:
         stats = StepStats(
@@ -469,3 +471,14 @@ class LLMEngine:
                 if output.finished:
                     finished[output.request_id] = output
         return [finished[i] for i in ids]
+
+
+def _flush_text(request: Request, output: RequestOutput) -> None:
+    """The last output takes the text the detokenizer held back (half a character, or what might
+    begin a stop string), unless the request ended on a stop string, whose text and what follows
+    it are dropped. A stop string completed by that flush turns a "length" finish into "stop"."""
+    if request.finish_reason != FinishReason.STOP or request.detokenizer.stopped_on is None:
+        output.text_delta += request.detokenizer.finish()
+        if request.detokenizer.stopped_on and request.finish_reason == FinishReason.LENGTH:
+            request.finish_reason = FinishReason.STOP
+    output.text = request.detokenizer.text

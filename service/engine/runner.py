@@ -27,6 +27,8 @@ class ModelRunner:
     # least this many padded key positions (rows × keys), about the cost of one more gather and
     # attention call per layer.
     min_split_saving = 256
+    # More groups pad less but cost a gather and an attention call each, per layer; 4 took the
+    # base model's beam-4 padding from 3.96 M to 2.12 M key positions (docs/benchmarks.md).
     max_read_groups = 4
 
     def __init__(self, model: Transformer, cache: PagedKVCache, compile: bool = False):
@@ -198,7 +200,8 @@ def split_by_length(
     """
     runs = [(0, len(lengths))]
     while len(runs) < max_groups:
-        best_saving, best_run, best_split = max(min_saving, 1) - 1, -1, -1  # saving nothing: no
+        # the best split so far must save more than this: at least min_saving, and never nothing
+        best_saving, best_run, best_split = max(min_saving, 1) - 1, -1, -1
         for i, (a, b) in enumerate(runs):
             below = 0  # rows of requests s..b-1
             for s in range(b - 1, a, -1):

@@ -107,18 +107,19 @@ class Scheduler:
             need = sum(
                 self.blocks.blocks_to_grow(b.block_table, b.num_cached + 1) for b in request.beams
             )
-            while need > self.blocks.num_free:
-                victim = self.running[-1]
+            preempted_itself = False
+            while need > self.blocks.num_free and not preempted_itself:
+                victim = self.running[-1]  # the newest
                 self._preempt(victim)
                 out.num_preempted += 1
-                if victim is request:
-                    break
-            else:
-                for beam in request.beams:
-                    copy = self.blocks.grow(beam.block_table, beam.num_cached + 1)
-                    if copy is not None:
-                        out.copies.append(copy)
-                out.decode.append(request)
+                preempted_itself = victim is request
+            if preempted_itself:
+                continue
+            for beam in request.beams:
+                copy = self.blocks.grow(beam.block_table, beam.num_cached + 1)
+                if copy is not None:
+                    out.copies.append(copy)
+            out.decode.append(request)
 
     def prefill_tokens(self, request: Request) -> int:
         """Tokens a request's prefill runs: its source (encoder-decoder) and every beam's tokens."""
