@@ -105,9 +105,10 @@ def start(
     input_name: str | None = None,
 ) -> AsyncIterator[RequestOutput]:
     """Queue one engine request now (errors become ApiError here) and return its outputs.
-    `job`: which of the HTTP request's generations it is (`Context.job_id`); `counts_prompt`: whether its input counts in `prompt_tokens_total` (once per prompt, not
-    once per choice of `n`); `input_name`: what an error calls its input (`text[3]` in a
-    batch), by default the body's field."""
+    `job`: which of the HTTP request's generations it is (`Context.job_id`); `counts_prompt`:
+    whether its input counts in `prompt_tokens_total` (once per prompt, not once per choice of
+    `n`); `input_name`: what an error calls its input (`text[3]` in a batch), by default the
+    body's field."""
     if not served.async_engine.is_running:
         raise ApiError(503, "the server is shutting down", "not_ready")
     if isinstance(prompt, str):

@@ -54,8 +54,9 @@ class ServedModel:
         """A token's own text, as TGI gives it: a character split over byte-level tokens comes
         whole with its last token (a lone token's decoding would be "\ufffd"), and the last
         token of the sequence `detokenizer` decodes (`ends_sequence`) takes what is left; a
-        special token is its own string, which the text leaves out. Text that may begin a stop string is not held back, unlike the engine's text: the texts
-        of the tokens that are not special add up to the decoded tokens, stop string included."""
+        special token is its own string, which the text leaves out. Text that may begin a stop
+        string is not held back, unlike the engine's text: the texts of the tokens that are not
+        special add up to the decoded tokens, stop string included."""
         text = detokenizer.add([token_id])
         if ends_sequence:
             text += detokenizer.finish()
