@@ -305,15 +305,13 @@ async def _stream_events(
     (`TokenTexts`) add up to the new text, the stop sequence included, as TGI's do."""
     index = 0
     texts = TokenTexts(served, started.segments)
-    segments_done = 0
     try:
         async for output in started.outputs:
             if output.finished:
                 check_finished(output, params.timeout_s)
             # The last output of the text, or of one of its segments (`in_order` has just
-            # counted it among the finished ones).
-            ends_segment = output.finished or len(started.finished_segments) > segments_done
-            segments_done = len(started.finished_segments)
+            # counted it among the finished ones, and `texts` not yet).
+            ends_segment = output.finished or len(started.finished_segments) > texts.num_done
             tokens = []  # (id, text) of each event
             for n, token_id in enumerate(output.new_token_ids):
                 last = n == len(output.new_token_ids) - 1
