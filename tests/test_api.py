@@ -400,6 +400,16 @@ def test_the_openai_routes_split_a_translation_unless_an_option_is_about_the_who
     # and so does split_sentences: false, as on /v1/translate
     unsplit = client.post("/v1/completions", json=ask | {"split_sentences": False}).json()
     assert unsplit["choices"][0]["text"] == whole
+    # The client's own split_sentences true decides: the options then apply to each segment.
+    for option in ({"max_tokens": 16}, {"stop": ["zzz"]}, {"min_tokens": 1}):
+        got = client.post("/v1/completions", json=ask | option | {"split_sentences": True})
+        assert got.json()["choices"][0]["text"] == split_16["translations"][0]["text"], option
+    chat_split = chat_whole | {"split_sentences": True}
+    got = client.post("/v1/chat/completions", json=chat_split).json()["choices"][0]
+    assert got["message"]["content"] == split_16["translations"][0]["text"]
+    # but logprobs cover the whole completion
+    both = client.post("/v1/completions", json=ask | {"logprobs": 0, "split_sentences": True})
+    assert both.status_code == 400 and both.json()["error"]["param"] == "logprobs"
 
 
 def test_the_tgi_routes_split_a_translation_unless_an_option_is_about_the_whole(server, client):
@@ -431,6 +441,15 @@ def test_the_tgi_routes_split_a_translation_unless_an_option_is_about_the_whole(
     for option in ({"max_new_tokens": 64}, {"stop": ["zzz"]}, {"split_sentences": False}):
         got = client.post("/generate", json={"inputs": text, "parameters": option}).json()
         assert got["generated_text"] == whole["translations"][0]["text"], option
+    # The client's own split_sentences true decides: the options then apply to each segment.
+    for option in ({"max_new_tokens": 64}, {"stop": ["zzz"]}):
+        option |= {"split_sentences": True}
+        got = client.post("/generate", json={"inputs": text, "parameters": option}).json()
+        assert got["generated_text"] == expected, option
+    # but truncate cuts the whole input's tokens
+    both = {"inputs": text, "parameters": {"truncate": 8, "split_sentences": True}}
+    refused = client.post("/generate", json=both)
+    assert refused.status_code == 422 and "truncate" in refused.json()["error"]
 
 
 def test_a_split_translations_tgi_tokens_carry_the_text_between_segments(models):

@@ -294,6 +294,15 @@ class TgiParameters(Body):
             raise FieldError("watermark", "watermark is not supported")
         if self.adapter_id:
             raise FieldError("adapter_id", "adapters (LoRA) are not supported")
+        if (
+            self.truncate is not None
+            and self.split_sentences
+            and "split_sentences" in self.model_fields_set
+        ):
+            raise FieldError(
+                "truncate", "truncate cuts the whole input's tokens: it cannot be combined with "
+                "split_sentences true",
+            )  # fmt: skip
         return self
 
     @field_validator("stop")
@@ -325,13 +334,15 @@ class TgiRequest(Body):
 
     @property
     def reads_whole_text(self) -> bool:
-        """Whether an option counts the tokens or reads the text of the whole generation: the
-        client's own max_new_tokens, stop, truncate (which cuts the input's tokens), or
-        split_sentences false. A translation model then translates the input whole, not segment
-        by segment (segments.py), where each of them would apply to each segment."""
+        """Whether a translation model translates the input whole, not segment by segment
+        (segments.py): the client's own split_sentences says; without it, whether an option
+        counts the tokens or reads the text of the whole generation (the client's own
+        max_new_tokens, stop, or truncate, which cuts the input's tokens), where each would
+        otherwise apply to each segment."""
         p = self.parameters
-        would_apply_per_segment = p.max_new_tokens is not None or p.stop or p.truncate is not None
-        return bool(would_apply_per_segment) or not p.split_sentences
+        if "split_sentences" in p.model_fields_set:
+            return not p.split_sentences
+        return p.max_new_tokens is not None or bool(p.stop) or p.truncate is not None
 
 
 class StreamOptions(Body):
@@ -391,14 +402,30 @@ class OpenAIBody(Body):
 
     @property
     def reads_whole_completion(self) -> bool:
-        """Whether an option counts the tokens or reads the text of the whole completion: the
-        client's own max tokens, min_tokens, ignore_eos, stop or logprobs (or split_sentences is
-        false). A translation model then translates the input whole, not segment by segment
-        (segments.py), where each of them would apply to each segment."""
+        """Whether a translation model translates the input whole, not segment by segment
+        (segments.py): the client's own split_sentences says; without it, whether an option
+        counts the tokens or reads the text of the whole completion (the client's own max
+        tokens, min_tokens, ignore_eos, stop or logprobs), where each would otherwise apply to
+        each segment."""
+        if "split_sentences" in self.model_fields_set:
+            return not self.split_sentences
         would_apply_per_segment = (
             self.has_own_max_tokens or self.min_tokens or self.ignore_eos or self.stop
         )
-        return bool(would_apply_per_segment) or self.asks_logprobs or not self.split_sentences
+        return bool(would_apply_per_segment) or self.asks_logprobs
+
+    @model_validator(mode="after")
+    def _logprobs_of_the_whole(self) -> OpenAIBody:
+        if (
+            self.asks_logprobs
+            and self.split_sentences
+            and "split_sentences" in self.model_fields_set
+        ):
+            raise FieldError(
+                "logprobs", "logprobs are reported for the whole completion: they cannot be "
+                "combined with split_sentences true",
+            )  # fmt: skip
+        return self
 
     @field_validator("logit_bias")
     @classmethod
