@@ -30,6 +30,14 @@ ABBREVIATIONS = {
     "ph.d",
 }  # fmt: skip
 LETTERS_WITH_STOPS = re.compile(r"(?:[^\W\d_]\.)+[^\W\d_]")
+# After a single letter and a full stop, a word that starts sentences and is never a name ends
+# the sentence ("It is plan B. It works."); any other word is read as a name ("by J. Smith").
+SENTENCE_STARTERS = {
+    "a", "an", "the", "this", "that", "these", "those", "it", "i", "we", "you", "he", "she",
+    "they", "there", "then", "now", "but", "and", "or", "so", "if", "when", "what", "why",
+    "how", "please", "my", "our", "your", "his", "her", "their", "its", "in", "on", "at",
+}  # fmt: skip
+NEXT_WORD = re.compile(r"""["'“‘(\[]?([^\W\d_]+)""")
 
 
 def is_blank(text: str) -> bool:
@@ -114,6 +122,7 @@ def _is_sentence_end(sentence: str, mark: str, match: re.Match) -> bool:
         return True
     if word.isdigit():
         return len(words) > 1  # "1. Open the file." is one sentence
-    return not (
-        word in ABBREVIATIONS or len(word) == 1 or LETTERS_WITH_STOPS.fullmatch(word) is not None
-    )
+    if len(word) == 1:  # an initial, unless a sentence starts after it
+        next_word = NEXT_WORD.match(match.string, match.end(1))
+        return next_word is not None and next_word.group(1).lower() in SENTENCE_STARTERS
+    return not (word in ABBREVIATIONS or LETTERS_WITH_STOPS.fullmatch(word) is not None)

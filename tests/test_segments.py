@@ -61,6 +61,9 @@ def test_split_text_keeps_everything_between_the_segments(text, sources, numbers
         ('He said, "Hello. How are you?" Then he left.', ['He said, "Hello. How are you?"', "Then he left."]),
         ("Mr. Smith left. “Go.” Then.", ["Mr. Smith left.", "“Go.”", "Then."]),
         ("Open the file. then save it", ["Open the file. then save it"]),  # no capital: one
+        ("It is plan B. It works. Ask J. Smith. Take vitamin C. The rest is fine.",
+         ["It is plan B.", "It works.", "Ask J. Smith.", "Take vitamin C.", "The rest is fine."]),
+        ("Franklin D. Roosevelt and John F. Kennedy.", ["Franklin D. Roosevelt and John F. Kennedy."]),
         ("Save as...", ["Save as..."]),
     ],
 )  # fmt: skip
