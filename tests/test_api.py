@@ -1152,6 +1152,33 @@ def test_tokenize_answers_in_tgis_shape_or_vllms_and_detokenize_round_trips(serv
     assert not any("tokenize" in key for key in metrics(client))
 
 
+def test_a_long_tokenize_does_not_hold_up_the_other_requests(models):
+    """Tokenizing a long text takes seconds: the other routes answer meanwhile, each in a
+    fraction of that (before, the event loop was blocked until the whole answer was sent)."""
+    text = "word " * 40_000
+    done = threading.Event()
+    with ServerThread(settings(models, max_body_bytes=1_000_000)) as running:
+        client = httpx.Client(base_url=running.url, timeout=120)
+
+        def tokenize():
+            r = client.post("/tokenize", json={"inputs": text})
+            assert r.status_code == 200 and len(r.json()) > 40_000
+            done.set()
+
+        worker = threading.Thread(target=tokenize)
+        started = time.monotonic()
+        worker.start()
+        waits = []
+        while not done.is_set() and worker.is_alive():
+            sent = time.monotonic()
+            assert client.get("/health").status_code == 200
+            waits.append(time.monotonic() - sent)
+        worker.join()
+        took = time.monotonic() - started
+    assert done.is_set() and len(waits) > 1
+    assert max(waits) < took / 3, (max(waits), took)
+
+
 def test_openai_completions_plain_and_streamed(server):
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
     models = [m.id for m in client.models.list()]

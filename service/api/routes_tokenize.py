@@ -11,7 +11,10 @@ into lines and sentences, segments.py, is counted per segment, each with its own
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import json
+
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from service.api.errors import ApiError, documented_errors
 from service.api.generation import served_model
@@ -22,8 +25,15 @@ router = APIRouter(responses=documented_errors(openai=False))
 
 
 @router.post("/tokenize")
-async def tokenize(body: TokenizeRequest, request: Request):
+async def tokenize(body: TokenizeRequest, request: Request) -> Response:
+    """A text of up to the body limit is ~200k tokens, seconds of work in Python: it runs in a
+    worker thread, answer's JSON included, so the event loop goes on serving the others."""
     served = served_model(request, body.model)
+    answer = await run_in_threadpool(_tokenize, served, body)
+    return Response(json.dumps(answer, ensure_ascii=False), media_type="application/json")
+
+
+def _tokenize(served: ServedModel, body: TokenizeRequest) -> list | dict:
     if body.inputs is not None:  # TGI's
         tokens = _tgi_tokens(served, body.inputs)
         return tokens[-body.parameters.truncate :] if body.parameters.truncate else tokens
@@ -44,7 +54,7 @@ async def tokenize(body: TokenizeRequest, request: Request):
 
 
 @router.post("/models/{model_id:path}/tokenize")
-async def tokenize_for(model_id: str, body: TokenizeRequest, request: Request):
+async def tokenize_for(model_id: str, body: TokenizeRequest, request: Request) -> Response:
     """At a model's TGI base URL: the URL names the model."""
     model_id = model_id.rstrip("/")
     if body.model not in (None, model_id):
