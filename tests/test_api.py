@@ -1452,6 +1452,32 @@ def test_openai_streamed_logprobs_keep_tokens_whose_text_was_held_back(server):
     assert [o for lp in streamed for o in lp.text_offset] == plain.text_offset
 
 
+def test_openai_logprobs_of_a_text_cut_by_a_stop_string_spell_the_text(server):
+    """The stop string starts inside a token: the logprobs end with that token, cut to the
+    text before the stop string, streamed or not (and the tokens after it are left out)."""
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    ask = dict(model="tiny-lm", prompt="Open", max_tokens=12, temperature=0, logprobs=0)
+    whole = client.completions.create(**ask).choices[0]
+    lp = whole.logprobs
+    k = next(i for i, t in enumerate(lp.tokens[:-1]) if len(t) > 1 and "\ufffd" not in t)
+    cut = lp.text_offset[k] + 1  # inside token k
+    stop = whole.text[cut:]
+    assert whole.text.find(stop) == cut
+    stopped = client.completions.create(**ask, stop=[stop]).choices[0]
+    assert stopped.text == whole.text[:cut] and stopped.finish_reason == "stop"
+    assert "".join(stopped.logprobs.tokens) == stopped.text
+    assert stopped.logprobs.tokens == [*lp.tokens[:k], lp.tokens[k][:1]]
+    assert stopped.logprobs.text_offset == lp.text_offset[: k + 1]
+    assert stopped.logprobs.token_logprobs == lp.token_logprobs[: k + 1]
+    streamed = [
+        c.choices[0].logprobs
+        for c in client.completions.create(**ask, stop=[stop], stream=True)
+        if c.choices and c.choices[0].logprobs
+    ]
+    assert [t for x in streamed for t in x.tokens] == stopped.logprobs.tokens
+    assert [o for x in streamed for o in x.text_offset] == stopped.logprobs.text_offset
+
+
 def test_openai_streamed_choices_come_together_and_each_equals_its_non_streamed_self(
     server, client
 ):

@@ -72,9 +72,13 @@ class Unsent:
     top: list[dict[int, float]] = field(default_factory=list)
     text_offset: int = 0
 
+    def take(self, n: int) -> None:
+        """The first `n` tokens are sent."""
+        del self.ids[:n], self.logprobs[:n], self.top[:n]
+
 
 # A streamed choice's chunk entry: (choice index, its output this step, its tokens not sent
-# yet) → the entry. It may advance `Unsent.text_offset`; the tokens count as sent after it.
+# yet) → the entry. It `take`s the tokens it sends, and may advance `Unsent.text_offset`.
 ChoiceChunk = Callable[[int, RequestOutput, Unsent], dict]
 
 
@@ -93,8 +97,8 @@ async def stream_chunks(
     asked, then [DONE]. Every chunk has the fields of `head` (id, object, created, model, ...)
     and its `choices`.
 
-    A token whose text is held back goes out with its choice's next chunk that has text, so
-    that the chunks list every token once. A failure is an error event (OpenAI's shape, or the
+    A token whose text is held back goes out with a later chunk of its choice, so that the
+    chunks list every token once. A failure is an error event (OpenAI's shape, or the
     native one), then [DONE].
     """
 
@@ -121,9 +125,7 @@ async def stream_chunks(
             held.top += output.new_top_logprobs
             if not output.text_delta and not output.finished:
                 continue
-            entry = choice(k, output, held)
-            unsent[k] = Unsent(text_offset=held.text_offset)
-            yield chunk([entry], None)
+            yield chunk([choice(k, output, held)], None)
         if include_usage:
             in_order = [finished[k] for k in sorted(finished)]
             yield chunk([], usage_of(in_order, choices_per_prompt))

@@ -177,6 +177,7 @@ def _stream_events(
         logprobs = None
         if body.logprobs and held.ids:
             logprobs = _logprobs(served, held.ids, held.logprobs, held.top, body.num_top_logprobs)
+        held.take(len(held.ids))
         return {
             "index": k,
             "delta": delta(output.text_delta or None),  # a last chunk without text: null

@@ -101,11 +101,13 @@ def _logprobs(
     logprobs: list[float] | list[float | None],
     top: list[dict[int, float]] | list[dict[int, float] | None],
     offset: int = 0,
+    text_end: int | None = None,
 ) -> tuple[dict, int]:
     """OpenAI's `logprobs` of these tokens: each one's, the most likely tokens of each step
     (`top`, the chosen one included) and where each starts in the text (from `offset`); and
     the offset after the last. A token that holds a piece of a character reads "\ufffd" (as
-    vLLM's); it starts where that character starts."""
+    vLLM's); it starts where that character starts. `text_end`: where a stop string cut the
+    text; the tokens are cut there too, so that they spell the text."""
     tokenizer = served.llm.tokenizer
     if not top:  # logprobs=0: the chosen tokens alone
         top = [None if lp is None else {i: lp} for i, lp in zip(token_ids, logprobs, strict=True)]
@@ -125,7 +127,19 @@ def _logprobs(
         "top_logprobs": [None if step is None else _by_text(tokenizer, step) for step in top],
         "text_offset": offsets,
     }
+    if text_end is not None:
+        entry = _cut(entry, text_end)
     return entry, offset
+
+
+def _cut(entry: dict, text_end: int) -> dict:
+    """A logprobs entry up to `text_end`: the tokens that start there or later left out, the
+    one across it cut to its text before it (its logprob stays the whole token's)."""
+    n = sum(1 for start in entry["text_offset"] if start < text_end)
+    cut = {key: values[:n] for key, values in entry.items()}
+    if n:
+        cut["tokens"][-1] = cut["tokens"][-1][: text_end - cut["text_offset"][-1]]
+    return cut
 
 
 def _character_of_each_byte(data: bytes) -> list[int]:
@@ -235,7 +249,10 @@ async def completions(body: CompletionRequest, request: Request):
         logprobs = None
         if body.logprobs is not None:
             offset = len(echo.text)
-            logprobs = _logprobs(served, o.token_ids, o.logprobs, o.top_logprobs, offset)[0]
+            text_end = offset + len(o.text) if o.stopped_on else None
+            logprobs, _ = _logprobs(
+                served, o.token_ids, o.logprobs, o.top_logprobs, offset, text_end
+            )
         choices.append(
             {
                 "text": echo.text + o.text,
@@ -309,11 +326,26 @@ def _stream_events(
     logprobs list its tokens, at the offsets of the non-streamed response."""
 
     def choice(k: int, output: RequestOutput, held: Unsent) -> dict:
-        logprobs = None
-        if body.logprobs is not None and held.ids:
-            start = len(echoes[k].text) + held.text_offset  # held.text_offset: in the completion
-            logprobs, end = _logprobs(served, held.ids, held.logprobs, held.top, start)
-            held.text_offset = end - len(echoes[k].text)
+        """The tokens whose text is out go with it: a token whose text is partly held back
+        (what may start a stop string) waits, and at the end is cut as the text is."""
+        if body.logprobs is None or not held.ids:
+            held.take(len(held.ids))
+            logprobs = None
+        else:
+            echo_length = len(echoes[k].text)
+            start = echo_length + held.text_offset  # held.text_offset: in the completion
+            text_end = echo_length + len(output.text)  # of the text sent so far, this chunk's too
+            logprobs, end = _logprobs(
+                served, held.ids, held.logprobs, held.top, start,
+                text_end if output.stopped_on else None,
+            )  # fmt: skip
+            if not output.finished:
+                ends = [*logprobs["text_offset"][1:], end]
+                n = next((i for i, e in enumerate(ends) if e > text_end), len(ends))
+                logprobs = {key: values[:n] for key, values in logprobs.items()}
+                end = ends[n - 1] if n else start
+            held.take(len(logprobs["tokens"]) if not output.finished else len(held.ids))
+            held.text_offset = end - echo_length
         return {
             "text": output.text_delta,
             "index": k,
