@@ -1679,10 +1679,36 @@ def test_clients_that_disconnect_leave_nothing_running(server, client):
     assert after.get(translate % 500, 0) == before.get(translate % 500, 0)
 
 
+def test_refused_bodies_are_counted_under_the_model_they_name_or_their_routes_default(client):
+    def counted(model: str, route: str, status: int) -> float:
+        key = f"attnserve_requests_total{{model={model},route={route},status={status}}}"
+        return metrics(client).get(key, 0)
+
+    cases = [  # body, where it is counted
+        ({"model": "tiny-lm", "prompt": "Open", "max_tokens": -1}, "tiny-lm"),
+        ({"prompt": "Open", "max_tokens": -1}, "tiny-mt"),  # the first model
+        ({"model": "nope", "prompt": "Open", "max_tokens": -1}, ""),  # not a served model
+    ]
+    for body, model in cases:
+        before = counted(model, "/v1/completions", 400)
+        assert client.post("/v1/completions", json=body).status_code == 400
+        assert counted(model, "/v1/completions", 400) == before + 1, body
+    before = counted("tiny-mt", "/v1/translate", 422)
+    assert client.post("/v1/translate", json={"text": "Open", "beam_size": 0}).status_code == 422
+    assert counted("tiny-mt", "/v1/translate", 422) == before + 1  # the translation model
+
+
 def test_token_counters_count_a_prompt_once_and_the_tokens_of_cancelled_requests(models):
     with ServerThread(settings(models)) as running, httpx.Client(base_url=running.url) as c:
         lm = "{model=tiny-lm}"
         assert metrics(c).get(f"attnserve_batch_size_count{lm}", 0) == 0  # the warm-up is not
+        # every counter of a model has a series from the start, at 0
+        fresh = metrics(c)
+        for name in ("prompt_tokens", "generation_tokens", "preemptions"):
+            assert fresh[f"attnserve_{name}_total{lm}"] == 0, name
+        for reason in ("stop", "length", "cancelled", "timeout", "error"):
+            key = f"attnserve_request_finished_total{{finish_reason={reason},model=tiny-lm}}"
+            assert fresh[key] == 0, reason
         body = {"model": "tiny-lm", "prompt": "Open the", "max_tokens": 5, "ignore_eos": True}
         usage = c.post("/v1/completions", json=body | {"n": 4}).json()["usage"]
         counted = metrics(c)

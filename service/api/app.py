@@ -115,7 +115,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
             app.state.num_in_flight -= is_generation
         response.headers["X-Request-Id"] = request.state.request_id
         if is_generation:
-            model = getattr(request.state, "model_id", "") or _model_in_path(app, path)
+            model = _model_label(app, request)
             metrics.requests.labels(model, _route_label(request), str(response.status_code)).inc()
             body = getattr(response, "body_iterator", None)  # call_next's responses stream
             if body is not None and response.headers.get("content-type", "").startswith(
@@ -200,6 +200,24 @@ def _request_id(given: str | None) -> str:
     if given and len(given) <= 128 and all("!" <= c <= "~" for c in given):
         return given
     return uuid.uuid4().hex
+
+
+def _model_label(app: FastAPI, request: Request) -> str:
+    """The `model` label of a generation request: the model its route served it with; if it was
+    refused before, the one its URL names, or its body's (a body refused as invalid: the model
+    it names if served, the route's default if it names none); "" if none is known."""
+    model = getattr(request.state, "model_id", "") or _model_in_path(app, request.url.path)
+    body = getattr(request.state, "refused_body", None)
+    registry = app.state.registry
+    if model or not isinstance(body, dict) or registry is None:
+        return model
+    named = body.get("model")
+    if not isinstance(named, str | None):
+        return ""
+    try:
+        return registry.get(named, translation=request.url.path == "/v1/translate").model_id
+    except ApiError:  # a model not served
+        return ""
 
 
 def _model_in_path(app: FastAPI, path: str) -> str:

@@ -165,6 +165,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        request.state.refused_body = exc.body  # its model labels the request's counter
         content_type = request.headers.get("content-type", "")
         return error_response(_validation_error(exc, content_type), request.url.path)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from service.engine import LLMEngine, StepStats
+from service.engine import FinishReason, LLMEngine, StepStats
 
 # Seconds: from a millisecond step on a tiny model to minute-long generations.
 LATENCY_BUCKETS = (
@@ -80,6 +80,12 @@ class Metrics:
         llm.on_step = lambda stats: self.observe_step(model, stats)
         for gauge in (self.running, self.waiting, self.kv_usage):
             gauge.labels(model).set(0)
+        # and its counters read 0 (every finish reason's too), so that rates and alerts on them
+        # have data before the first event
+        for counter in (self.prompt_tokens, self.generation_tokens, self.preemptions):
+            counter.labels(model)
+        for reason in FinishReason:
+            self.finished.labels(model, reason.value)
 
     def observe_step(self, model: str, stats: StepStats) -> None:
         """The engine's per-step callback (called on the engine thread)."""
