@@ -1478,6 +1478,38 @@ def test_openai_logprobs_of_a_text_cut_by_a_stop_string_spell_the_text(server):
     assert [o for x in streamed for o in x.text_offset] == stopped.logprobs.text_offset
 
 
+def test_chat_logprobs_of_a_text_cut_by_a_stop_string_spell_the_text(server):
+    """As completions' (above): the token the stop string starts in is the last, cut to its
+    bytes before it, streamed or not."""
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    ask = dict(model="tiny-mt", messages=[{"role": "user", "content": "Open the file"}],
+               max_tokens=12, temperature=1, seed=1, logprobs=True)  # fmt: skip
+    whole = client.chat.completions.create(**ask).choices[0]
+    text, tokens = whole.message.content, whole.logprobs.content
+    starts = [len(b"".join(bytes(t.bytes) for t in tokens[:i])) for i in range(len(tokens))]
+
+    def cut_at(i: int) -> int:  # one character into token i, in the text's characters
+        return len(text.encode()[: starts[i] + 1].decode())
+
+    k = next(  # a token of several characters, whose rest first occurs where it is
+        i for i, t in enumerate(tokens[:-1])
+        if len(t.token) > 1 and t.token.isascii() and text.find(t.token[1:]) == cut_at(i)
+    )  # fmt: skip
+    stop, cut = tokens[k].token[1:], cut_at(k)
+    stopped = client.chat.completions.create(**ask, stop=[stop]).choices[0]
+    assert stopped.message.content == text[:cut] and stopped.finish_reason == "stop"
+    got = stopped.logprobs.content
+    assert [t.token for t in got] == [t.token for t in tokens[:k]] + [tokens[k].token[:1]]
+    assert b"".join(bytes(t.bytes) for t in got) == text[:cut].encode()
+    streamed = [
+        t
+        for c in client.chat.completions.create(**ask, stop=[stop], stream=True)
+        if c.choices and c.choices[0].logprobs
+        for t in c.choices[0].logprobs.content
+    ]
+    assert [(t.token, t.bytes) for t in streamed] == [(t.token, t.bytes) for t in got]
+
+
 def test_openai_streamed_choices_come_together_and_each_equals_its_non_streamed_self(
     server, client
 ):

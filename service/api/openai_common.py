@@ -65,7 +65,8 @@ def usage_of(outputs: list[RequestOutput], choices_per_prompt: int) -> dict:
 @dataclass
 class Unsent:
     """One streamed choice's tokens not sent yet (their text is held back: half a character, or
-    what may start a stop string), and where its next token starts in its text."""
+    what may start a stop string), and where its next token starts in its text (in characters
+    for completions' `text_offset`, in UTF-8 bytes for chat's)."""
 
     ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)

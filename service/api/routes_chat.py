@@ -79,22 +79,44 @@ def _logprobs(
     logprobs: list[float],
     top: list[dict[int, float]],
     num_top: int,
+    byte_end: int | None = None,
 ) -> dict:
     """Chat's `logprobs` of these tokens: each one's, with the `num_top` likeliest of its step.
     A token is its text (a piece of a character reads "\ufffd", as vLLM's); its `bytes` are
-    the UTF-8 bytes it adds, so that joining them rebuilds characters split across tokens."""
+    the UTF-8 bytes it adds, so that joining them rebuilds characters split across tokens.
+    `byte_end`: where in the tokens' bytes a stop string cut the text; the tokens are cut there
+    too (the one across it to its bytes before it, its logprob the whole token's)."""
     tokenizer = served.llm.tokenizer
 
     def entry(token_id: int, logprob: float) -> dict:
         text = tokenizer.decode([token_id])
         return {"token": text, "logprob": logprob, "bytes": list(tokenizer.token_bytes(token_id))}
 
-    content = []
+    content, start = [], 0  # start: the token's first byte
     for n, (token_id, logprob) in enumerate(zip(ids, logprobs, strict=True)):
+        if byte_end is not None and start >= byte_end:
+            break
         step = top[n] if n < len(top) else {}
         best = sorted(step.items(), key=lambda item: -item[1])[:num_top]
         content.append(entry(token_id, logprob) | {"top_logprobs": [entry(*t) for t in best]})
+        token_bytes = content[-1]["bytes"]
+        if byte_end is not None and start + len(token_bytes) > byte_end:
+            kept = token_bytes[: byte_end - start]
+            content[-1] |= {"token": bytes(kept).decode("utf-8", "replace"), "bytes": kept}
+        start += len(token_bytes)
     return {"content": content}
+
+
+def _num_sent(served: ServedModel, held: Unsent, text: str) -> int:
+    """How many of a streamed choice's held tokens have all of their text in `text` (what it has
+    sent so far); `held.text_offset` is where, in its UTF-8 bytes, the first of them starts."""
+    end, n = held.text_offset, 0
+    for token_id in held.ids:
+        end += len(served.llm.tokenizer.token_bytes(token_id))
+        if end > len(text.encode()):
+            break
+        n += 1
+    return n
 
 
 @router.post("/v1/chat/completions", responses=SSE_RESPONSE)
@@ -125,8 +147,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             "index": k,
             "message": {"role": "assistant", "content": o.text},
             "logprobs": _logprobs(
-                served, o.token_ids, o.logprobs, o.top_logprobs, body.num_top_logprobs
-            )
+                served,
+                o.token_ids,
+                o.logprobs,
+                o.top_logprobs,
+                body.num_top_logprobs,
+                len(o.text.encode()) if o.stopped_on else None,
+            )  # fmt: skip
             if body.logprobs
             else None,
             "finish_reason": finish_reason(o),
@@ -174,10 +201,20 @@ def _stream_events(
         return role | {"content": text, "tool_calls": None}
 
     def choice(k: int, output: RequestOutput, held: Unsent) -> dict:
+        """The tokens whose text is out go with it: a token whose text is partly held back
+        (what may start a stop string) waits, and at the end is cut as the text is."""
         logprobs = None
         if body.logprobs and held.ids:
-            logprobs = _logprobs(served, held.ids, held.logprobs, held.top, body.num_top_logprobs)
-        held.take(len(held.ids))
+            n = len(held.ids) if output.finished else _num_sent(served, held, output.text)
+            byte_end = len(output.text.encode()) - held.text_offset  # in these tokens' bytes
+            logprobs = _logprobs(
+                served, held.ids[:n], held.logprobs[:n], held.top[:n], body.num_top_logprobs,
+                byte_end if output.stopped_on else None,
+            )  # fmt: skip
+            held.text_offset += sum(len(e["bytes"]) for e in logprobs["content"])
+            held.take(n)
+        else:
+            held.take(len(held.ids))
         return {
             "index": k,
             "delta": delta(output.text_delta or None),  # a last chunk without text: null
