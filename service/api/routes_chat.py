@@ -107,13 +107,14 @@ def _logprobs(
     return {"content": content}
 
 
-def _num_sent(served: ServedModel, held: Unsent, text: str) -> int:
-    """How many of a streamed choice's held tokens have all of their text in `text` (what it has
-    sent so far); `held.text_offset` is where, in its UTF-8 bytes, the first of them starts."""
+def _num_sent(served: ServedModel, held: Unsent, text_bytes: int) -> int:
+    """How many of a streamed choice's held tokens have all of their text in the first
+    `text_bytes` UTF-8 bytes of its text (what it has sent so far); `held.text_offset` is the
+    byte the first of them starts at."""
     end, n = held.text_offset, 0
     for token_id in held.ids:
         end += len(served.llm.tokenizer.token_bytes(token_id))
-        if end > len(text.encode()):
+        if end > text_bytes:
             break
         n += 1
     return n
@@ -205,8 +206,9 @@ def _stream_events(
         (what may start a stop string) waits, and at the end is cut as the text is."""
         logprobs = None
         if body.logprobs and held.ids:
-            n = len(held.ids) if output.finished else _num_sent(served, held, output.text)
-            byte_end = len(output.text.encode()) - held.text_offset  # in these tokens' bytes
+            text_bytes = len(output.text.encode())  # sent so far, this chunk's text too
+            n = len(held.ids) if output.finished else _num_sent(served, held, text_bytes)
+            byte_end = text_bytes - held.text_offset  # in these tokens' bytes
             logprobs = _logprobs(
                 served, held.ids[:n], held.logprobs[:n], held.top[:n], body.num_top_logprobs,
                 byte_end if output.stopped_on else None,

@@ -339,12 +339,13 @@ def _stream_events(
                 served, held.ids, held.logprobs, held.top, start,
                 text_end if output.stopped_on else None,
             )  # fmt: skip
-            if not output.finished:
+            n = len(held.ids)  # finished: all of them go
+            if not output.finished:  # only those whose text is all out
                 ends = [*logprobs["text_offset"][1:], end]
-                n = next((i for i, e in enumerate(ends) if e > text_end), len(ends))
+                n = next((i for i, e in enumerate(ends) if e > text_end), n)
                 logprobs = {key: values[:n] for key, values in logprobs.items()}
                 end = ends[n - 1] if n else start
-            held.take(len(logprobs["tokens"]) if not output.finished else len(held.ids))
+            held.take(n)
             held.text_offset = end - echo_length
         return {
             "text": output.text_delta,
