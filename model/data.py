@@ -8,7 +8,8 @@ Sources (all real human translations): the gettext catalogs of ~380 Debian packa
 Ding dictionary (`model/ding.py`). Writes `{train,valid,test}.tsv` (en, de, package), the
 dictionary's own training file `dictionary.tsv`, its sentences again as
 `dictionary_sentences.tsv` (for training to repeat), general-domain test sentences
-`test_general.tsv`, `manifest.json` (every source with version and sha256), `NOTICE.md`,
+`test_general.tsv`, whole sentences from LibreOffice's help pages and games' dialogue as
+`prose.tsv`, `manifest.json` (every source with version and sha256), `NOTICE.md`,
 `stats.json`, and the shared subword tokenizer `tokenizer.json` (of train.tsv). Run once, never
 in CI (~1 GB download).
 """
@@ -25,6 +26,7 @@ import time
 import zipfile
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from html.parser import HTMLParser
 from pathlib import Path
 
 from model import ding
@@ -245,6 +247,86 @@ def wheel_pairs(names: list[str], dest: Path, workdir: Path) -> tuple[list[Pair]
     return pairs, sources
 
 
+# --- Prose: LibreOffice's help pages and games' dialogue -------------------------------------
+
+# The catalogs above are mostly short UI strings. These add whole sentences: the German and
+# English help pages of LibreOffice (HTML whose paragraphs carry the same id in both languages),
+# and the dialogue and story text of games with German catalogs.
+HELP_DEBS = {"en": "libreoffice-help-en-us", "de": "libreoffice-help-de"}
+HELP_DIRS = {"en": "usr/share/libreoffice/help/en-US", "de": "usr/share/libreoffice/help/de"}
+STORY_DEBS = [
+    "freedroidrpg-data", "naev-data", "widelands-data", "wesnoth-1.16-data", "wesnoth-1.16-did", "wesnoth-1.16-dm",
+    "wesnoth-1.16-dw", "wesnoth-1.16-ei", "wesnoth-1.16-l", "wesnoth-1.16-low", "wesnoth-1.16-nr",
+    "wesnoth-1.16-sof", "wesnoth-1.16-sota", "wesnoth-1.16-sotbe", "wesnoth-1.16-thot",
+    "wesnoth-1.16-trow", "wesnoth-1.16-tsg", "wesnoth-1.16-ttb", "wesnoth-1.16-utbs",
+]  # fmt: skip
+
+
+class _HelpParagraphs(HTMLParser):
+    """The text of every element with an `id` among a help page's paragraphs, headings and cells."""
+
+    BLOCKS = {"p", "h1", "h2", "h3", "h4", "h5", "h6", "td", "li"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.open: list[tuple[str | None, list[str]]] = []  # (id, text so far), innermost last
+        self.by_id: dict[str, str] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.BLOCKS:
+            self.open.append((dict(attrs).get("id"), []))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.BLOCKS and self.open:
+            element_id, parts = self.open.pop()
+            text = "".join(parts)
+            if element_id and text.strip():
+                self.by_id[element_id] = text
+            if self.open:  # a paragraph inside a cell is also part of the cell's text
+                self.open[-1][1].append(text)
+
+    def handle_data(self, data: str) -> None:
+        if self.open:
+            self.open[-1][1].append(data)
+
+
+def help_paragraphs(page: Path) -> dict[str, str]:
+    parser = _HelpParagraphs()
+    parser.feed(page.read_text(encoding="utf-8", errors="replace"))
+    return parser.by_id
+
+
+def help_pairs(raw: Path, workdir: Path) -> tuple[list[Pair], list[dict]]:
+    """LibreOffice's English and German help pages, paragraph by paragraph (matched by id)."""
+    debs = {lang: download_debs([name], raw / "debs")[0] for lang, name in HELP_DEBS.items()}
+    for lang, deb in debs.items():
+        (workdir / lang).mkdir(parents=True)
+        run(["dpkg-deb", "-x", str(deb), str(workdir / lang)], check=True)
+    en_root, de_root = (workdir / lang / HELP_DIRS[lang] for lang in ("en", "de"))
+    pairs = []
+    for en_page in sorted(en_root.rglob("*.html")):
+        de_page = de_root / en_page.relative_to(en_root)
+        if not de_page.exists():
+            continue
+        german = help_paragraphs(de_page)
+        for element_id, en in help_paragraphs(en_page).items():
+            cleaned = clean_pair(en, german.get(element_id, ""))
+            if cleaned:
+                pairs.append(Pair(*cleaned, package="libreoffice-help"))
+    sources = [
+        {
+            "kind": "debian",
+            "name": HELP_DEBS[lang],
+            "source_package": "libreoffice",
+            "version": deb_field(deb, "Version"),
+            "file": deb.name,
+            "sha256": sha256(deb),
+        }
+        for lang, deb in debs.items()
+    ]
+    return pairs, sources
+
+
 # --- split ------------------------------------------------------------------------------------
 
 
@@ -296,7 +378,10 @@ all are DFSG-free), Debian's translated package descriptions (DDTP, Debian's lic
 Python wheels on PyPI that ship German catalogs (each under its project's licence, named in the
 wheel's metadata). To those the Ding dictionary (Debian's `trans-de-en`, GPL-2+, (c) Frank
 Richter) adds words, phrases and example sentences (`dictionary.tsv`); `test_general.tsv` holds
-1 in 25 of its lines out. `manifest.json` lists every file with its version and sha256. The corpus itself
+1 in 25 of its lines out. `prose.tsv` pairs the paragraphs of LibreOffice's English and German
+help pages (Debian's `libreoffice-help-en-us` and `-de`, MPL-2.0) and the catalogs of games'
+dialogue (Battle for Wesnoth's campaigns, FreedroidRPG, Naev and Widelands, GPL). `manifest.json`
+lists every file with its version and sha256. The corpus itself
 is not redistributed: `python -m model.data` rebuilds it.
 """
 
@@ -326,6 +411,10 @@ def build(out: Path, raw: Path, vocab_size: int) -> None:
         print(f"  {len(pairs)} pairs; the Ding dictionary ...", flush=True)
         dictionary, general, source = dictionary_pairs(raw, work)
         sources.append(source)
+        print("prose: LibreOffice's help and games' dialogue ...", flush=True)
+        prose, prose_sources = help_pairs(raw, work / "help")
+        stories, story_sources = deb_pairs(download_debs(STORY_DEBS, raw / "debs"), work / "debs")
+        sources += prose_sources + story_sources
     unique = dedupe(pairs)
     splits = split_by_package(unique)
     # The dictionary is a training file of its own (`model.train --train-files train.tsv
@@ -336,6 +425,16 @@ def build(out: Path, raw: Path, vocab_size: int) -> None:
     splits["test_general"] = general
     # Its sentences and exclamations again, as a file that training can repeat (stage 3)
     splits["dictionary_sentences"] = [p for p in splits["dictionary"] if ding.ends_a_sentence(p.en)]
+    # Whole sentences (stage 4), also a file of their own: no English of an evaluation set, no
+    # German of the general test set, and nothing that train.tsv already has.
+    general_de = {p.de for p in general}
+    held_out_en = eval_en | {p.en for p in general}
+    in_train = {(p.en, p.de) for p in splits["train"]}
+    splits["prose"] = [
+        p
+        for p in dedupe(prose + stories)
+        if p.en not in held_out_en and p.de not in general_de and (p.en, p.de) not in in_train
+    ]
     for name, split in splits.items():
         write_tsv(split, out / f"{name}.tsv")
     stats = {

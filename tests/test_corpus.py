@@ -24,7 +24,14 @@ from model.catalogs import (
     read_catalog,
     strip_accelerator,
 )
-from model.data import align_descriptions, parse_deb822, read_tsv, split_by_package, write_tsv
+from model.data import (
+    align_descriptions,
+    help_paragraphs,
+    parse_deb822,
+    read_tsv,
+    split_by_package,
+    write_tsv,
+)
 
 needs_msgfmt = pytest.mark.skipif(shutil.which("msgfmt") is None, reason="needs gettext's msgfmt")
 
@@ -619,6 +626,33 @@ def test_align_descriptions_of_short_only_descriptions() -> None:
     assert align_descriptions("a tiny tool", "ein winziges Werkzeug") == [
         ("a tiny tool", "ein winziges Werkzeug")
     ]
+
+
+# --- LibreOffice's help pages ------------------------------------------------------------------
+
+HELP_PAGE = """<html><body>
+<h1 id="hd_id1"><a name="x"></a>Page <span class="emph">Setup</span></h1>
+<p id="par_id2" class="paragraph">Choose <item>Format - Page</item>
+   Style.</p>
+<p class="paragraph">A paragraph without an id.</p>
+<table><tr><td id="cell_1"><p id="par_id3">Inside a cell.</p></td></tr></table>
+<p id="par_id4">   </p>
+<p id="par_id5">Tom &amp; Jerry &#8211; <br/>done.</p>
+</body></html>"""
+
+
+def test_help_paragraphs_are_the_texts_of_elements_with_an_id(tmp_path: Path) -> None:
+    page = tmp_path / "page.html"
+    page.write_text(HELP_PAGE, encoding="utf-8")
+    paragraphs = help_paragraphs(page)
+    assert set(paragraphs) == {"hd_id1", "par_id2", "par_id3", "cell_1", "par_id5"}
+    assert paragraphs["hd_id1"] == "Page Setup"  # inline markup's text is kept
+    assert clean_pair(paragraphs["par_id2"], "Wählen Sie Format") == (
+        "Choose Format - Page Style.",  # line breaks collapse as the catalogs' do
+        "Wählen Sie Format",
+    )
+    assert paragraphs["par_id3"] == paragraphs["cell_1"] == "Inside a cell."
+    assert paragraphs["par_id5"] == "Tom & Jerry – done."
 
 
 # --- TSV files ----------------------------------------------------------------------------------
