@@ -11,7 +11,7 @@ dictionary's own training file `dictionary.tsv`, its sentences again as
 `test_general.tsv`, whole sentences from LibreOffice's help pages and games' dialogue as
 `prose.tsv`, `manifest.json` (every source with version and sha256), `NOTICE.md`,
 `stats.json`, and the shared subword tokenizer `tokenizer.json` (of train.tsv). Run once, never
-in CI (~1 GB download).
+in CI (~2 GB download).
 """
 
 from __future__ import annotations
