@@ -255,10 +255,11 @@ def wheel_pairs(names: list[str], dest: Path, workdir: Path) -> tuple[list[Pair]
 HELP_DEBS = {"en": "libreoffice-help-en-us", "de": "libreoffice-help-de"}
 HELP_DIRS = {"en": "usr/share/libreoffice/help/en-US", "de": "usr/share/libreoffice/help/de"}
 STORY_DEBS = [
-    "freedroidrpg-data", "naev-data", "widelands-data", "wesnoth-1.16-data", "wesnoth-1.16-did", "wesnoth-1.16-dm",
-    "wesnoth-1.16-dw", "wesnoth-1.16-ei", "wesnoth-1.16-l", "wesnoth-1.16-low", "wesnoth-1.16-nr",
-    "wesnoth-1.16-sof", "wesnoth-1.16-sota", "wesnoth-1.16-sotbe", "wesnoth-1.16-thot",
-    "wesnoth-1.16-trow", "wesnoth-1.16-tsg", "wesnoth-1.16-ttb", "wesnoth-1.16-utbs",
+    "freedroidrpg-data", "naev-data", "widelands-data", "wesnoth-1.16-data", "wesnoth-1.16-did",
+    "wesnoth-1.16-dm", "wesnoth-1.16-dw", "wesnoth-1.16-ei", "wesnoth-1.16-l", "wesnoth-1.16-low",
+    "wesnoth-1.16-nr", "wesnoth-1.16-sof", "wesnoth-1.16-sota", "wesnoth-1.16-sotbe",
+    "wesnoth-1.16-thot", "wesnoth-1.16-trow", "wesnoth-1.16-tsg", "wesnoth-1.16-ttb",
+    "wesnoth-1.16-utbs",
 ]  # fmt: skip
 
 
@@ -381,8 +382,8 @@ Richter) adds words, phrases and example sentences (`dictionary.tsv`); `test_gen
 1 in 25 of its lines out. `prose.tsv` pairs the paragraphs of LibreOffice's English and German
 help pages (Debian's `libreoffice-help-en-us` and `-de`, MPL-2.0) and the catalogs of games'
 dialogue (Battle for Wesnoth's campaigns, FreedroidRPG, Naev and Widelands, GPL). `manifest.json`
-lists every file with its version and sha256. The corpus itself
-is not redistributed: `python -m model.data` rebuilds it.
+lists every file with its version and sha256. The corpus itself is not redistributed:
+`python -m model.data` rebuilds it.
 """
 
 
@@ -412,9 +413,9 @@ def build(out: Path, raw: Path, vocab_size: int) -> None:
         dictionary, general, source = dictionary_pairs(raw, work)
         sources.append(source)
         print("prose: LibreOffice's help and games' dialogue ...", flush=True)
-        prose, prose_sources = help_pairs(raw, work / "help")
+        help_, help_sources = help_pairs(raw, work / "help")
         stories, story_sources = deb_pairs(download_debs(STORY_DEBS, raw / "debs"), work / "debs")
-        sources += prose_sources + story_sources
+        sources += help_sources + story_sources
     unique = dedupe(pairs)
     splits = split_by_package(unique)
     # The dictionary is a training file of its own (`model.train --train-files train.tsv
@@ -432,7 +433,7 @@ def build(out: Path, raw: Path, vocab_size: int) -> None:
     in_train = {(p.en, p.de) for p in splits["train"]}
     splits["prose"] = [
         p
-        for p in dedupe(prose + stories)
+        for p in dedupe(help_ + stories)
         if p.en not in held_out_en and p.de not in general_de and (p.en, p.de) not in in_train
     ]
     for name, split in splits.items():
