@@ -1368,6 +1368,11 @@ def test_openai_logprobs_list_the_top_tokens_and_streamed_offsets_run_on(server)
     ]
     offsets = [o for lp in streamed if lp is not None for o in lp.text_offset]
     assert offsets == logprobs.text_offset
+    # every token's logprob, the last one's too (it comes with finish_reason)
+    values = [v for lp in streamed if lp is not None for v in lp.token_logprobs]
+    assert values == logprobs.token_logprobs
+    tops = [t for lp in streamed if lp is not None for t in lp.top_logprobs]
+    assert tops == logprobs.top_logprobs
 
 
 def test_logprobs_of_tokens_that_split_a_character(server):
@@ -1450,6 +1455,7 @@ def test_openai_streamed_logprobs_keep_tokens_whose_text_was_held_back(server):
     ]
     assert [t for lp in streamed for t in lp.tokens] == plain.tokens
     assert [o for lp in streamed for o in lp.text_offset] == plain.text_offset
+    assert [v for lp in streamed for v in lp.token_logprobs] == plain.token_logprobs
 
 
 def test_openai_logprobs_of_a_text_cut_by_a_stop_string_spell_the_text(server):
@@ -1476,6 +1482,7 @@ def test_openai_logprobs_of_a_text_cut_by_a_stop_string_spell_the_text(server):
     ]
     assert [t for x in streamed for t in x.tokens] == stopped.logprobs.tokens
     assert [o for x in streamed for o in x.text_offset] == stopped.logprobs.text_offset
+    assert [v for x in streamed for v in x.token_logprobs] == stopped.logprobs.token_logprobs
 
 
 def test_chat_logprobs_of_a_text_cut_by_a_stop_string_spell_the_text(server):

@@ -123,7 +123,7 @@ def _logprobs(
     offset += num_characters
     entry = {
         "tokens": [tokenizer.decode([i]) for i in token_ids],
-        "token_logprobs": logprobs,
+        "token_logprobs": list(logprobs),  # a copy: the caller's list may be emptied after
         "top_logprobs": [None if step is None else _by_text(tokenizer, step) for step in top],
         "text_offset": offsets,
     }
