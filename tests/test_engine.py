@@ -661,17 +661,25 @@ def test_a_beam_search_cut_by_its_deadline_returns_its_best_beams_so_far(tokeniz
 
 
 def test_input_too_long_and_overload_are_refused_up_front(tokenizer):
-    engine = make_engine(tokenizer, "encoder-decoder", max_waiting_requests=2)
+    engine = make_engine(
+        tokenizer, "encoder-decoder", max_running_requests=1, max_waiting_requests=2
+    )
     with pytest.raises(RequestTooLong, match="300 tokens is longer than the 256") as refused:
         engine.add_request([5] * 300, GREEDY)
     assert refused.value.field == "input"
     with pytest.raises(RequestTooLong, match="300 new tokens do not fit .* at most 255") as refused:
         engine.add_request([5] * 10, SamplingParams(max_new_tokens=300))
     assert refused.value.field == "max_new_tokens"  # the input alone would fit
-    engine.add_request([5], GREEDY)
-    engine.add_request([6], GREEDY)
+    # A burst between two steps may fill the free running slot as well as the queue
+    five = SamplingParams(max_new_tokens=5, ignore_eos=True)
+    for token in (5, 6, 7):
+        engine.add_request([token], five)
     with pytest.raises(EngineOverloaded):
-        engine.add_request([7], GREEDY)
+        engine.add_request([8], GREEDY)
+    engine.step()  # one runs, two wait: the queue is full
+    assert (len(engine.scheduler.running), len(engine.scheduler.waiting)) == (1, 2)
+    with pytest.raises(EngineOverloaded):
+        engine.add_request([8], GREEDY)
     engine.generate([], GREEDY)
     assert_cache_empty(engine)
 

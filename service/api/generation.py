@@ -151,16 +151,17 @@ def start_all(
     each prompt's `choices_per_prompt` choices in turn; `names`, what errors call each job's
     input; `unit`, what an error calls the jobs. Routes call it through
     `segments.start_segmented`, which cuts a translation model's texts first."""
-    capacity = served.llm.config.scheduler.max_waiting_requests
+    capacity = served.llm.max_requests  # running and queued
     if len(jobs) > capacity:  # never fits: a 429 would only make the client retry forever
         raise ApiError(
             422,
-            f"{param}: {len(jobs)} {unit} in one request, over the queue's {capacity}",
+            f"{param}: {len(jobs)} {unit} in one request, over the {capacity} the server holds "
+            "at once (running and queued)",
             param=param,
         )
-    num_waiting = len(served.llm.scheduler.waiting)
-    if num_waiting + len(jobs) > capacity:
-        raise _overloaded(served, f"{num_waiting} requests are already waiting")
+    num_requests = served.llm.num_requests
+    if num_requests + len(jobs) > capacity:
+        raise _overloaded(served, f"{num_requests} requests are already running or waiting")
     streams = []
     try:
         for k, (prompt, params) in enumerate(jobs):

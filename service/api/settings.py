@@ -35,7 +35,10 @@ class Settings(BaseSettings):
     )
     max_running_requests: int = Field(32, ge=1, description="requests decoded together, per model")
     max_queued_requests: int = Field(
-        256, ge=1, description="requests waiting per model; more are refused with 429"
+        256,
+        ge=1,
+        description="requests waiting per model beyond --max-running-requests; more are "
+        "refused with 429",
     )
     max_tokens_per_step: int = Field(
         4096, ge=16, description="tokens a step may run: prefills plus one per decoding beam"

@@ -123,9 +123,10 @@ class LLMEngine:
                 request = make(dataclasses.replace(params, max_new_tokens=fits))
         self._check_fits(request)
         with self._lock:
-            if len(self.scheduler.waiting) >= self.config.scheduler.max_waiting_requests:
+            if self.num_requests >= self.max_requests:
                 raise EngineOverloaded(
-                    f"{len(self.scheduler.waiting)} requests are already waiting"
+                    f"{len(self.scheduler.running)} requests are running and "
+                    f"{len(self.scheduler.waiting)} waiting"
                 )
             if request.request_id in self._requests:
                 raise ValueError(f"request id {request.request_id!r} is already in use")
@@ -209,6 +210,20 @@ class LLMEngine:
     @property
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work
+
+    @property
+    def num_requests(self) -> int:
+        """Requests added and not finished yet: running, or waiting (queued or preempted)."""
+        return len(self._requests)
+
+    @property
+    def max_requests(self) -> int:
+        """The most requests the engine holds (`num_requests`); more are refused, as
+        EngineOverloaded. A burst that arrives between two steps may fill the free running
+        slots as well as the queue: all it holds are running once a step admits them, unless
+        the KV cache is short of blocks."""
+        limits = self.config.scheduler
+        return limits.max_running_requests + limits.max_waiting_requests
 
     # -- inputs and alignments ------------------------------------------------------------------
 
