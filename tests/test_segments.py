@@ -98,8 +98,8 @@ def test_merge_joins_texts_sums_counts_and_scores_and_keeps_the_worst_finish():
     assert whole.text == "A\n\nB" and whole.token_ids == [1, 2, 4, 5, 6, 7]
     assert (whole.num_input_tokens, whole.num_output_tokens) == (6, 6)
     assert whole.finish_reason == FinishReason.LENGTH  # a segment that ran out of tokens shows
-    # each timing the longest segment's: they ran side by side
-    assert whole.timings_ms == TIMINGS | {"queue_ms": 2.0, "total_ms": 9.0}
+    # the timings the slowest segment's (they ran side by side): its parts add up
+    assert whole.timings_ms == TIMINGS | {"queue_ms": 1.0, "total_ms": 9.0}
     # the k-th hypothesis joins every segment's k-th (the second has one: it is reused), scored
     # as the sum of theirs: sorted, and the first is the text
     assert [(h.text, h.score) for h in whole.hypotheses] == [("A\n\nB", -1.5), ("C\n\nB", -3.5)]

@@ -305,9 +305,11 @@ def timings_header(timings: dict[str, float]) -> dict[str, str]:
 
 
 def merged_timings(outputs: list[RequestOutput]) -> dict[str, float]:
-    """A batch's timings: each phase's longest, so the slowest text is accounted for."""
+    """A batch's (or a split text's) timings: those of its output that took longest, the one
+    the response waited for. Its phases add up to its total, as a single request's do."""
+    slowest = max(outputs, key=lambda o: o.timings_ms["total_ms"])
     names = ("queue_ms", "prefill_ms", "decode_ms", "total_ms")
-    return {name: round(max(o.timings_ms[name] for o in outputs), 2) for name in names}
+    return {name: round(slowest.timings_ms[name], 2) for name in names}
 
 
 # Characters that JSON leaves as they are but that split a line for some SSE readers (Python's

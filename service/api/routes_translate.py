@@ -57,9 +57,11 @@ async def translate(body: TranslateRequest, request: Request):
     params = sampling_params(body, request, served)
     ctx = Context.of(request, "text", "max_new_tokens")
     texts = [body.text] if isinstance(body.text, str) else body.text
-    # a text of several lines or sentences is translated segment by segment (segments.py)
+    # a text of several lines or sentences is translated segment by segment (segments.py); a
+    # blank one is its own translation
+    jobs = [(t, params) for t in texts]
     started = start_segmented(
-        served, [(t, params) for t in texts], ctx, "text", split=body.split_sentences
+        served, jobs, ctx, "text", split=body.split_sentences, keep_blank=True
     )
     if body.stream:
         (one,) = started
@@ -94,6 +96,8 @@ async def _extras(
     parts = started.parts(last)
     score = _score(parts, body)
     found: dict = {} if score is None else {"score": score}
+    if score is not None and not last.hypotheses:  # greedy or sampled: its one hypothesis
+        found["hypotheses"] = [{"text": last.text, "score": score}]
     if body.return_alignments:
         found["alignments"] = await alignments(served, started.sources, parts)
     return found
@@ -102,9 +106,7 @@ async def _extras(
 def _translation(output: RequestOutput, body: TranslateRequest) -> dict:
     translation: dict = {"text": output.text, "finish_reason": output.finish_reason.value}  # type: ignore[union-attr]
     if output.hypotheses and (body.return_scores or body.num_hypotheses > 1):
-        translation["hypotheses"] = [
-            {"text": h.text, "score": round(h.score, 5)} for h in output.hypotheses
-        ]
+        translation["hypotheses"] = [{"text": h.text, "score": h.score} for h in output.hypotheses]
     return translation
 
 
@@ -120,9 +122,11 @@ def _score(segments: list[RequestOutput], body: TranslateRequest) -> float | Non
             scores.append(output.hypotheses[0].score)
         elif output.logprobs:
             scores.append(sum(output.logprobs) / len(output.logprobs) ** body.length_penalty)
+        elif not output.token_ids:  # a blank text, its own translation
+            scores.append(0.0)
         else:
             return None
-    return round(sum(scores), 5)
+    return sum(scores)
 
 
 async def alignment(served: ServedModel, text: str | list[int], output: RequestOutput) -> dict:

@@ -73,19 +73,20 @@ class FieldError(ValueError):
 
 
 def _one_or_many(value: object) -> object:
-    """One clear error for the string-or-list inputs, instead of one per union member."""
-    if isinstance(value, str) and value:
+    """One clear error for the string-or-list inputs, instead of one per union member. A
+    blank text (empty, or only whitespace) is its own translation."""
+    if isinstance(value, str):
         return _unicode(value)
     if isinstance(value, list) and 1 <= len(value) <= MAX_BATCH:
         for index, text in enumerate(value):
-            if not isinstance(text, str) or not text:
-                raise ValueError(f"item {index} must be a non-empty string, not {text!r:.40}")
+            if not isinstance(text, str):
+                raise ValueError(f"item {index} must be a string, not {text!r:.40}")
             try:
                 _unicode(text)
             except ValueError as error:
                 raise ValueError(f"item {index} {error}") from None
         return value
-    raise ValueError(f"must be a non-empty string or a list of 1 to {MAX_BATCH} non-empty strings")
+    raise ValueError(f"must be a string or a list of 1 to {MAX_BATCH} strings")
 
 
 TextOrTexts = Annotated[str | list[str], BeforeValidator(_one_or_many)]
@@ -119,6 +120,10 @@ def _prompts(value: object) -> object:
             f"must be a non-empty string, a list of 1 to {MAX_BATCH} non-empty strings, "
             "a list of token ids, or a list of such lists"
         ) from None
+    if texts == "":
+        raise ValueError("must not be empty")
+    if isinstance(texts, list) and "" in texts:
+        raise ValueError(f"item {texts.index('')} must be a non-empty string, not ''")
     return [texts] if isinstance(texts, str) else texts
 
 

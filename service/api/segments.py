@@ -22,6 +22,7 @@ from service.engine import (
     RequestOutput,
     SamplingParams,
     Segments,
+    is_blank,
     split_text,
 )
 
@@ -37,6 +38,7 @@ class Segmented:
     sources: list[str | list[int]]
     segments: Segments | None = None
     finished_segments: list[RequestOutput] = field(default_factory=list)
+    queued: bool = True  # False: a blank text, answered as it is (`as_is`)
 
     def parts(self, last: RequestOutput) -> list[RequestOutput]:
         """The finished outputs the generation's `last` output was made of (or itself)."""
@@ -50,16 +52,22 @@ def start_segmented(
     param: str,
     choices_per_prompt: int = 1,
     split: bool = True,
+    keep_blank: bool = False,
 ) -> list[Segmented]:
     """`start_all`, with each text that a translation model is given cut into its lines and
     sentences (unless not `split`): one engine request per segment and choice, all queued or
-    none. An error names the segment's line (`text[2], line 3: ...`)."""
+    none. An error names the segment's line (`text[2], line 3: ...`). With `keep_blank`, a
+    translation model's blank text (empty, or only whitespace) is its own translation and
+    queues nothing; without, it is refused (`refuse_blank`)."""
     n = choices_per_prompt
     prompts = [prompt for prompt, _ in generations[::n]]
     jobs: list[tuple[str | list[int], SamplingParams]] = []
     names: list[str] = []  # what an error calls each job's input
     groups: list[tuple[Segments | None, list[str | list[int]], int]] = []  # + its first job
     for g, prompt in enumerate(prompts):
+        if keep_blank and served.is_translation and isinstance(prompt, str) and is_blank(prompt):
+            groups.append((None, [], len(jobs)))
+            continue
         segments = None
         if split and served.is_translation and isinstance(prompt, str):
             segments = split_text(prompt)
@@ -76,10 +84,14 @@ def start_segmented(
         unit = "segments (lines and sentences)" if n == 1 else "generations (segments × n)"
     streams = start_all(served, jobs, ctx, param, names, n, unit)
     started = []
-    for segments, sources, first in groups:
+    for g, (segments, sources, first) in enumerate(groups):
         for i in range(n):  # choice i of each segment, in order
             own = streams[first + i : first + len(sources) * n : n]
-            if segments is None:
+            if not sources:
+                text, params = generations[g * n + i]
+                assert isinstance(text, str)
+                started.append(Segmented(as_is(text, params), [text], queued=False))
+            elif segments is None:
                 started.append(Segmented(own[0], sources))
             else:
                 finished: list[RequestOutput] = []
@@ -91,7 +103,8 @@ def start_segmented(
 def abort(served: ServedModel, ctx: Context, started: list[Segmented]) -> None:
     """Abort what `start_segmented` queued, before anything has read its streams (a stream's
     own cleanup runs only once it is read)."""
-    for k in range(sum(len(s.sources) for s in started)):  # start_all's jobs: one per source
+    jobs = sum(len(s.sources) for s in started if s.queued)  # start_all's: one per source
+    for k in range(jobs):
         served.async_engine.abort(ctx.job_id(k))
 
 
@@ -104,6 +117,14 @@ def _for_segment(params: SamplingParams, s: int) -> SamplingParams:
     return dataclasses.replace(params, seed=int.from_bytes(digest) >> 1)
 
 
+async def as_is(text: str, params: SamplingParams) -> AsyncIterator[RequestOutput]:
+    """A blank text's one output: itself, finished at once (no tokens in or out; a beam
+    search's one hypothesis, scored 0)."""
+    hypotheses = [Hypothesis([], text, 0.0)] if params.beam_size > 1 else []
+    timings = dict.fromkeys(("queue_ms", "prefill_ms", "decode_ms", "total_ms"), 0.0)
+    yield RequestOutput("", [], [], text, [], text, 0, 0, FinishReason.STOP, hypotheses, timings)
+
+
 # A text's finish reason is its segments' worst (check_finished then answers as for one).
 WORST_FIRST = [
     FinishReason.ERROR, FinishReason.TIMEOUT, FinishReason.CANCELLED, FinishReason.LENGTH,
@@ -113,8 +134,8 @@ WORST_FIRST = [
 
 def merge(segments: Segments, outputs: list[RequestOutput]) -> RequestOutput:
     """One finished output for the whole text from its segments' finished outputs: the texts
-    joined, tokens and log-probabilities one after the other, counts summed, each timing the
-    longest segment's (they ran side by side), the finish reason the worst segment's. The
+    joined, tokens and log-probabilities one after the other, counts summed, the timings the
+    slowest segment's (they ran side by side), the finish reason the worst segment's. The
     n-best list's k-th hypothesis joins every segment's k-th (or its last), scored as the sum of
     their scores, so the list stays sorted and its first is the text."""
     reason = min((o.finish_reason for o in outputs), key=WORST_FIRST.index)  # type: ignore[arg-type]
