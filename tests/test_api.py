@@ -900,6 +900,18 @@ def test_tgi_generate_and_compat_route(client):
     assert all(e["details"] is None for e in plain[:-1] if e != "[DONE]")  # details: not asked
 
 
+def test_tgi_return_full_text_puts_the_prompt_first_and_a_source_is_refused(client):
+    body = {"model": "tiny-lm", "inputs": "Open", "parameters": {"max_new_tokens": 6}}
+    new = client.post("/generate", json=body).json()["generated_text"]
+    full = body | {"parameters": body["parameters"] | {"return_full_text": True}}
+    assert client.post("/generate", json=full).json()["generated_text"] == "Open" + new
+    streamed = sse_data(client.post("/generate_stream", json=full))
+    assert streamed[-1]["generated_text"] == "Open" + new
+    for path in ("/generate", "/generate_stream"):  # as echo on /v1/completions
+        r = client.post(path, json=full | {"model": "tiny-mt"})
+        assert r.status_code == 422 and "return_full_text" in r.json()["error"], r.text
+
+
 def test_tgi_details_tokens_are_the_streams_tokens_and_add_up_to_the_text(client):
     """A character split over byte-level tokens comes whole with its last token, as streamed:
     a lone token's decoding ("\ufffd") is never a token's text. A stop string changes no
@@ -1624,6 +1636,47 @@ def test_openai_logit_bias_and_vllm_extensions(server):
     vllm = {"top_k": 1, "repetition_penalty": 1.0}  # top_k 1 samples the greedy token
     extras = openai_client.completions.create(**ask | {"temperature": 1.0}, extra_body=vllm)
     assert extras.choices[0].text == free.text
+    # min_p 1 keeps only the likeliest token: sampling at any temperature is greedy
+    hot = ask | {"temperature": 2.0, "seed": 7}
+    near_greedy = openai_client.completions.create(**hot, extra_body={"min_p": 1.0})
+    assert near_greedy.choices[0].text == free.text
+    assert openai_client.completions.create(**hot).choices[0].text != free.text
+    # stop_token_ids: the output ends with the first one (its text included, as vLLM's)
+    details = {"max_new_tokens": 8, "details": True}
+    body = {"model": "tiny-lm", "inputs": "Open", "parameters": details}
+    tokens = httpx.post(f"{server.url}/generate", json=body).json()["details"]["tokens"]
+    assert "".join(t["text"] for t in tokens) == free.text
+    k = next(i for i, t in enumerate(tokens) if i >= 2 and t["text"])
+    first = next(i for i, t in enumerate(tokens) if t["id"] == tokens[k]["id"])
+    stopped = openai_client.completions.create(
+        **ask, extra_body={"stop_token_ids": [tokens[k]["id"]]}
+    ).choices[0]
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == "".join(t["text"] for t in tokens[: first + 1])
+    # include_stop_str_in_output: the text ends after the stop string, not before it
+    stop = tokens[k]["text"]
+    cut = openai_client.completions.create(**ask, stop=[stop]).choices[0].text
+    kept = (
+        openai_client.completions.create(
+            **ask, stop=[stop], extra_body={"include_stop_str_in_output": True}
+        )
+        .choices[0]
+        .text
+    )
+    assert kept == cut + stop and free.text.startswith(kept)
+    # vLLM's options we do not implement are refused by name, unless off
+    for name, value in [
+        ("use_beam_search", True), ("allowed_token_ids", [5]), ("bad_words", ["x"]),
+        ("guided_json", {}), ("prompt_logprobs", 1), ("length_penalty", 2.0),
+    ]:  # fmt: skip
+        with pytest.raises(openai.BadRequestError) as refused:
+            openai_client.completions.create(**ask, extra_body={name: value})
+        assert refused.value.body["param"] == name
+    off = {"use_beam_search": False, "allowed_token_ids": None, "length_penalty": 1.0}
+    assert openai_client.completions.create(**ask, extra_body=off).choices[0].text == free.text
+    for wrong in ({"min_p": "x"}, {"min_p": 1.5}, {"stop_token_ids": [-1]}, {"best_of": 1, "n": 2}):
+        r = httpx.post(f"{server.url}/v1/completions", json=ask | wrong)
+        assert r.status_code == 400 and r.json()["error"]["param"].split(".")[0] in wrong, r.text
 
 
 def test_openai_errors_have_the_openai_shape(server):

@@ -576,8 +576,8 @@ def test_stop_token_min_and_max_new_tokens(tokenizer):
     )[0]
     assert stopped.token_ids == free.token_ids[: first + 1]
     assert stopped.finish_reason == FinishReason.STOP
-    assert engine.tokenizer.decode([stop_id])  # a token with text, which the output leaves out
-    assert stopped.text == engine.tokenizer.decode(free.token_ids[:first])
+    assert engine.tokenizer.decode([stop_id])  # a token with text, which ends the output
+    assert stopped.text == engine.tokenizer.decode(free.token_ids[: first + 1])  # as vLLM's
     at_least = engine.generate(
         [[9, 10]],
         SamplingParams(max_new_tokens=12, min_new_tokens=first + 2, stop_token_ids=(stop_id,)),

@@ -1,5 +1,5 @@
-"""The sampler alone: temperature, top-k, top-p, typical_p, repetition penalty and min_new_tokens change
-the distribution as their definitions say (fake requests, no model)."""
+"""The sampler alone: temperature, top-k, top-p, min_p, typical_p, repetition penalty and
+min_new_tokens change the distribution as their definitions say (fake requests, no model)."""
 
 from collections import Counter
 from types import SimpleNamespace
@@ -39,6 +39,15 @@ def test_top_p_keeps_the_smallest_set_of_tokens_reaching_p():
     assert set(draws(logits, temperature=1.0, top_p=0.4)) == {0}
     assert set(draws(logits, temperature=1.0, top_p=0.6)) == {0, 1}  # 0.5 < 0.6: one more
     assert set(draws(logits, temperature=1.0, top_p=0.9)) == {0, 1, 2}
+
+
+def test_min_p_drops_tokens_less_likely_than_min_p_times_the_best():
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log().tolist()  # 0.3 / 0.5 = 0.6 of the best
+    assert set(draws(logits, temperature=1.0, min_p=0.5)) == {0, 1}
+    assert set(draws(logits, temperature=1.0, min_p=0.2)) == {0, 1, 2}  # 0.15 / 0.5 = 0.3
+    assert set(draws(logits, temperature=1.0, min_p=1.0)) == {0}
+    # after the temperature, as vLLM's: a flatter distribution keeps more
+    assert set(draws(logits, temperature=4.0, min_p=0.6)) == {0, 1, 2}  # 0.3^¼ = 0.74, 0.1^¼ = 0.56
 
 
 def test_typical_p_keeps_the_tokens_nearest_the_entropy():

@@ -26,6 +26,9 @@ def sampling_params(
     vocab_size = served.llm.model_config.vocab_size
     if any(token >= vocab_size for token, _ in logit_bias):
         raise ApiError(422, f"logit_bias: token ids must be below {vocab_size}", param="logit_bias")
+    if any(token >= vocab_size for token in body.stop_token_ids):
+        message = f"stop_token_ids: token ids must be below {vocab_size}"
+        raise ApiError(422, message, param="stop_token_ids")
     return SamplingParams(
         max_new_tokens=max_new,
         fit_max_new_tokens=not body.has_own_max_tokens,  # a client's own is refused if too long
@@ -34,6 +37,9 @@ def sampling_params(
         seed=None if body.seed is None else body.seed + index,  # n choices differ, reproducibly
         num_top_logprobs=body.num_top_logprobs,
         stop=tuple(body.stop or ()),
+        include_stop_string=body.include_stop_str_in_output,
+        stop_token_ids=tuple(body.stop_token_ids),
+        min_p=body.min_p,
         ignore_eos=body.ignore_eos,
         min_new_tokens=body.min_tokens,
         presence_penalty=body.presence_penalty,

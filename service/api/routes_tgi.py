@@ -107,12 +107,20 @@ def _new_text(served: ServedModel, output: RequestOutput) -> str:
 
 def _generated_text(body: TgiRequest, served: ServedModel, output: RequestOutput) -> str:
     """TGI's `generated_text`: the new text, the prompt first if asked."""
-    if body.parameters.return_full_text and not served.is_translation:
+    if body.parameters.return_full_text:
         return body.inputs + _new_text(served, output)
     return _new_text(served, output)
 
 
-def _check_decoder_input_details(served: ServedModel, body: TgiRequest, stream: bool) -> None:
+def _check_prompt_options(served: ServedModel, body: TgiRequest, stream: bool) -> None:
+    """The options about the prompt: a translation model's input is a source, which is neither
+    returned with its translation (`echo` on /v1/completions is refused alike) nor scored."""
+    if body.parameters.return_full_text and served.is_translation:
+        raise ApiError(
+            422,
+            "parameters.return_full_text: a translation is not a continuation of its source",
+            param="parameters.return_full_text",
+        )
     if not body.parameters.decoder_input_details:
         return
     if stream:  # as TGI
@@ -158,7 +166,7 @@ def _start(
 
 async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str, str]]:
     served = served_model(request, body.model)
-    _check_decoder_input_details(served, body, stream=False)
+    _check_prompt_options(served, body, stream=False)
     params = sampling_params(body, request, served)
     ctx = Context.of(request, "inputs", "parameters.max_new_tokens")
     model_input = _model_input(served, body)
@@ -190,7 +198,7 @@ async def generate(body: TgiRequest, request: Request):
 @router.post("/generate_stream", response_class=EventStream)
 async def generate_stream(body: TgiRequest, request: Request):
     served = served_model(request, body.model)
-    _check_decoder_input_details(served, body, stream=True)
+    _check_prompt_options(served, body, stream=True)
     params = sampling_params(body, request, served)
     ctx = Context.of(request, "inputs", "parameters.max_new_tokens")
     started = _start(served, body, _model_input(served, body), params, ctx)

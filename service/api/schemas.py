@@ -356,6 +356,22 @@ class StreamOptions(Body):
 
 MAX_TOKENS_FIELDS = {"max_tokens", "max_completion_tokens"}
 
+# vLLM's extensions that we do not implement → the values that leave them off: any other value
+# is refused by name (a client that sends them with `extra_body` would otherwise be ignored).
+UNSUPPORTED_VLLM_OPTIONS: dict[str, tuple] = {
+    "use_beam_search": (None, False),
+    "length_penalty": (None, 1, 1.0),
+    "allowed_token_ids": (None, []),
+    "bad_words": (None, []),
+    "truncate_prompt_tokens": (None,),
+    "prompt_logprobs": (None,),
+    "guided_json": (None,),
+    "guided_regex": (None,),
+    "guided_choice": (None,),
+    "guided_grammar": (None,),
+    "structured_outputs": (None,),
+}
+
 
 class OpenAIBody(Body):
     """What OpenAI's completions and chat completions bodies share; unsupported options are
@@ -382,7 +398,20 @@ class OpenAIBody(Body):
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
     top_k: int = Field(0, ge=-1)  # 0 or -1: off
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
     repetition_penalty: float = Field(1.0, gt=0.0)
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    include_stop_str_in_output: bool = False
+    response_format: dict | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported_vllm_options(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for name, off in UNSUPPORTED_VLLM_OPTIONS.items():
+                if name in data and not any(data[name] == value for value in off):
+                    raise FieldError(name, f"{name} is not supported")
+        return data
 
     @property
     def num_top_logprobs(self) -> int:
@@ -410,12 +439,16 @@ class OpenAIBody(Body):
         """Whether a translation model translates the input whole, not segment by segment
         (segments.py): the client's own split_sentences says; without it, whether an option
         counts the tokens or reads the text of the whole completion (the client's own max
-        tokens, min_tokens, ignore_eos, stop or logprobs), where each would otherwise apply to
+        tokens, min_tokens, ignore_eos, stop, stop_token_ids or logprobs), where each would otherwise apply to
         each segment."""
         if "split_sentences" in self.model_fields_set:
             return not self.split_sentences
         would_apply_per_segment = (
-            self.has_own_max_tokens or self.min_tokens or self.ignore_eos or self.stop
+            self.has_own_max_tokens
+            or self.min_tokens
+            or self.ignore_eos
+            or self.stop
+            or self.stop_token_ids
         )
         return bool(would_apply_per_segment) or self.asks_logprobs
 
@@ -451,6 +484,8 @@ class OpenAIBody(Body):
             raise FieldError(
                 "min_tokens", f"min_tokens ({self.min_tokens}) is over {name} ({max_tokens})"
             )
+        if self.response_format not in (None, {"type": "text"}):
+            raise FieldError("response_format", 'response_format: only {"type": "text"}')
         return self
 
 
@@ -478,8 +513,10 @@ class CompletionRequest(OpenAIBody):
             raise FieldError("max_tokens", "max_tokens: 0 only with echo (the prompt alone)")
         if self.suffix:
             raise FieldError("suffix", "suffix is not supported")
-        if self.best_of not in (None, 1, self.n):
-            raise FieldError("best_of", "best_of is not supported")
+        if self.best_of is not None and self.best_of < self.n:
+            raise FieldError("best_of", f"best_of ({self.best_of}) must be at least n ({self.n})")
+        if self.best_of not in (None, self.n):
+            raise FieldError("best_of", "best_of over n is not supported")
         return self
 
 
@@ -511,7 +548,6 @@ class ChatCompletionRequest(OpenAIBody):
     tool_choice: Any = None  # any value but "none" is refused, named
     functions: list | None = None  # the deprecated form of tools
     function_call: Any = None
-    response_format: dict | None = None
 
     @property
     def num_top_logprobs(self) -> int:
@@ -566,8 +602,6 @@ class ChatCompletionRequest(OpenAIBody):
             raise FieldError("tool_choice", "tool_choice: function calling is not supported")
         if self.functions or self.function_call not in (None, "none"):
             raise FieldError("functions", "functions (function calling) are not supported")
-        if self.response_format not in (None, {"type": "text"}):
-            raise FieldError("response_format", 'response_format: only {"type": "text"}')
         return self
 
 

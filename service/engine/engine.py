@@ -111,7 +111,9 @@ class LLMEngine:
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
 
         def make(params: SamplingParams) -> Request:
-            detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop)
+            detokenizer = IncrementalDetokenizer(
+                self.tokenizer, params.stop, params.include_stop_string
+            )
             return Request(
                 request_id, input_ids, params, detokenizer, decoder_start, cfg.eos_token_id, arrival
             )
@@ -352,10 +354,10 @@ class LLMEngine:
             top = dict(zip(ids.tolist(), values.tolist(), strict=True))
             request.output_top_logprobs.append(top | {token: logprob})
         request.beams[0].tokens.append(token)
-        is_stop_token = (token == cfg.eos_token_id and not params.ignore_eos) or (
-            token in params.stop_token_ids
-        )
-        delta = "" if is_stop_token else request.detokenizer.add([token])
+        is_eos = token == cfg.eos_token_id and not params.ignore_eos
+        is_stop_token = is_eos or token in params.stop_token_ids
+        # a stop token's text is part of the output, as vLLM's (a special token has none)
+        delta = "" if is_eos else request.detokenizer.add([token])
         reason = None
         if is_stop_token or request.detokenizer.stopped_on is not None:
             reason = FinishReason.STOP

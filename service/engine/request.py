@@ -27,6 +27,7 @@ class SamplingParams:
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
     typical_p: float = 1.0  # 1: off (locally typical sampling, as TGI and `generate()`)
+    min_p: float = 0.0  # 0: off (vLLM's: drop tokens less likely than min_p × the likeliest's)
     repetition_penalty: float = (
         1.0  # 1: off (CTRL-style: divide positive logits, multiply negative)
     )
@@ -36,8 +37,9 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit) pairs
     seed: int | None = None  # sampling is reproducible per request, whatever else is in the batch
     num_top_logprobs: int = 0  # also report the most likely tokens of each step (not for beams)
-    stop_token_ids: tuple[int, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()  # end the output, with their text (as vLLM's)
     stop: tuple[str, ...] = ()  # stop strings; the text ends before the first one
+    include_stop_string: bool = False  # the text ends after the stop string instead
     ignore_eos: bool = False
     beam_size: int = 1  # > 1: beam search (greedy within the beams; no sampling)
     length_penalty: float = 1.0  # beam score = log-probability / length ** length_penalty
@@ -63,6 +65,7 @@ class SamplingParams:
             "top_k": self.top_k >= 0,
             "top_p": 0.0 < self.top_p <= 1.0,
             "typical_p": 0.0 < self.typical_p <= 1.0,
+            "min_p": 0.0 <= self.min_p <= 1.0,
             "repetition_penalty": 0.0 < self.repetition_penalty < math.inf,
             "presence_penalty": math.isfinite(self.presence_penalty),
             "frequency_penalty": math.isfinite(self.frequency_penalty),

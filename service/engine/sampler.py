@@ -1,8 +1,10 @@
-"""Next-token choice per request: greedy, or temperature / top-k / top-p / typical sampling with a
-per-request generator, after the penalties (repetition; presence and frequency), the banned
-repeated n-grams, the logit bias and the min-tokens mask."""
+"""Next-token choice per request: greedy, or temperature / top-k / top-p / typical / min-p
+sampling with a per-request generator, after the penalties (repetition; presence and
+frequency), the banned repeated n-grams, the logit bias and the min-tokens mask."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -79,6 +81,8 @@ def sample(logits: Tensor, request: Request) -> int:
         logits = logits.index_put((order[drop],), logits.new_tensor(float("-inf")))
     if params.typical_p < 1.0:
         logits = typical(logits, params.typical_p)
+    if params.min_p > 0.0:  # the best is at 0: a token's probability over the best's is exp(it)
+        logits = logits.masked_fill(logits < math.log(params.min_p), float("-inf"))
     probs = logits.softmax(-1)
     return int(torch.multinomial(probs.cpu(), 1, generator=request.generator))
 
