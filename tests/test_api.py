@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import httpx
 import openai
+import prometheus_client
 import pytest
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import HfHubHTTPError
@@ -23,7 +24,7 @@ from service.api import routes_chat, routes_openai
 from service.api.errors import ApiError
 from service.api.generation import Context, start
 from service.api.settings import Settings
-from service.engine import RequestTooLong
+from service.engine import FinishReason, RequestOutput, RequestTooLong
 from tests.server import ServerThread, free_port, tiny_checkpoints
 
 
@@ -834,6 +835,21 @@ def test_a_body_that_is_not_json_says_so(client):
     assert "content-type" not in r.request.headers and r.status_code == 200, r.text
     r = client.post("/v1/translate", content=b"text=hi")
     assert r.status_code == 422 and "not valid JSON" in r.json()["error"]
+
+
+def test_a_request_refused_for_its_model_is_counted_under_that_model(client):
+    before = metrics(client)
+    wrong_kind = client.post("/v1/translate", json={"text": "x", "model": "tiny-lm"})
+    assert wrong_kind.status_code == 422 and "tiny-lm" in wrong_kind.json()["error"]
+    invalid = client.post("/v1/translate", json={"text": "x", "model": "tiny-lm", "top_k": -1})
+    assert invalid.status_code == 422  # refused as invalid, before the route read the model
+    unknown = client.post("/v1/translate", json={"text": "x", "model": "nope"})
+    assert unknown.status_code == 422
+    after = metrics(client)
+    # a generator is served, so named; an unknown model is not
+    for model, count in (("tiny-lm", 2), ("", 1)):
+        label = f"attnserve_requests_total{{model={model},route=/v1/translate,status=422}}"
+        assert after[label] - before.get(label, 0) == count, label
 
 
 def test_malformed_json_and_oversized_bodies(client):
@@ -1885,6 +1901,41 @@ def test_metrics_parse_and_the_histograms_move(client):
     key = "attnserve_requests_total{model=tiny-mt,route=/v1/translate,status=200}"
     assert after[key] == before.get(key, 0) + 1
     assert after["attnserve_generation_tokens_total{model=tiny-mt}"] > 0
+
+
+def test_inter_token_latency_counts_the_gaps_between_tokens_and_no_more():
+    """A request's token outputs are counted once each: the first in time to first token, the
+    others in inter-token latency; a deadline's finish (no token) and a beam search's one
+    output at the end add no gap (fake outputs: a deadline mid-decode is a race otherwise)."""
+    from service.api.generation import _observed
+    from service.api.metrics import Metrics
+
+    def out(new: list[int], done: list[int], reason=None) -> RequestOutput:
+        timings = dict.fromkeys(("queue_ms", "prefill_ms", "decode_ms", "total_ms"), 1.0)
+        return RequestOutput("r", new, [0.0] * len(new), "", done, "", 3, len(done), reason,
+                             timings_ms=timings)  # fmt: skip
+
+    async def observe(outputs: list[RequestOutput]) -> dict[str, float]:
+        async def stream():
+            for o in outputs:
+                yield o
+
+        m = Metrics()
+        served = SimpleNamespace(model_id="m", record_finish=lambda: None)
+        ctx = SimpleNamespace(metrics=m, arrival=time.perf_counter())
+        async for _ in _observed(served, stream(), ctx, 3):
+            pass
+        text = prometheus_client.generate_latest(m.registry).decode()
+        return parse_metrics(text)
+
+    tokens = [out([5], [5]), out([6], [5, 6]), out([7], [5, 6, 7])]
+    sampled = [*tokens[:2], out([7], [5, 6, 7], FinishReason.STOP)]
+    cut = [*tokens, out([], [5, 6, 7], FinishReason.TIMEOUT)]
+    beams = [out([], []), out([], []), out([], [5, 6, 7], FinishReason.STOP)]
+    for outputs, gaps in ((sampled, 2), (cut, 2), (beams, 0)):
+        counted = asyncio.run(observe(outputs))
+        assert counted["attnserve_time_to_first_token_seconds_count{model=m}"] == 1
+        assert counted.get("attnserve_inter_token_latency_seconds_count{model=m}", 0) == gaps
 
 
 def test_the_route_label_is_the_routes_template_not_the_url(client):

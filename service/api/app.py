@@ -216,8 +216,8 @@ def _model_label(app: FastAPI, request: Request) -> str:
         return ""
     try:
         return registry.get(named, translation=request.url.path == "/v1/translate").model_id
-    except ApiError:  # a model not served
-        return ""
+    except ApiError:  # a model not served, or one this route does not serve (a generator)
+        return named if named in registry.models else ""
 
 
 def _model_in_path(app: FastAPI, path: str) -> str:

@@ -58,7 +58,10 @@ class Context:
 def served_model(http: HttpRequest, model_id: str | None, translation: bool = False) -> ServedModel:
     """The model a request names, or its route's default. From here on its id labels the
     request's counter and log line, refusals of its options included."""
-    served: ServedModel = http.app.state.registry.get(model_id, translation)
+    registry = http.app.state.registry
+    if model_id in registry.models:  # served, if perhaps not by this route (a generator)
+        http.state.model_id = model_id
+    served: ServedModel = registry.get(model_id, translation)
     http.state.model_id = served.model_id
     return served
 
@@ -187,7 +190,10 @@ async def _observed(
     try:
         async for output in outputs:
             now = time.perf_counter()
-            if output.new_token_ids or (output.finished and output.token_ids):
+            # a token came out: a new one, or a beam search's, which come all at the end (a
+            # deadline's finish brings none)
+            beam_search_done = output.finished and output.token_ids and last_token_at is None
+            if output.new_token_ids or beam_search_done:
                 if last_token_at is None:
                     m.ttft.labels(model).observe(now - ctx.arrival)
                 else:
