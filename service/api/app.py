@@ -217,7 +217,7 @@ def _model_label(app: FastAPI, request: Request) -> str:
     try:
         return registry.get(named, translation=request.url.path == "/v1/translate").model_id
     except ApiError:  # a model not served, or one this route does not serve (a generator)
-        return named if named in registry.models else ""
+        return named if named is not None and named in registry.models else ""
 
 
 def _model_in_path(app: FastAPI, path: str) -> str:
