@@ -137,7 +137,7 @@ send_requests() {
         -d '{"text": "Save the document", "stream": true}' >/dev/null
     curl -sf "$api/generate" -H "$json" -o /dev/null \
         -d '{"model": "en-lm", "inputs": "Click here to", "parameters": {"max_new_tokens": 8}}'
-    curl -s -o /dev/null "$api/v1/translate" -H "$json" -d '{"text": ""}'
+    curl -s -o /dev/null "$api/v1/translate" -H "$json" -d '{"text": "Open", "beam_size": 0}'
 }
 send_requests
 sleep 6  # > scrape_interval (5 s)
