@@ -439,8 +439,8 @@ class OpenAIBody(Body):
         """Whether a translation model translates the input whole, not segment by segment
         (segments.py): the client's own split_sentences says; without it, whether an option
         counts the tokens or reads the text of the whole completion (the client's own max
-        tokens, min_tokens, ignore_eos, stop, stop_token_ids or logprobs), where each would otherwise apply to
-        each segment."""
+        tokens, min_tokens, ignore_eos, stop, stop_token_ids or logprobs), where each would
+        otherwise apply to each segment."""
         if "split_sentences" in self.model_fields_set:
             return not self.split_sentences
         would_apply_per_segment = (
