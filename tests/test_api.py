@@ -1657,7 +1657,8 @@ def test_openai_logit_bias_and_vllm_extensions(server):
     near_greedy = openai_client.completions.create(**hot, extra_body={"min_p": 1.0})
     assert near_greedy.choices[0].text == free.text
     assert openai_client.completions.create(**hot).choices[0].text != free.text
-    # stop_token_ids: the output ends with the first one (its text included, as vLLM's)
+    # stop_token_ids: the output ends with the first one (its text left out, as vLLM's; kept
+    # with include_stop_str_in_output)
     details = {"max_new_tokens": 8, "details": True}
     body = {"model": "tiny-lm", "inputs": "Open", "parameters": details}
     tokens = httpx.post(f"{server.url}/generate", json=body).json()["details"]["tokens"]
@@ -1668,7 +1669,12 @@ def test_openai_logit_bias_and_vllm_extensions(server):
         **ask, extra_body={"stop_token_ids": [tokens[k]["id"]]}
     ).choices[0]
     assert stopped.finish_reason == "stop"
-    assert stopped.text == "".join(t["text"] for t in tokens[: first + 1])
+    assert stopped.text == "".join(t["text"] for t in tokens[:first])
+    kept = openai_client.completions.create(
+        **ask,
+        extra_body={"stop_token_ids": [tokens[k]["id"]], "include_stop_str_in_output": True},
+    ).choices[0]
+    assert kept.text == "".join(t["text"] for t in tokens[: first + 1])
     # include_stop_str_in_output: the text ends after the stop string, not before it
     stop = tokens[k]["text"]
     cut = openai_client.completions.create(**ask, stop=[stop]).choices[0].text

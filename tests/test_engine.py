@@ -576,8 +576,16 @@ def test_stop_token_min_and_max_new_tokens(tokenizer):
     )[0]
     assert stopped.token_ids == free.token_ids[: first + 1]
     assert stopped.finish_reason == FinishReason.STOP
-    assert engine.tokenizer.decode([stop_id])  # a token with text, which ends the output
-    assert stopped.text == engine.tokenizer.decode(free.token_ids[: first + 1])  # as vLLM's
+    assert engine.tokenizer.decode([stop_id])  # a token with text, which the output leaves out
+    assert stopped.text == engine.tokenizer.decode(free.token_ids[:first])
+    kept = engine.generate(  # unless it keeps the stop strings' text (vLLM's option)
+        [[9, 10]],
+        SamplingParams(
+            max_new_tokens=12, stop_token_ids=(stop_id,), ignore_eos=True, include_stop_string=True
+        ),
+    )[0]
+    assert kept.token_ids == stopped.token_ids
+    assert kept.text == engine.tokenizer.decode(free.token_ids[: first + 1])
     at_least = engine.generate(
         [[9, 10]],
         SamplingParams(max_new_tokens=12, min_new_tokens=first + 2, stop_token_ids=(stop_id,)),

@@ -356,8 +356,9 @@ class LLMEngine:
         request.beams[0].tokens.append(token)
         is_eos = token == cfg.eos_token_id and not params.ignore_eos
         is_stop_token = is_eos or token in params.stop_token_ids
-        # a stop token's text is part of the output, as vLLM's (a special token has none)
-        delta = "" if is_eos else request.detokenizer.add([token])
+        # a stop token's text is left out, as vLLM's, unless the stop strings' is kept
+        keep_text = not is_stop_token or (params.include_stop_string and not is_eos)
+        delta = request.detokenizer.add([token]) if keep_text else ""
         reason = None
         if is_stop_token or request.detokenizer.stopped_on is not None:
             reason = FinishReason.STOP

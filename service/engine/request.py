@@ -37,9 +37,9 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit) pairs
     seed: int | None = None  # sampling is reproducible per request, whatever else is in the batch
     num_top_logprobs: int = 0  # also report the most likely tokens of each step (not for beams)
-    stop_token_ids: tuple[int, ...] = ()  # end the output, with their text (as vLLM's)
+    stop_token_ids: tuple[int, ...] = ()  # end the output; their text is left out, as EOS's
     stop: tuple[str, ...] = ()  # stop strings; the text ends before the first one
-    include_stop_string: bool = False  # the text ends after the stop string instead
+    include_stop_string: bool = False  # the text ends after the stop string (or token) instead
     ignore_eos: bool = False
     beam_size: int = 1  # > 1: beam search (greedy within the beams; no sampling)
     length_penalty: float = 1.0  # beam score = log-probability / length ** length_penalty
