@@ -85,6 +85,16 @@ def split_text(text: str) -> Segments | None:
     return Segments(sources, between, line_numbers)
 
 
+def trim_text(text: str) -> Segments | None:
+    """A text given to the model whole, as one segment without the white space and invisible
+    characters at its edges (a byte order mark from a file, a trailing line break), which stay
+    around its translation; None when it has none there, or is blank."""
+    lead, core, trail = _edges(text)
+    if not core or not (lead or trail):
+        return None
+    return Segments([core], [lead, trail], [1])
+
+
 def _edges(line: str) -> tuple[str, str, str]:
     """A line as its leading white space, what is between, and its trailing white space (line
     break included); invisible characters count as white space."""

@@ -231,6 +231,26 @@ def test_translate_n_best_is_sorted_by_score(client):
     assert client.post("/v1/translate", json=sampled).json()["translations"][0]["score"] < 0
 
 
+def test_a_text_given_whole_keeps_its_edges_from_the_model(client):
+    """A byte order mark or a line break at the edges never reaches the model, split or not
+    (the OpenAI routes give a text whole when the request sets max_tokens, as chat UIs do)."""
+    body = {"text": "Save the document as PDF", "beam_size": 1, "split_sentences": False}
+    plain = client.post("/v1/translate", json=body).json()
+    edged = client.post("/v1/translate", json=body | {"text": "\ufeff" + body["text"] + "\n"})
+    edged = edged.json()
+    assert edged["translations"][0]["text"] == "\ufeff" + plain["translations"][0]["text"] + "\n"
+    assert edged["usage"] == plain["usage"]
+    chat = {"model": "tiny-mt", "temperature": 0, "max_tokens": 20}
+    said = {"role": "user", "content": "Save the document as PDF"}
+    alone = client.post("/v1/chat/completions", json=chat | {"messages": [said]}).json()
+    said = said | {"content": "\ufeff" + said["content"]}
+    bom = client.post("/v1/chat/completions", json=chat | {"messages": [said]}).json()
+    assert bom["choices"][0]["message"]["content"] == (
+        "\ufeff" + alone["choices"][0]["message"]["content"]
+    )
+    assert bom["usage"]["prompt_tokens"] == alone["usage"]["prompt_tokens"]
+
+
 def test_a_blank_text_is_its_own_translation_and_leaves_the_batch_whole(server, client):
     """A column of UI strings with empty cells: every other text is translated, in order."""
     texts = ["Open the file", "", " \t\n", "\u200b\ufeff", "Save as"]

@@ -10,7 +10,7 @@ from unittest.mock import patch
 import pytest
 
 from model.evaluate import translate
-from model.segment import split_sentences, split_text
+from model.segment import split_sentences, split_text, trim_text
 from model.tokenizer import Tokenizer, train_tokenizer
 from service.api.segments import _for_segment, in_order, merge, start_segmented
 from service.engine import FinishReason, Hypothesis, RequestOutput, SamplingParams
@@ -202,3 +202,10 @@ def test_in_order_streams_the_segments_one_after_the_other_whatever_finishes_fir
     assert [o.finished for o in outs] == [False, False, False, True]
     assert outs[-1].text == "Geh. Lauf.\n\n"  # the third segment translated to nothing
     assert "".join(o.text_delta for o in outs) == outs[-1].text
+
+
+def test_trim_text_keeps_the_edges_of_a_text_given_whole():
+    trimmed = trim_text("\ufeff  Open the file. Save it.\n")
+    assert trimmed is not None and trimmed.sources == ["Open the file. Save it."]
+    assert trimmed.join(["X"]) == "\ufeff  X\n"
+    assert trim_text("Open the file") is None and trim_text(" \u200b") is None

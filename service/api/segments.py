@@ -24,6 +24,7 @@ from service.engine import (
     Segments,
     is_blank,
     split_text,
+    trim_text,
 )
 
 
@@ -55,7 +56,8 @@ def start_segmented(
     keep_blank: bool = False,
 ) -> list[Segmented]:
     """`start_all`, with each text that a translation model is given cut into its lines and
-    sentences (unless not `split`): one engine request per segment and choice, all queued or
+    sentences (unless not `split`: then only the white space and invisible characters at its
+    edges are kept from the model): one engine request per segment and choice, all queued or
     none. An error names the segment's line (`text[2], line 3: ...`). With `keep_blank`, a
     translation model's blank text (empty, or only whitespace) is its own translation and
     queues nothing; without, it is refused (`refuse_blank`)."""
@@ -69,8 +71,8 @@ def start_segmented(
             groups.append((None, [], len(jobs)))
             continue
         segments = None
-        if split and served.is_translation and isinstance(prompt, str):
-            segments = split_text(prompt)
+        if served.is_translation and isinstance(prompt, str):
+            segments = split_text(prompt) if split else trim_text(prompt)
         sources: list[str | list[int]] = list(segments.sources) if segments else [prompt]
         name = f"{ctx.input_param}[{g}]" if len(prompts) > 1 else ctx.input_param
         groups.append((segments, sources, len(jobs)))

@@ -1,6 +1,11 @@
 """The engine: paged KV cache, continuous batching, sampling and beam search (see engine.py)."""
 
-from model.segment import Segments, is_blank, split_text  # for the HTTP layer, which sees no model
+from model.segment import (
+    Segments,
+    is_blank,
+    split_text,
+    trim_text,
+)  # for the HTTP layer, which sees no model
 from service.engine.async_engine import AsyncEngine
 from service.engine.config import EngineConfig, StepStats, device_problem, quantize_problem
 from service.engine.engine import LLMEngine
@@ -29,6 +34,7 @@ __all__ = [
     "StepStats",
     "device_problem",
     "is_blank",
+    "trim_text",
     "quantize_problem",
     "split_text",
 ]
