@@ -251,6 +251,18 @@ def test_a_text_given_whole_keeps_its_edges_from_the_model(client):
     assert bom["usage"]["prompt_tokens"] == alone["usage"]["prompt_tokens"]
 
 
+def test_a_chat_messages_text_parts_are_its_lines(client):
+    chat = {"model": "tiny-mt", "temperature": 0, "max_tokens": 20}
+    parts = [{"type": "text", "text": "Open the file"}, {"type": "text", "text": "Save"}]
+    as_parts = {"messages": [{"role": "user", "content": parts}]}
+    as_lines = {"messages": [{"role": "user", "content": "Open the file\nSave"}]}
+    answers = [
+        client.post("/v1/chat/completions", json=chat | m).json() for m in (as_parts, as_lines)
+    ]
+    assert answers[0]["choices"] == answers[1]["choices"]
+    assert answers[0]["usage"] == answers[1]["usage"]
+
+
 def test_a_blank_text_is_its_own_translation_and_leaves_the_batch_whole(server, client):
     """A column of UI strings with empty cells: every other text is translated, in order."""
     texts = ["Open the file", "", " \t\n", "\u200b\ufeff", "Save as"]
@@ -1322,7 +1334,7 @@ def test_openai_chat_completions_translate_the_users_last_message(server, client
         {"role": "system", "content": "Translate into German."},
         {"role": "user", "content": "Save"},
         {"role": "assistant", "content": "..."},
-        {"role": "user", "content": [{"type": "text", "text": "Open the "}, {"type": "text", "text": "file"}]},
+        {"role": "user", "content": [{"type": "text", "text": "Open the file"}]},
     ]  # fmt: skip
     ask = dict(model="tiny-mt", messages=messages, temperature=0, max_tokens=12)
     done = chat.create(**ask)

@@ -532,7 +532,7 @@ class ChatMessage(Body):
     @property
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(part["text"] for part in self.content)
+            return "\n".join(part["text"] for part in self.content)  # a line each, as vLLM
         return self.content or ""
 
 
