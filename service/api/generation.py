@@ -164,7 +164,9 @@ def start_all(
         )
     num_requests = served.llm.num_requests
     if num_requests + len(jobs) > capacity:
-        raise _overloaded(served, f"{num_requests} requests are already running or waiting")
+        # engine requests: a text's segments and a prompt's n choices are one each
+        why = f"{num_requests} generations are already running or waiting"
+        raise _overloaded(served, why)
     streams = []
     try:
         for k, (prompt, params) in enumerate(jobs):
