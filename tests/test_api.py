@@ -1803,15 +1803,20 @@ def test_extreme_sampling_values_answer_and_leave_other_requests_alone(server):
     wait_idle(server, "tiny-lm")
 
 
+def all_at_once(server: ServerThread, n: int) -> list[httpx.Response]:
+    """`n` generations of 64 tokens sent together."""
+
+    async def send() -> list[httpx.Response]:
+        body = {"inputs": "Open", "parameters": {"max_new_tokens": 64}, "model": "tiny-lm"}
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as c:
+            return await asyncio.gather(*(c.post("/generate", json=body) for _ in range(n)))
+
+    return asyncio.run(send())
+
+
 def test_a_flood_beyond_the_queue_gets_429_with_retry_after_and_no_5xx(models):
     with ServerThread(settings(models, max_running_requests=1, max_queued_requests=2)) as small:
-
-        async def flood() -> list[httpx.Response]:
-            body = {"inputs": "Open", "parameters": {"max_new_tokens": 64}, "model": "tiny-lm"}
-            async with httpx.AsyncClient(base_url=small.url, timeout=120) as c:
-                return await asyncio.gather(*(c.post("/generate", json=body) for _ in range(30)))
-
-        responses = asyncio.run(flood())
+        responses = all_at_once(small, 30)
         statuses = [r.status_code for r in responses]
         # The running slot and the queue's 2 are served (more if some finished meanwhile);
         # the rest are refused at once.
@@ -1825,14 +1830,8 @@ def test_a_flood_beyond_the_queue_gets_429_with_retry_after_and_no_5xx(models):
 def test_a_burst_that_fits_the_running_slots_and_the_queue_is_all_served(models):
     """All at once on an idle server, before a step admits any: 2 to run and 2 to queue."""
     with ServerThread(settings(models, max_running_requests=2, max_queued_requests=2)) as small:
-
-        async def burst() -> list[httpx.Response]:
-            body = {"inputs": "Open", "parameters": {"max_new_tokens": 64}, "model": "tiny-lm"}
-            async with httpx.AsyncClient(base_url=small.url, timeout=120) as c:
-                return await asyncio.gather(*(c.post("/generate", json=body) for _ in range(4)))
-
         for _ in range(3):
-            assert [r.status_code for r in asyncio.run(burst())] == [200] * 4
+            assert [r.status_code for r in all_at_once(small, 4)] == [200] * 4
             wait_idle(small, "tiny-lm")
 
 

@@ -34,7 +34,7 @@ __all__ = [
     "StepStats",
     "device_problem",
     "is_blank",
-    "trim_text",
     "quantize_problem",
     "split_text",
+    "trim_text",
 ]
