@@ -530,6 +530,33 @@ def test_rows_read_in_length_groups_give_the_same_tokens(tokenizer, architecture
     assert_cache_empty(engine)
 
 
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_inputs_run_in_length_groups_give_the_same_tokens(tokenizer, architecture, monkeypatch):
+    """Admitted in one step, inputs of 1-40 tokens are encoded (translation) or prefilled
+    (prompts) in 4 forwards of similar lengths; each request's tokens equal the reference's."""
+    engine = make_engine(tokenizer, architecture)
+    engine.runner.min_prefill_split_saving = 1
+    sizes: list[list[int]] = []
+    length_groups = engine.runner.length_groups
+
+    def spy(*args, **kwargs):
+        groups = length_groups(*args, **kwargs)
+        sizes.append([len(g) for g in groups])
+        return groups
+
+    monkeypatch.setattr(engine.runner, "length_groups", spy)
+    rng = random.Random(5)
+    inputs = [
+        [rng.randrange(4, tokenizer.vocab_size) for _ in range(n)]
+        for n in (40, 1, 23, 7, 31, 2, 15, 9)
+    ]
+    outputs = engine.generate(inputs, GREEDY)
+    assert len(sizes[0]) == 4 and sum(sizes[0]) == len(inputs), sizes
+    for ids, output in zip(inputs, outputs, strict=True):
+        assert output.token_ids == greedy_reference(engine.model, ids, 24)
+    assert_cache_empty(engine)
+
+
 def test_beams_share_blocks_until_they_diverge(tokenizer):
     engine = make_engine(tokenizer, "encoder-decoder", block_size=8)
     engine.add_request([5, 6, 7, 8], SamplingParams(max_new_tokens=30, beam_size=4))
