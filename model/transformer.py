@@ -327,6 +327,21 @@ class Transformer(nn.Module):
             x = layer(x, mask)
         return self.encoder_norm(x) if self.encoder_norm is not None else x
 
+    def encode_packed(self, sources: list[list[int]]) -> Tensor:
+        """The memory of several sources laid end to end, without padding: (1, N, D) for their
+        N tokens in all. Each source attends only to itself (a block-diagonal mask) and counts
+        its positions from 0, so its rows are `encode` of it alone, up to rounding."""
+        device = self.embed.tokens.weight.device
+        lengths = torch.tensor([len(s) for s in sources])
+        ids = torch.tensor([t for s in sources for t in s], device=device)[None]  # (1, N)
+        positions = torch.cat([torch.arange(n) for n in lengths.tolist()]).to(device)
+        source = torch.repeat_interleave(torch.arange(len(sources)), lengths).to(device)  # (N,)
+        mask = (source[:, None] == source[None, :])[None, None] if len(sources) > 1 else None
+        x = self.embed(ids, positions)
+        for layer in self.encoder_layers:
+            x = layer(x, mask)
+        return self.encoder_norm(x) if self.encoder_norm is not None else x
+
     def decode(
         self,
         tgt_ids: Tensor,  # (B, T): new target tokens (all of them without a cache)

@@ -530,28 +530,53 @@ def test_rows_read_in_length_groups_give_the_same_tokens(tokenizer, architecture
     assert_cache_empty(engine)
 
 
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_inputs_run_in_length_groups_give_the_same_tokens(tokenizer, architecture, monkeypatch):
-    """Admitted in one step, inputs of 1-40 tokens are encoded (translation) or prefilled
-    (prompts) in 4 forwards of similar lengths; each request's tokens equal the reference's."""
-    engine = make_engine(tokenizer, architecture)
+def mixed_inputs(tokenizer, lengths=(40, 1, 23, 7, 31, 2, 15, 9)) -> list[list[int]]:
+    rng = random.Random(5)
+    return [[rng.randrange(4, tokenizer.vocab_size) for _ in range(n)] for n in lengths]
+
+
+def test_sources_encoded_packed_give_the_same_tokens(tokenizer, monkeypatch):
+    """Admitted in one step, sources of 1-40 tokens are encoded end to end without padding, at
+    most `max_packed_tokens` per forward; greedy and beam 4 tokens equal the reference's."""
+    engine = make_engine(tokenizer, "encoder-decoder")
+    engine.runner.max_packed_tokens = 50
+    packed: list[list[int]] = []
+    encode_packed = engine.model.encode_packed
+
+    def spy(sources):
+        packed.append([len(s) for s in sources])
+        return encode_packed(sources)
+
+    monkeypatch.setattr(engine.model, "encode_packed", spy)
+    inputs = mixed_inputs(tokenizer)
+    outputs = engine.generate(inputs, GREEDY)
+    assert packed == [[40, 1], [23, 7], [31, 2, 15], [9]]
+    for ids, output in zip(inputs, outputs, strict=True):
+        assert output.token_ids == greedy_reference(engine.model, ids, 24)
+    beam = SamplingParams(max_new_tokens=12, beam_size=4)
+    for ids, output in zip(inputs, engine.generate(inputs, beam), strict=True):
+        (best,) = beam_search_batch(engine.model, [ids], 4, 12, 1.0)[0]  # alone
+        assert output.token_ids == best.token_ids
+    assert_cache_empty(engine)
+
+
+def test_prompts_prefilled_in_length_groups_give_the_same_tokens(tokenizer, monkeypatch):
+    """Admitted in one step, prompts of 1-40 tokens are prefilled in 4 forwards of similar
+    lengths, each padded to its own longest; each request's tokens equal the reference's."""
+    engine = make_engine(tokenizer, "decoder-only")
     engine.runner.min_prefill_split_saving = 1
     sizes: list[list[int]] = []
     length_groups = engine.runner.length_groups
 
-    def spy(*args, **kwargs):
-        groups = length_groups(*args, **kwargs)
-        sizes.append([len(g) for g in groups])
+    def spy(requests):
+        groups = length_groups(requests)
+        sizes.append([len(g[0].input_ids) for g in groups])
         return groups
 
     monkeypatch.setattr(engine.runner, "length_groups", spy)
-    rng = random.Random(5)
-    inputs = [
-        [rng.randrange(4, tokenizer.vocab_size) for _ in range(n)]
-        for n in (40, 1, 23, 7, 31, 2, 15, 9)
-    ]
+    inputs = mixed_inputs(tokenizer)
     outputs = engine.generate(inputs, GREEDY)
-    assert len(sizes[0]) == 4 and sum(sizes[0]) == len(inputs), sizes
+    assert len(sizes) == 1 and len(sizes[0]) == 4 and sizes[0][0] == 40, sizes
     for ids, output in zip(inputs, outputs, strict=True):
         assert output.token_ids == greedy_reference(engine.model, ids, 24)
     assert_cache_empty(engine)

@@ -57,6 +57,16 @@ def test_source_padding_does_not_change_outputs():
     assert not torch.allclose(alone, unmasked, atol=1e-3)
 
 
+def test_sources_encoded_packed_equal_each_source_encoded_alone():
+    model = tiny_model("encoder-decoder")
+    sources = [random_ids(1, n, seed=n)[0].tolist() for n in (7, 1, 12, 4)]
+    with torch.inference_mode():
+        packed = model.encode_packed(sources)  # (1, 24, D)
+        alone = torch.cat([model.encode(torch.tensor([s]))[0] for s in sources])
+    assert packed.shape == (1, 24, model.config.d_model)
+    torch.testing.assert_close(packed[0], alone, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_a_sequence_in_a_right_padded_batch_gets_the_same_logits_as_alone(architecture):
     model = tiny_model(architecture)

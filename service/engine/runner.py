@@ -4,8 +4,6 @@ admitted prompts, and decodes one token for every running beam."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
@@ -32,11 +30,13 @@ class ModelRunner:
     # More groups pad less but cost a gather and an attention call each, per layer; 4 took the
     # base model's beam-4 padding from 3.96 M to 2.12 M key positions (docs/benchmarks.md).
     max_read_groups = 4
-    # Sources (encoder) and prompts (prefill) run in groups of similar length too, each a forward
-    # of its own padded to its own longest: one more forward costs about as much as this many
-    # padded positions. In a batch of 32 test sentences (mean 12 tokens, longest 65), padding to
-    # the longest made the encoder run 2x the positions it had to.
+    # Prompts (prefill) run in groups of similar length too, each a forward of its own padded to
+    # its own longest: one more forward costs about as much as this many padded positions.
     min_prefill_split_saving = 32
+    # Sources admitted together are encoded packed end to end, without padding
+    # (`Transformer.encode_packed`), up to this many tokens per forward: the cost of their
+    # block-diagonal attention mask grows with its square.
+    max_packed_tokens = 256
 
     def __init__(self, model: Transformer, cache: PagedKVCache, compile: bool = False):
         self.model = model
@@ -88,7 +88,7 @@ class ModelRunner:
         if self.config.is_encoder_decoder:
             self._write_memory(requests)
         logits = {}
-        for group in self.length_groups(requests, lambda r: len(r.beams[0].tokens), rows=True):
+        for group in self.length_groups(requests):
             logits |= {id(r): x for r, x in zip(group, self._prefill(group), strict=True)}
         return [logits[id(r)] for r in requests]
 
@@ -173,36 +173,37 @@ class ModelRunner:
         batch.cross_kv, batch.cross_mask = self._cross_kv, self._cross_mask
         batch.cross_groups = row_groups([len(r.beams) for r in requests], self.device)
 
-    def length_groups(
-        self, requests: list[Request], length: Callable[[Request], int], rows: bool
-    ) -> list[list[Request]]:
-        """`requests` longest first (by `length(request)`), in runs of similar length to be run
-        apart, each padded to its own longest (`split_by_length`). A request is one row, or
-        (`rows`) one per beam."""
-        ordered = sorted(requests, key=length, reverse=True)
+    def length_groups(self, requests: list[Request]) -> list[list[Request]]:
+        """`requests` longest first, in runs of similar length to be prefilled apart, each padded
+        to its own longest (`split_by_length`)."""
+        ordered = sorted(requests, key=lambda r: len(r.beams[0].tokens), reverse=True)
         runs = split_by_length(
-            [length(r) for r in ordered],
-            [len(r.beams) if rows else 1 for r in ordered],
+            [len(r.beams[0].tokens) for r in ordered],
+            [len(r.beams) for r in ordered],
             self.min_prefill_split_saving,
             self.max_read_groups,
         )
         return [ordered[a:b] for a, b in runs]
 
     def _write_memory(self, requests: list[Request]) -> None:
-        """Encode the sources once and store every layer's cross-attention K/V in their blocks,
-        sources of similar length together."""
-        for group in self.length_groups(requests, lambda r: len(r.input_ids), rows=False):
-            self._encode(group)
+        """Encode the sources once and store every layer's cross-attention K/V in their blocks:
+        packed end to end, up to `max_packed_tokens` per forward."""
+        packed: list[Request] = []
+        for request in requests:
+            num_tokens = sum(len(r.input_ids) for r in packed) + len(request.input_ids)
+            if packed and num_tokens > self.max_packed_tokens:
+                self._encode(packed)
+                packed = []
+            packed.append(request)
+        self._encode(packed)
 
     def _encode(self, requests: list[Request]) -> None:
         sources = [r.input_ids for r in requests]
-        src, src_valid = (t.to(self.device) for t in pad_batch(sources, self.config.pad_token_id))
-        memory = self.model.encode(src, src_valid)  # (R, S, D)
-        slots = slots_of(
-            [r.cross_blocks for r in requests], [len(s) for s in sources], self.cache.block_size
-        )
-        slots = slots.masked_fill(~src_valid.cpu(), SCRATCH_BLOCK * self.cache.block_size)
-        self.model.write_cross_kv(memory, self.cache, slots.reshape(-1).to(self.device))
+        memory = self.model.encode_packed(sources)  # (1, N, D)
+        lengths = [len(s) for s in sources]
+        slots = slots_of([r.cross_blocks for r in requests], lengths, self.cache.block_size)
+        valid = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
+        self.model.write_cross_kv(memory, self.cache, slots[valid].to(self.device))
 
     def _add_cross(self, batch: PagedBatch, row_requests: list[Request]) -> None:
         """Each row reads its request's cross-attention K/V (encoder-decoder only)."""
