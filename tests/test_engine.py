@@ -560,6 +560,56 @@ def test_sources_encoded_packed_give_the_same_tokens(tokenizer, monkeypatch):
     assert_cache_empty(engine)
 
 
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_sources_encoded_ahead_join_later_with_the_same_tokens(tokenizer, monkeypatch, beam_size):
+    """Two running slots, eight requests: the first step encodes six sources (two admitted, four
+    ahead), which join later steps already encoded; each request's tokens equal the reference's."""
+    engine = make_engine(tokenizer, "encoder-decoder", max_running_requests=2, encode_ahead=6)
+    packed: list[int] = []
+    encode_packed = engine.model.encode_packed
+    monkeypatch.setattr(
+        engine.model,
+        "encode_packed",
+        lambda sources: packed.append(len(sources)) or encode_packed(sources),
+    )
+    inputs = mixed_inputs(tokenizer)
+    params = SamplingParams(max_new_tokens=12, beam_size=beam_size)
+    outputs = engine.generate(inputs, params)
+    assert packed[0] == 6 and sum(packed) == len(inputs), packed
+    for ids, output in zip(inputs, outputs, strict=True):
+        if beam_size == 1:
+            assert output.token_ids == greedy_reference(engine.model, ids, 12)
+        else:
+            (best,) = beam_search_batch(engine.model, [ids], beam_size, 12, 1.0)[0]
+            assert output.token_ids == best.token_ids
+    assert_cache_empty(engine)
+
+
+def test_a_failed_step_encodes_its_waiting_sources_again(tokenizer, monkeypatch):
+    """The step that was to encode them ahead fails: the two it admitted finish with the error,
+    the waiting ones are encoded again when admitted, and give the reference's tokens."""
+    engine = make_engine(tokenizer, "encoder-decoder", max_running_requests=2, encode_ahead=4)
+    inputs = mixed_inputs(tokenizer)[:4]
+    requests = [engine.add_request(ids, GREEDY) for ids in inputs]
+    write_cross_kv = engine.model.write_cross_kv
+
+    def broken(*args):
+        monkeypatch.setattr(engine.model, "write_cross_kv", write_cross_kv)  # once
+        raise RuntimeError("encoder broke")
+
+    monkeypatch.setattr(engine.model, "write_cross_kv", broken)
+    finished = {}
+    while engine.has_unfinished:
+        finished |= {o.request_id: o for o in engine.step() if o.finished}
+    for request, ids in zip(requests, inputs, strict=True):
+        output = finished[request.request_id]
+        if request in requests[:2]:
+            assert output.finish_reason == FinishReason.ERROR and "encoder broke" in output.error
+        else:
+            assert output.token_ids == greedy_reference(engine.model, ids, 24)
+    assert_cache_empty(engine)
+
+
 def test_prompts_prefilled_in_length_groups_give_the_same_tokens(tokenizer, monkeypatch):
     """Admitted in one step, prompts of 1-40 tokens are prefilled in 4 forwards of similar
     lengths, each padded to its own longest; each request's tokens equal the reference's."""
@@ -697,8 +747,8 @@ def test_a_beam_search_cut_by_its_deadline_returns_its_best_beams_so_far(tokeniz
     run, eos = engine.runner.run, engine.model_config.eos_token_id
 
     @torch.inference_mode()
-    def never_eos(prefill, decode):  # so no beam finishes before the deadline
-        logits = run(prefill, decode)
+    def never_eos(prefill, decode, encode=()):  # so no beam finishes before the deadline
+        logits = run(prefill, decode, encode)
         for x in logits:
             x[:, eos] = float("-inf")
         return logits
@@ -930,8 +980,8 @@ def force_next_token(engine: LLMEngine, pick) -> None:
     run = engine.runner.run
 
     @torch.inference_mode()
-    def forced(prefill, decode):
-        logits = run(prefill, decode)
+    def forced(prefill, decode, encode=()):
+        logits = run(prefill, decode, encode)
         for request, x in zip(prefill + decode, logits, strict=True):
             if (token := pick(request)) is not None:
                 x[:, token] = x.max() + 10

@@ -122,3 +122,66 @@ def test_shared_blocks_are_copied_before_a_write_and_freed_by_the_last_owner():
     blocks.free(parent)
     blocks.free(child)
     assert blocks.num_used == 0
+
+
+def test_a_step_that_encodes_also_encodes_the_sources_next_in_line():
+    s = scheduler(max_running_requests=2, encode_ahead=4)
+    for name in "abcdef":
+        s.add(request(name, 3))
+    out = s.schedule()
+    assert [r.request_id for r in out.prefill] == ["a", "b"]
+    assert [r.request_id for r in out.encode] == ["a", "b", "c", "d"]  # c, d: ahead
+    c, d, e, f = s.waiting
+    assert c.cross_blocks and d.cross_blocks and not e.cross_blocks and not f.cross_blocks
+    assert s.prefill_tokens(c) == 1 and s.prefill_tokens(e) == 3 + 1  # source encoded already
+    s.finish(s.running[0], FinishReason.STOP)
+    out = s.schedule()
+    assert [r.request_id for r in out.prefill] == ["c"] and out.encode == []
+    for r in list(s.running):
+        s.finish(r, FinishReason.STOP)
+    out = s.schedule()
+    assert [r.request_id for r in out.prefill] == ["d", "e"]
+    assert [r.request_id for r in out.encode] == ["e", "f"]  # d was encoded; f is next in line
+    for r in list(s.running) + list(s.waiting):
+        s.finish(r, FinishReason.CANCELLED)
+    assert s.blocks.num_used == 0
+
+
+def test_sources_encoded_ahead_give_their_blocks_back_first():
+    s = scheduler(num_blocks=11, block_size=2, max_running_requests=1, encode_ahead=3)  # 10
+    for name in "abc":
+        s.add(request(name, 4))  # 2 cross blocks + 1 decoder block each
+    out = s.schedule()
+    assert [r.request_id for r in out.encode] == ["a", "b", "c"]
+    a, (b, c) = s.running[0], s.waiting
+    assert s.blocks.num_used == 3 + 2 + 2
+    c.is_aborted = True  # waiting, encoded ahead: leaves with its blocks
+    s.schedule()
+    assert s.blocks.num_used == 3 + 2 and b.cross_blocks
+    for _ in range(13):  # a grows by a block every 2 positions; b's source makes room first
+        for beam in a.beams:
+            beam.num_cached += 1
+            beam.tokens.append(7)
+        s.schedule()
+    assert s.num_preemptions == 0 and not b.cross_blocks and s.running == [a]
+    s.finish(a, FinishReason.STOP)
+    out = s.schedule()
+    assert out.prefill == [b] and out.encode == [b]  # encoded again when admitted
+    s.finish(b, FinishReason.STOP)
+    assert s.blocks.num_used == 0
+
+
+def test_the_head_of_the_queue_takes_blocks_from_sources_encoded_ahead_behind_it():
+    s = scheduler(num_blocks=8, block_size=4, max_running_requests=2, encode_ahead=1)  # 7
+    s.add(request("a", 4))  # 1 cross + 1 decoder block
+    assert fake_step(s) == ["a"]
+    c, d = request("c", 12), request("d", 8)  # c: 3 cross + 1 decoder block
+    s.add(c)
+    s.add(d)
+    d.cross_blocks = s.blocks.allocate(2)  # as if encoded ahead: 3 blocks left, c needs 4
+    out = s.schedule()
+    assert out.prefill == [c] and out.encode == [c]
+    assert not d.cross_blocks and list(s.waiting) == [d]  # d gave way, to be encoded again
+    for r in list(s.running):
+        s.finish(r, FinishReason.STOP)
+    assert s.blocks.num_used == 0

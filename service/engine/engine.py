@@ -283,16 +283,19 @@ class LLMEngine:
         start = time.perf_counter()
         with self._lock:
             plan = self.scheduler.schedule(start)
-        num_prefill_tokens = sum(self.scheduler.prefill_tokens(r) for r in plan.prefill)
+        num_prefill_tokens = sum(len(r.input_ids) for r in plan.encode) + sum(
+            len(b.tokens) for r in plan.prefill for b in r.beams
+        )
         # cancelled or expired: the scheduler has finished them already
         outputs = [self._finish(r, None, "", error=r.abort_error) for r in plan.finished]
         ran = plan.prefill + plan.decode
         try:
             self.runner.copy_blocks(plan.copies)
-            logits = self.runner.run(plan.prefill, plan.decode)
+            logits = self.runner.run(plan.prefill, plan.decode, plan.encode)
             logprobs, greedy = self._log_softmax_and_greedy(logits, ran)
         except Exception as error:  # never let one bad step take the engine down
             log.exception("engine step failed")
+            self.scheduler.forget_encoding(plan.encode)  # those still waiting: encode again
             for request in ran:
                 outputs.append(self._finish(request, FinishReason.ERROR, "", error=str(error)))
             ran, logits, logprobs, greedy = [], [], [], []

@@ -4,6 +4,8 @@ admitted prompts, and decodes one token for every running beam."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -61,19 +63,23 @@ class ModelRunner:
             self.cache.copy_block(src, dst)
 
     @torch.inference_mode()
-    def run(self, admitted: list[Request], running: list[Request]) -> list[Tensor]:
+    def run(
+        self, admitted: list[Request], running: list[Request], encode: Sequence[Request] = ()
+    ) -> list[Tensor]:
         """One step: next-token logits (beams, V) of every request, `admitted` then `running`.
 
-        A new translation's decoder input is a single token (the decoder start): once its
-        source is encoded, it is a decode row at position 0, so it joins the decode forward
-        instead of costing a decoder forward of its own. Prompts (decoder-only) and requests
-        being recomputed after preemption (several tokens) are prefilled first.
+        The sources of `encode` (encoder-decoder: requests admitted now, and waiting ones
+        encoded ahead) are encoded first, their cross-attention K/V written to their blocks. A
+        new translation's decoder input is a single token (the decoder start), so it joins the
+        decode as a row at position 0 instead of costing a decoder forward of its own. Prompts
+        (decoder-only) and requests being recomputed after preemption (several tokens) are
+        prefilled first.
         """
+        if encode:
+            self._write_memory(encode)
         joining: list[Request] = []
         if self.config.is_encoder_decoder:
             joining = [r for r in admitted if all(len(b.tokens) == 1 for b in r.beams)]
-            if joining:
-                self._write_memory(joining)
         joined = {id(r) for r in joining}
         rest = [r for r in admitted if id(r) not in joined]
         logits = {id(r): x for r, x in zip(rest, self.prefill(rest) if rest else [], strict=True)}
@@ -83,11 +89,10 @@ class ModelRunner:
 
     @torch.inference_mode()
     def prefill(self, requests: list[Request]) -> list[Tensor]:
-        """Run every beam's known tokens; returns each request's next-token logits (beams, V).
-        Requests of similar length run together (`length_groups`)."""
-        if self.config.is_encoder_decoder:
-            self._write_memory(requests)
-        logits = {}
+        """Run every beam's known tokens (an encoder-decoder request's source is encoded
+        already); returns each request's next-token logits (beams, V). Requests of similar
+        length run together (`length_groups`)."""
+        logits: dict[int, Tensor] = {}
         for group in self.length_groups(requests):
             logits |= {id(r): x for r, x in zip(group, self._prefill(group), strict=True)}
         return [logits[id(r)] for r in requests]
@@ -185,7 +190,7 @@ class ModelRunner:
         )
         return [ordered[a:b] for a, b in runs]
 
-    def _write_memory(self, requests: list[Request]) -> None:
+    def _write_memory(self, requests: Sequence[Request]) -> None:
         """Encode the sources once and store every layer's cross-attention K/V in their blocks:
         packed end to end, up to `max_packed_tokens` per forward."""
         packed: list[Request] = []

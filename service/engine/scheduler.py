@@ -18,6 +18,10 @@ class SchedulerConfig:
     max_waiting_requests: int = 1024  # beyond this, new requests are refused (overload)
     reserve_full_length: bool = False  # reserve input + max_new_tokens at admission: never preempt
     static_batching: bool = False  # baseline: admit a new batch only when the last one finished
+    # Encoder-decoder: a step that encodes the sources it admits also encodes those next in line,
+    # up to this many sources in all; they join later steps already encoded, so the encoder runs
+    # less often on bigger batches. 1: encode only what is admitted.
+    encode_ahead: int = 16
 
 
 @dataclass
@@ -29,6 +33,9 @@ class SchedulerOutput:
     prefill: list[Request]
     decode: list[Request]  # already running: one token per beam
     copies: list[tuple[int, int]]  # copy-on-write: copy block src to dst before the step
+    # encoder-decoder: the sources to encode this step, into their `cross_blocks`: of requests
+    # admitted now, and of waiting ones next in line (`encode_ahead`)
+    encode: list[Request] = field(default_factory=list)
     # cancelled, timed out, or failed (`fail_all`): already freed
     finished: list[Request] = field(default_factory=list)
     num_preempted: int = 0
@@ -52,8 +59,16 @@ class Scheduler:
 
     # -- cache accounting ------------------------------------------------------------------
 
+    def _needs_encoding(self, request: Request) -> bool:
+        """An encoder-decoder request whose source is not encoded yet (encoded ahead, a waiting
+        request already holds its cross-attention blocks)."""
+        return self.is_encoder_decoder and not request.cross_blocks
+
+    def _cross_blocks(self, request: Request) -> int:
+        return self.blocks.blocks_for(len(request.input_ids))
+
     def _prefill_blocks(self, request: Request) -> int:
-        cross = self.blocks.blocks_for(len(request.input_ids)) if self.is_encoder_decoder else 0
+        cross = self._cross_blocks(request) if self._needs_encoding(request) else 0
         return cross + sum(self.blocks.blocks_for(len(b.tokens)) for b in request.beams)
 
     def worst_case_blocks(self, request: Request, max_new_tokens: int | None = None) -> int:
@@ -109,6 +124,8 @@ class Scheduler:
             )
             preempted_itself = False
             while need > self.blocks.num_free and not preempted_itself:
+                if self._release_encoded_ahead():
+                    continue
                 victim = self.running[-1]  # the newest
                 self._preempt(victim)
                 out.num_preempted += 1
@@ -122,8 +139,9 @@ class Scheduler:
             out.decode.append(request)
 
     def prefill_tokens(self, request: Request) -> int:
-        """Tokens a request's prefill runs: its source (encoder-decoder) and every beam's tokens."""
-        source = len(request.input_ids) if self.is_encoder_decoder else 0
+        """Tokens a request's admission runs: its source unless it is encoded already
+        (encoder-decoder), and every beam's tokens."""
+        source = len(request.input_ids) if self._needs_encoding(request) else 0
         return source + sum(len(b.tokens) for b in request.beams)
 
     def _preempt(self, request: Request) -> None:
@@ -145,10 +163,14 @@ class Scheduler:
                 break  # a request over the whole budget still runs, as its step's only prefill
             need = self._prefill_blocks(request)
             if config.reserve_full_length:
-                need = max(need, self.worst_case_blocks(request))
+                need = max(need, self.worst_case_blocks(request) - len(request.cross_blocks))
             if need > self.blocks.num_free - self._reserved_elsewhere():
+                if self._release_encoded_ahead(keep=request):
+                    continue
                 break  # first come, first served: nobody overtakes the head of the queue
             self.waiting.popleft()
+            if self._needs_encoding(request):
+                out.encode.append(request)
             self._allocate_prefill(request)
             request.status = RequestStatus.RUNNING
             if request.timings.scheduled is None:
@@ -156,12 +178,47 @@ class Scheduler:
             self.running.append(request)
             out.prefill.append(request)
             num_tokens += prefill_tokens
+        if out.encode and not config.static_batching:
+            self._encode_ahead(out, num_tokens)
+
+    def _encode_ahead(self, out: SchedulerOutput, num_tokens: int) -> None:
+        """With the sources admitted now, encode those next in line (`encode_ahead`), as far as
+        the step's token budget and the free blocks go: every running beam keeps room to grow."""
+        room = self.blocks.num_free - self._reserved_elsewhere()
+        room -= sum(len(r.beams) for r in self.running)
+        for request in self.waiting:
+            if len(out.encode) >= self.config.encode_ahead:
+                break
+            if not self._needs_encoding(request):
+                continue
+            need = self._cross_blocks(request)
+            if num_tokens + len(request.input_ids) > self.config.max_tokens_per_step or need > room:
+                break
+            request.cross_blocks = self.blocks.allocate(need)
+            out.encode.append(request)
+            num_tokens += len(request.input_ids)
+            room -= need
+
+    def _release_encoded_ahead(self, keep: Request | None = None) -> bool:
+        """Free the cross-attention blocks of the last waiting request encoded ahead (but `keep`),
+        for a running request to grow or the head of the queue to start; it is encoded again
+        when admitted. False if there is none."""
+        for request in reversed(self.waiting):
+            if request.cross_blocks and request is not keep:
+                self.blocks.free(request.cross_blocks)
+                return True
+        return False
+
+    def forget_encoding(self, requests: list[Request]) -> None:
+        """A step that was to encode these waiting requests failed: free their blocks, so they
+        are encoded again when admitted."""
+        for request in requests:
+            if request.status == RequestStatus.WAITING:
+                self.blocks.free(request.cross_blocks)
 
     def _allocate_prefill(self, request: Request) -> None:
-        if self.is_encoder_decoder:
-            request.cross_blocks = self.blocks.allocate(
-                self.blocks.blocks_for(len(request.input_ids))
-            )
+        if self._needs_encoding(request):
+            request.cross_blocks = self.blocks.allocate(self._cross_blocks(request))
         for beam in request.beams:
             beam.block_table = self.blocks.allocate(self.blocks.blocks_for(len(beam.tokens)))
 
