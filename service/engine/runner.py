@@ -194,12 +194,13 @@ class ModelRunner:
         """Encode the sources once and store every layer's cross-attention K/V in their blocks:
         packed end to end, up to `max_packed_tokens` per forward."""
         packed: list[Request] = []
+        num_tokens = 0
         for request in requests:
-            num_tokens = sum(len(r.input_ids) for r in packed) + len(request.input_ids)
-            if packed and num_tokens > self.max_packed_tokens:
+            if packed and num_tokens + len(request.input_ids) > self.max_packed_tokens:
                 self._encode(packed)
-                packed = []
+                packed, num_tokens = [], 0
             packed.append(request)
+            num_tokens += len(request.input_ids)
         self._encode(packed)
 
     def _encode(self, requests: list[Request]) -> None:

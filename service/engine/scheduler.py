@@ -60,8 +60,8 @@ class Scheduler:
     # -- cache accounting ------------------------------------------------------------------
 
     def _needs_encoding(self, request: Request) -> bool:
-        """An encoder-decoder request whose source is not encoded yet (encoded ahead, a waiting
-        request already holds its cross-attention blocks)."""
+        """An encoder-decoder request whose source is not encoded yet: it holds no
+        cross-attention blocks (a waiting request encoded ahead already does)."""
         return self.is_encoder_decoder and not request.cross_blocks
 
     def _cross_blocks(self, request: Request) -> int:
@@ -76,7 +76,7 @@ class Scheduler:
         its own blocks."""
         params = request.params
         max_new = params.max_new_tokens if max_new_tokens is None else max_new_tokens
-        cross = self.blocks.blocks_for(len(request.input_ids)) if self.is_encoder_decoder else 0
+        cross = self._cross_blocks(request) if self.is_encoder_decoder else 0
         longest = len(request.beams[0].tokens) - request.num_output_tokens + max_new
         return cross + params.beam_size * self.blocks.blocks_for(longest)
 
