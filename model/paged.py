@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model.config import TransformerConfig
+from model.paged_kernel import PagedAttention
 
 SCRATCH_BLOCK = 0
 
@@ -104,6 +105,18 @@ class PagedBatch:
     # Cross-attention K/V per layer, 2 × (B or R, H, S, Dh), already gathered: the engine keeps
     # them from step to step while the batch's requests stay the same (they never change for one).
     cross_kv: list[tuple[Tensor, Tensor]] | None = None
+    # A decode step on the CPU kernel (`model.paged_kernel`) reads the cache in place instead of
+    # gathering it: row b attends to the first key_lengths[b] of read_slots[b] (B, Tk), and in
+    # cross-attention to the first cross_lengths[r] of cross_read_slots[r], r = cross_rows[b].
+    kernel: PagedAttention | None = None
+    read_slots: Tensor | None = None
+    key_lengths: Tensor | None = None
+    cross_lengths: Tensor | None = None
+    cross_rows: Tensor | None = None
+
+    @property
+    def is_decode(self) -> bool:
+        return self.kernel is not None or self.read_groups is not None
 
 
 def split_kv(kv: Tensor) -> tuple[Tensor, Tensor]:
@@ -150,14 +163,26 @@ class PagedLayer:
     def decode_attention(self, q: Tensor, kv: Tensor) -> Tensor:
         """Decode: write each row's new K/V (B, 1, 2, H, Dh), then attend with q (B, H, 1, Dh) to
         all of the row's cached keys, group by group (`PagedBatch.read_groups`); (B, H, 1, Dh)."""
-        assert self.batch.read_groups is not None, "a decode step needs read_groups"
         self.pool.index_copy_(0, self.batch.write_slots, kv[:, 0])
+        if self.batch.kernel is not None:
+            assert self.batch.read_slots is not None and self.batch.key_lengths is not None
+            return self.batch.kernel(q, self.pool, self.batch.read_slots, self.batch.key_lengths)
+        assert self.batch.read_groups is not None, "a decode step needs read_groups"
         out = []
         for group in self.batch.read_groups:
             k, v = read_slots(self.pool, group.slots)
             rows = q[group.start : group.end]
             out.append(F.scaled_dot_product_attention(rows, k, v, attn_mask=group.mask))
         return out[0] if len(out) == 1 else torch.cat(out)
+
+    def cross_attention(self, q: Tensor) -> Tensor:
+        """Decode on the kernel: q (B, H, 1, Dh) attends to each row's source; (B, H, 1, Dh)."""
+        batch = self.batch
+        assert batch.kernel is not None and batch.cross_read_slots is not None
+        assert batch.cross_lengths is not None
+        return batch.kernel(
+            q, self.pool, batch.cross_read_slots, batch.cross_lengths, batch.cross_rows
+        )
 
     @property
     def cross_kv(self) -> tuple[Tensor, Tensor]:

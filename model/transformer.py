@@ -165,6 +165,8 @@ class Attention(nn.Module):
     ) -> Tensor:
         if self.is_cross:
             q = self._heads(self.q_proj(x), 1)[:, :, 0].transpose(1, 2)  # (B, H, T, Dh)
+            if isinstance(cache, PagedLayer) and cache.batch.kernel is not None:
+                return self._out(cache.cross_attention(q))
             cross_kv = cache.cross_kv if cache is not None else None
             if cross_kv is not None:
                 k, v = cross_kv
@@ -176,7 +178,7 @@ class Attention(nn.Module):
         else:
             qkv = self._heads(self.qkv_proj(x), 3)  # (B, T, 3, H, Dh)
             q = qkv[:, :, 0].transpose(1, 2)  # (B, H, T, Dh)
-            if isinstance(cache, PagedLayer) and cache.batch.read_groups is not None:
+            if isinstance(cache, PagedLayer) and cache.batch.is_decode:
                 return self._out(cache.decode_attention(q, qkv[:, :, 1:]))
             if cache is not None:
                 k, v = cache.update(start_pos, qkv[:, :, 1:])

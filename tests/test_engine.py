@@ -33,10 +33,15 @@ def tokenizer() -> Tokenizer:
     return Tokenizer(train_tokenizer(TEXTS, vocab_size=300))
 
 
-def make_engine(tokenizer, architecture, kv_cache_mb=4.0, block_size=4, **scheduler):
+def make_engine(
+    tokenizer, architecture, kv_cache_mb=4.0, block_size=4, attention_kernel=True, **scheduler
+):
     model = tiny_model(architecture, vocab_size=tokenizer.vocab_size, max_positions=256)
     config = EngineConfig(
-        kv_cache_mb=kv_cache_mb, block_size=block_size, scheduler=SchedulerConfig(**scheduler)
+        kv_cache_mb=kv_cache_mb,
+        block_size=block_size,
+        attention_kernel=attention_kernel,
+        scheduler=SchedulerConfig(**scheduler),
     )
     return LLMEngine(model, tokenizer, config)
 
@@ -76,9 +81,12 @@ def greedy_joined_mid_flight(engine: LLMEngine, inputs: list[list[int]]) -> list
 GREEDY = SamplingParams(max_new_tokens=24)
 
 
+@pytest.mark.parametrize("attention_kernel", [True, False], ids=["kernel", "gather"])
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_greedy_batch_of_mixed_lengths_equals_reference_decoder(tokenizer, architecture):
-    engine = make_engine(tokenizer, architecture)
+def test_greedy_batch_of_mixed_lengths_equals_reference_decoder(
+    tokenizer, attention_kernel, architecture
+):
+    engine = make_engine(tokenizer, architecture, attention_kernel=attention_kernel)
     inputs = prompts(tokenizer, 12)
     outputs = engine.generate(inputs, GREEDY)
     for ids, output in zip(inputs, outputs, strict=True):
@@ -108,9 +116,12 @@ def test_half_precision_engine_equals_reference_decoder_in_that_dtype(
     assert_cache_empty(engine)
 
 
+@pytest.mark.parametrize("attention_kernel", [True, False], ids=["kernel", "gather"])
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_request_joining_mid_flight_gets_same_tokens_as_alone(tokenizer, architecture):
-    engine = make_engine(tokenizer, architecture)
+def test_request_joining_mid_flight_gets_same_tokens_as_alone(
+    tokenizer, attention_kernel, architecture
+):
+    engine = make_engine(tokenizer, architecture, attention_kernel=attention_kernel)
     first, late = prompts(tokenizer, 2, seed=1)
     alone = engine.generate([late], GREEDY)[0].token_ids
     engine.add_request(first, GREEDY, request_id="first")
@@ -413,9 +424,12 @@ def test_a_failing_step_hook_loses_no_output(tokenizer, monkeypatch):
     assert_cache_empty(engine)
 
 
+@pytest.mark.parametrize("attention_kernel", [True, False], ids=["kernel", "gather"])
 @pytest.mark.parametrize("length_penalty", [1.0, 0.6])
-def test_beam_search_in_the_batcher_equals_beam_search_alone(tokenizer, length_penalty):
-    engine = make_engine(tokenizer, "encoder-decoder")
+def test_beam_search_in_the_batcher_equals_beam_search_alone(
+    tokenizer, attention_kernel, length_penalty
+):
+    engine = make_engine(tokenizer, "encoder-decoder", attention_kernel=attention_kernel)
     sources = prompts(tokenizer, 8, seed=5)
     params = SamplingParams(
         max_new_tokens=16, beam_size=4, num_hypotheses=3, length_penalty=length_penalty
@@ -446,8 +460,11 @@ def decoder_only_beam_reference(model, prompt: list[int], params: SamplingParams
     return search.best(params.num_hypotheses)
 
 
-def test_decoder_only_beam_search_in_the_batcher_equals_the_uncached_reference(tokenizer):
-    engine = make_engine(tokenizer, "decoder-only")
+@pytest.mark.parametrize("attention_kernel", [True, False], ids=["kernel", "gather"])
+def test_decoder_only_beam_search_in_the_batcher_equals_the_uncached_reference(
+    tokenizer, attention_kernel
+):
+    engine = make_engine(tokenizer, "decoder-only", attention_kernel=attention_kernel)
     inputs = prompts(tokenizer, 6, seed=8)
     params = SamplingParams(max_new_tokens=10, beam_size=3, num_hypotheses=2, length_penalty=0.8)
     outputs = engine.generate(inputs, params)
@@ -460,10 +477,11 @@ def test_decoder_only_beam_search_in_the_batcher_equals_the_uncached_reference(t
     assert_cache_empty(engine)
 
 
-def test_mixed_beam_sizes_and_greedy_in_one_batch_equal_each_alone(tokenizer):
+@pytest.mark.parametrize("attention_kernel", [True, False], ids=["kernel", "gather"])
+def test_mixed_beam_sizes_and_greedy_in_one_batch_equal_each_alone(tokenizer, attention_kernel):
     """Rows of requests with 4, 2 and 1 beams (cross-attention K/V per beam row), which turn
     into batches of one beam count (K/V shared by each request's beams) as requests finish."""
-    engine = make_engine(tokenizer, "encoder-decoder")
+    engine = make_engine(tokenizer, "encoder-decoder", attention_kernel=attention_kernel)
     sources = prompts(tokenizer, 6, seed=12)
     sizes = [4, 2, 1, 4, 1, 2]
     params = [SamplingParams(max_new_tokens=8 + 3 * i, beam_size=n) for i, n in enumerate(sizes)]
@@ -498,7 +516,7 @@ def test_split_by_length_cuts_where_padding_is_wasted():
 def test_rows_read_in_length_groups_give_the_same_tokens(tokenizer, architecture, monkeypatch):
     """Every split taken (a saving of 1 is enough): requests joining at different steps, so of
     different lengths, greedy and (translation) beam 4, each equal to the request alone."""
-    engine = make_engine(tokenizer, architecture)
+    engine = make_engine(tokenizer, architecture, attention_kernel=False)  # the gather path's
     engine.runner.min_split_saving = 1
     num_runs: list[int] = []
 

@@ -27,6 +27,9 @@ class EngineConfig:
     # of docs/benchmarks.md it is no faster than eager and compiles for 5-35 s, so it is off by
     # default (for CUDA).
     compile: bool = False
+    # CPU float32: decode attention reads the paged cache in place with a small C kernel, compiled
+    # on first use (model/paged_kernel.py); without a C compiler it gathers, as on CUDA.
+    attention_kernel: bool = True
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from model import paged_kernel
 from model.checkpoint import load_checkpoint
 from model.cpu_kernels import can_prepack, prepacked, quantized
 from model.decoding import ban_repeated_ngrams
@@ -76,7 +77,11 @@ class LLMEngine:
             runner_model = self.model = quantized(self.model)
         elif config.prepack_weights and can_prepack(self.model):
             runner_model = prepacked(self.model)  # same math, faster CPU matmuls
-        self.runner = ModelRunner(runner_model, cache, compile=config.compile)
+        kernel = None
+        on_cpu = torch.device(config.device).type == "cpu" and dtype == torch.float32
+        if config.attention_kernel and on_cpu and not config.compile:  # compile: no ctypes calls
+            kernel = paged_kernel.load()
+        self.runner = ModelRunner(runner_model, cache, compile=config.compile, kernel=kernel)
         self.on_step = on_step
         self.last_stats: StepStats | None = None
         self._lock = threading.Lock()  # add_request may come from another thread than step()

@@ -12,6 +12,7 @@ from torch import Tensor
 from model.decoding import pad_batch
 from model.paged import (
     SCRATCH_BLOCK,
+    PagedAttention,
     PagedBatch,
     PagedKVCache,
     ReadGroup,
@@ -40,9 +41,18 @@ class ModelRunner:
     # block-diagonal attention mask grows with its square.
     max_packed_tokens = 256
 
-    def __init__(self, model: Transformer, cache: PagedKVCache, compile: bool = False):
+    def __init__(
+        self,
+        model: Transformer,
+        cache: PagedKVCache,
+        compile: bool = False,
+        kernel: PagedAttention | None = None,
+    ):
         self.model = model
         self.cache = cache
+        # The CPU decode-attention kernel (model/paged_kernel.py): decode steps read the cache in
+        # place instead of gathering it. None: they gather (`decode_gathered`).
+        self.kernel = kernel
         # Transformer.forward_paged (compiled with --compile): what prefill and decode both run
         self.forward = model.forward_paged
         if compile:
@@ -57,6 +67,7 @@ class ModelRunner:
         self._cross_rows: tuple = ()  # the requests whose cross-attention K/V is gathered
         self._cross_kv: list[tuple[Tensor, Tensor]] | None = None
         self._cross_mask: Tensor | None = None
+        self._cross_slots: tuple[Tensor, Tensor, Tensor] | None = None  # the kernel's
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         for src, dst in copies:
@@ -118,8 +129,51 @@ class ModelRunner:
 
     @torch.inference_mode()
     def decode(self, requests: list[Request]) -> list[Tensor]:
-        """One new token per beam, attending to the beam's cached positions. `requests` longest
-        first: their rows are read in groups of similar length."""
+        """One new token per beam, attending to the beam's cached positions."""
+        if self.kernel is None:
+            return self.decode_gathered(requests)
+        beams = [b for r in requests for b in r.beams]
+        lengths = [b.num_cached + 1 for b in beams]  # keys, the new token's included
+        slots = slots_of([b.block_table for b in beams], lengths, self.cache.block_size)
+        key_lengths = torch.tensor(lengths)
+        positions = key_lengths[:, None] - 1  # (B, 1) of the new tokens
+        batch = PagedBatch(
+            positions=positions,
+            write_slots=slots.gather(1, positions)[:, 0],  # (B,)
+            self_mask=None,
+            kernel=self.kernel,
+            read_slots=slots.contiguous(),  # (B, Tk)
+            key_lengths=key_lengths,
+        )
+        if self.config.is_encoder_decoder:
+            self._add_cross_slots(batch, requests)
+        # The kernel reads the pool unchecked, where index_select would raise.
+        assert int(slots.max()) < self.cache.num_blocks * self.cache.block_size
+        token_ids = torch.tensor([[b.tokens[-1]] for b in beams])
+        logits = self.forward(token_ids, self.cache, batch)
+        for beam in beams:
+            beam.num_cached += 1
+        return self._split(logits, requests)
+
+    def _add_cross_slots(self, batch: PagedBatch, requests: list[Request]) -> None:
+        """Where the kernel reads each request's source, kept while the requests stay the same."""
+        # The requests themselves (compared by identity, and held so that none is reused), not
+        # their ids: a finished request's id may come back with another source in its blocks.
+        rows = tuple((r, tuple(r.cross_blocks), len(r.beams)) for r in requests)
+        if rows != self._cross_rows:
+            lengths = [len(r.input_ids) for r in requests]
+            tables = [r.cross_blocks for r in requests]
+            slots = slots_of(tables, lengths, self.cache.block_size).contiguous()  # (R, S)
+            assert int(slots.max()) < self.cache.num_blocks * self.cache.block_size  # (as below)
+            beams = [i for i, r in enumerate(requests) for _ in r.beams]
+            self._cross_rows = rows
+            self._cross_slots = (slots, torch.tensor(lengths), torch.tensor(beams))
+        assert self._cross_slots is not None
+        batch.cross_read_slots, batch.cross_lengths, batch.cross_rows = self._cross_slots
+
+    def decode_gathered(self, requests: list[Request]) -> list[Tensor]:
+        """`decode` without the kernel: each row's keys are gathered into a padded batch.
+        `requests` longest first: their rows are read in groups of similar length."""
         beams: list[tuple[Request, Beam]] = [(r, b) for r in requests for b in r.beams]
         positions = [b.num_cached for _, b in beams]  # of the new tokens
         first_row = [0]
