@@ -98,6 +98,9 @@ answer=$(curl -sf "$url/v1/translate" -H 'content-type: application/json' \
     -d '{"text": "Open the file"}')
 echo "$answer"
 grep -q '"text":"Datei öffnen"' <<<"$answer"
+# the decode-attention kernel was built in the image's build stage, and is used
+info=$(curl -sf "$url/info")
+grep -q '"decode_attention":"kernel"' <<<"$info" || { echo "no kernel in the image: $info"; exit 1; }
 answer=$(curl -sfN "$url/v1/translate" -H 'content-type: application/json' \
     -d '{"text": "Save the document", "stream": true}')
 echo "$answer" | grep -v '^$'

@@ -1,9 +1,11 @@
 """The CPU decode-attention kernel (`csrc/paged_attention.c`): attention read straight from the
 paged KV cache, instead of gathering each row's keys into a padded batch first.
 
-It is compiled on first use with the machine's C compiler (`cc`, for this CPU) into a cache
-directory and loaded with ctypes. Where there is no compiler, or it fails, `load()` returns None
-and the model keeps the gather path (`model.paged.read_slots` + SDPA), which computes the same.
+`load()` finds it built next to its source (`python -m model.paged_kernel` builds it there, as
+the Docker image does), or builds it on first use with the machine's C compiler (`cc`, or $CC)
+into a cache directory, and loads it with ctypes. Where there is no compiler, or the build fails,
+`load()` returns None and the model keeps the gather path (`model.paged.read_slots` + SDPA), which
+computes the same.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import ctypes
 import hashlib
 import logging
 import os
-import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,50 +26,37 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "paged_attention.c"
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+PREBUILT = SOURCE.with_suffix(".so")
+# Portable: the source compiles its hot loop for AVX2 as well and picks at load time.
+FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC"]
 
 
-def _cpu_id() -> str:
-    """What -march=native depends on, so that a cache shared between machines stays right."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor()
-    return "".join(sorted({line for line in lines if line.startswith(("model name", "flags"))}))
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "attnserve" / "kernels"
-
-
-def _build() -> Path | None:
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join(FLAGS).encode() + _cpu_id().encode()).hexdigest()
-    target = _cache_dir() / f"paged_attention-{key[:16]}.so"
-    if target.exists():
-        return target
+def build(target: Path) -> bool:
+    """Compile the kernel into `target`; False (and a warning) where it cannot be built."""
     compiler = shutil.which(os.environ.get("CC") or "cc")
     if compiler is None:
         log.warning("no C compiler: decode attention gathers the KV cache (slower on the CPU)")
-        return None
+        return False
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        result = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"],
-            capture_output=True,
-            text=True,
-        )
+        command = [compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"]
+        result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             log.warning("the decode-attention kernel did not compile: %s", result.stderr.strip())
-            return None
+            return False
         built.replace(target)  # atomic: a concurrent build finds a whole file or none
-    return target
+    return True
+
+
+def _cached() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    return root / "attnserve" / "kernels" / f"paged_attention-{key}.so"
 
 
 class PagedAttention:
-    """The loaded kernel; `__call__` computes one decode step's attention for a layer."""
+    """The loaded kernel; a call computes one decode step's attention for one layer."""
 
     def __init__(self, path: Path):
         self.lib = ctypes.CDLL(str(path))
@@ -79,8 +68,8 @@ class PagedAttention:
         self,
         q: Tensor,  # (B, H, 1, Dh), rows may be strided (a view of the fused QKV projection)
         pool: Tensor,  # (slots, 2, H, Dh)
-        slots: Tensor,  # (R, T) int64
-        lengths: Tensor,  # (R,) int64: row r attends to its first lengths[r] slots
+        slots: Tensor,  # (R, T) int64, every one < slots
+        lengths: Tensor,  # (R,) int64: row r attends to its first lengths[r] slots, 1 ≤ it ≤ T
         kv_rows: Tensor | None = None,  # (B,) int64: row b reads slots[kv_rows[b]]; None: b
     ) -> Tensor:  # (B, H, 1, Dh)
         B, H, _, D = q.shape
@@ -93,14 +82,22 @@ class PagedAttention:
             None if kv_rows is None else kv_rows.data_ptr(),
             B, slots.shape[1], H, D, D**-0.5, out.data_ptr(),
         )  # fmt: skip
-        return out.transpose(1, 2)
+        return out.transpose(1, 2)  # a view: the heads merge back without a copy
 
 
 def load() -> PagedAttention | None:
     """The kernel, or None where it cannot be built here."""
     try:
-        path = _build()
-        return None if path is None else PagedAttention(path)
+        if PREBUILT.exists():
+            return PagedAttention(PREBUILT)
+        path = _cached()
+        if not path.exists() and not build(path):
+            return None
+        return PagedAttention(path)
     except OSError as error:  # an unwritable cache, a library that will not load
         log.warning("the decode-attention kernel is unavailable: %s", error)
         return None
+
+
+if __name__ == "__main__":  # build it next to its source (the Docker image's build stage)
+    sys.exit(0 if build(PREBUILT) else 1)

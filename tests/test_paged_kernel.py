@@ -56,6 +56,7 @@ def test_the_engine_uses_the_kernel_on_the_cpu_in_float32():
 
 def test_without_a_compiler_the_engine_gathers_and_gives_the_same_tokens(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing built yet
+    monkeypatch.setattr(paged_kernel, "PREBUILT", tmp_path / "none.so")
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     assert paged_kernel.load() is None
     tokenizer = Tokenizer(train_tokenizer(["Open the file", "Datei öffnen"] * 10, vocab_size=64))
@@ -71,6 +72,20 @@ def test_without_a_compiler_the_engine_gathers_and_gives_the_same_tokens(monkeyp
 @needs_compiler
 def test_a_kernel_that_does_not_compile_leaves_the_gather_path(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(paged_kernel, "PREBUILT", tmp_path / "none.so")
     monkeypatch.setattr(paged_kernel, "FLAGS", [*paged_kernel.FLAGS, "--no-such-flag"])
     assert paged_kernel.load() is None
     assert not any(tmp_path.rglob("*.so"))
+
+
+@needs_compiler
+def test_a_kernel_built_next_to_its_source_is_loaded_from_there(monkeypatch, tmp_path):
+    """As the Docker image does (`python -m model.paged_kernel` in its build stage); nothing is
+    built at load time then."""
+    prebuilt = tmp_path / "paged_attention.so"
+    assert paged_kernel.build(prebuilt)
+    monkeypatch.setattr(paged_kernel, "PREBUILT", prebuilt)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    kernel = paged_kernel.load()
+    assert kernel is not None and kernel.lib._name == str(prebuilt)
+    assert not (tmp_path / "cache").exists()

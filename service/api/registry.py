@@ -109,6 +109,7 @@ class ModelRegistry:
             num_threads=settings.threads,
             max_input_tokens=settings.max_input_tokens,
             prepack_weights=settings.prepack_weights,
+            attention_kernel=settings.attention_kernel,
             quantize=settings.quantize,
             compile=settings.compile,
             scheduler=scheduler,

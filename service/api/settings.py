@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     )
     threads: int | None = Field(None, ge=1, description="torch intra-op threads")
     prepack_weights: bool = True  # CPU fp32: oneDNN-packed Linear weights (same math, faster)
+    # CPU fp32: decode attention reads the paged KV cache in place (a C kernel built on first use)
+    attention_kernel: bool = True
     compile: bool = False  # torch.compile the model's forward (no faster on CPU: for CUDA)
     quantize: Literal["int8"] | None = Field(
         None, description="int8: int8 Linear layers on the CPU (faster; tokens may differ)"
@@ -148,6 +150,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument(
         "--no-prepack-weights", dest="prepack_weights", action="store_false", default=None,
         help="use plain F.linear instead of oneDNN-packed weights on the CPU",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-attention-kernel", dest="attention_kernel", action="store_false", default=None,
+        help="gather the KV cache for decode attention instead of the CPU kernel that reads it "
+        "in place (same tokens; the kernel is built with the machine's C compiler on first use)",
     )  # fmt: skip
     p.add_argument(
         "--reserve-full-length", action="store_true", default=None,

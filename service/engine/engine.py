@@ -206,6 +206,8 @@ class LLMEngine:
             "device": self.config.device,
             "dtype": self.config.dtype,
             "quantize": self.config.quantize,
+            # "kernel": the CPU kernel reads the paged cache in place; "gather": gathered first
+            "decode_attention": "gather" if self.runner.kernel is None else "kernel",
             "kv_cache_blocks": self.blocks.num_blocks,
             "block_size": self.config.block_size,
         }
