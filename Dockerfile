@@ -29,7 +29,9 @@ RUN /opt/venv/bin/pip install /src \
     && /opt/venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0')"
 # The CPU decode-attention kernel (model/paged_kernel.py), built here next to its source with a C
 # compiler the runtime image does not carry. Without one (no Debian mirror), the image still
-# works: decode attention then gathers the KV cache (GET /info: "decode_attention").
+# works: decode attention then gathers the KV cache (GET /info: "decode_attention"). The build
+# stage is thrown away, so its compiler's version is not pinned and its apt lists are not cleaned.
+# hadolint ignore=DL3008,DL3009
 RUN (apt-get update -qq && apt-get install -y -qq --no-install-recommends gcc libc6-dev) \
         >/dev/null 2>&1 \
     && /opt/venv/bin/python -m model.paged_kernel \

@@ -162,7 +162,8 @@ class PagedLayer:
 
     def decode_attention(self, q: Tensor, kv: Tensor) -> Tensor:
         """Decode: write each row's new K/V (B, 1, 2, H, Dh), then attend with q (B, H, 1, Dh) to
-        all of the row's cached keys, group by group (`PagedBatch.read_groups`); (B, H, 1, Dh)."""
+        all of the row's cached keys: in place on the kernel, or gathered group by group
+        (`PagedBatch.read_groups`); (B, H, 1, Dh)."""
         self.pool.index_copy_(0, self.batch.write_slots, kv[:, 0])
         if self.batch.kernel is not None:
             assert self.batch.read_slots is not None and self.batch.key_lengths is not None
