@@ -42,6 +42,7 @@ class PagedKVCache:
         ]
         self.num_blocks = num_blocks
         self.block_size = block_size
+        self.num_slots = num_blocks * block_size
 
     @staticmethod
     def bytes_per_block(config: TransformerConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -106,10 +107,10 @@ class PagedBatch:
     # them from step to step while the batch's requests stay the same (they never change for one).
     cross_kv: list[tuple[Tensor, Tensor]] | None = None
     # A decode step on the CPU kernel (`model.paged_kernel`) reads the cache in place instead of
-    # gathering it: row b attends to the first key_lengths[b] of read_slots[b] (B, Tk), and in
+    # gathering it: row b attends to the first key_lengths[b] of key_slots[b] (B, Tk), and in
     # cross-attention to the first cross_lengths[r] of cross_read_slots[r], r = cross_rows[b].
     kernel: PagedAttention | None = None
-    read_slots: Tensor | None = None
+    key_slots: Tensor | None = None
     key_lengths: Tensor | None = None
     cross_lengths: Tensor | None = None
     cross_rows: Tensor | None = None
@@ -166,8 +167,8 @@ class PagedLayer:
         (`PagedBatch.read_groups`); (B, H, 1, Dh)."""
         self.pool.index_copy_(0, self.batch.write_slots, kv[:, 0])
         if self.batch.kernel is not None:
-            assert self.batch.read_slots is not None and self.batch.key_lengths is not None
-            return self.batch.kernel(q, self.pool, self.batch.read_slots, self.batch.key_lengths)
+            assert self.batch.key_slots is not None and self.batch.key_lengths is not None
+            return self.batch.kernel(q, self.pool, self.batch.key_slots, self.batch.key_lengths)
         assert self.batch.read_groups is not None, "a decode step needs read_groups"
         out = []
         for group in self.batch.read_groups:

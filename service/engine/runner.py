@@ -64,10 +64,8 @@ class ModelRunner:
             self.max_read_groups = 1
         self.config = model.config
         self.device = model.embed.tokens.weight.device
-        self._cross_rows: tuple = ()  # the requests whose cross-attention K/V is gathered
-        self._cross_kv: list[tuple[Tensor, Tensor]] | None = None
-        self._cross_mask: Tensor | None = None
-        self._cross_slots: tuple[Tensor, Tensor, Tensor] | None = None  # the kernel's
+        self._cross_rows: tuple = ()  # the decode requests of `_cross_batch`
+        self._cross_batch: PagedBatch | None = None  # it holds their sources' cross_* fields
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         for src, dst in copies:
@@ -129,53 +127,39 @@ class ModelRunner:
 
     @torch.inference_mode()
     def decode(self, requests: list[Request]) -> list[Tensor]:
-        """One new token per beam, attending to the beam's cached positions."""
-        if self.kernel is None:
-            return self.decode_gathered(requests)
+        """One new token per beam, attending to the beam's cached positions: on the kernel, which
+        reads them in place, or gathered (`_gathered_batch`)."""
         beams = [b for r in requests for b in r.beams]
-        lengths = [b.num_cached + 1 for b in beams]  # keys, the new token's included
-        slots = slots_of([b.block_table for b in beams], lengths, self.cache.block_size)
-        key_lengths = torch.tensor(lengths)
-        positions = key_lengths[:, None] - 1  # (B, 1) of the new tokens
-        batch = PagedBatch(
-            positions=positions,
-            write_slots=slots.gather(1, positions)[:, 0],  # (B,)
-            self_mask=None,
-            kernel=self.kernel,
-            read_slots=slots.contiguous(),  # (B, Tk)
-            key_lengths=key_lengths,
-        )
-        if self.config.is_encoder_decoder:
-            self._add_cross_slots(batch, requests)
-        # The kernel reads the pool unchecked, where index_select would raise.
-        assert int(slots.max()) < self.cache.num_blocks * self.cache.block_size
-        token_ids = torch.tensor([[b.tokens[-1]] for b in beams])
+        batch = self._gathered_batch(requests) if self.kernel is None else self._kernel_batch(beams)
+        self._add_decode_cross(batch, requests)
+        if self.kernel is not None:  # it reads the pool unchecked, where index_select would raise
+            read = [batch.key_slots, batch.cross_read_slots]
+            assert all(int(s.max()) < self.cache.num_slots for s in read if s is not None)
+        token_ids = torch.tensor([[b.tokens[-1]] for b in beams], device=self.device)
         logits = self.forward(token_ids, self.cache, batch)
         for beam in beams:
             beam.num_cached += 1
         return self._split(logits, requests)
 
-    def _add_cross_slots(self, batch: PagedBatch, requests: list[Request]) -> None:
-        """Where the kernel reads each request's source, kept while the requests stay the same."""
-        # The requests themselves (compared by identity, and held so that none is reused), not
-        # their ids: a finished request's id may come back with another source in its blocks.
-        rows = tuple((r, tuple(r.cross_blocks), len(r.beams)) for r in requests)
-        if rows != self._cross_rows:
-            lengths = [len(r.input_ids) for r in requests]
-            tables = [r.cross_blocks for r in requests]
-            slots = slots_of(tables, lengths, self.cache.block_size).contiguous()  # (R, S)
-            assert int(slots.max()) < self.cache.num_blocks * self.cache.block_size  # (as below)
-            beams = [i for i, r in enumerate(requests) for _ in r.beams]
-            self._cross_rows = rows
-            self._cross_slots = (slots, torch.tensor(lengths), torch.tensor(beams))
-        assert self._cross_slots is not None
-        batch.cross_read_slots, batch.cross_lengths, batch.cross_rows = self._cross_slots
+    def _kernel_batch(self, beams: list[Beam]) -> PagedBatch:
+        lengths = [b.num_cached + 1 for b in beams]  # keys, the new token's included
+        slots = slots_of([b.block_table for b in beams], lengths, self.cache.block_size)
+        key_lengths = torch.tensor(lengths)
+        positions = key_lengths[:, None] - 1  # (B, 1) of the new tokens
+        return PagedBatch(
+            positions=positions,
+            write_slots=slots.gather(1, positions)[:, 0],  # (B,)
+            self_mask=None,
+            kernel=self.kernel,
+            key_slots=slots.contiguous(),  # (B, Tk)
+            key_lengths=key_lengths,
+        )
 
-    def decode_gathered(self, requests: list[Request]) -> list[Tensor]:
-        """`decode` without the kernel: each row's keys are gathered into a padded batch.
-        `requests` longest first: their rows are read in groups of similar length."""
-        beams: list[tuple[Request, Beam]] = [(r, b) for r in requests for b in r.beams]
-        positions = [b.num_cached for _, b in beams]  # of the new tokens
+    def _gathered_batch(self, requests: list[Request]) -> PagedBatch:
+        """Each row's keys gathered into a padded batch: `requests` longest first, their rows
+        read in groups of similar length."""
+        beams = [b for r in requests for b in r.beams]
+        positions = [b.num_cached for b in beams]  # of the new tokens
         first_row = [0]
         for r in requests:
             first_row.append(first_row[-1] + len(r.beams))
@@ -189,7 +173,7 @@ class ModelRunner:
         for a, b in runs:
             start, end = first_row[a], first_row[b]
             lengths = [p + 1 for p in positions[start:end]]
-            tables = [beam.block_table for _, beam in beams[start:end]]
+            tables = [beam.block_table for beam in beams[start:end]]
             slots = slots_of(tables, lengths, self.cache.block_size)  # (rows, Tk)
             position = torch.tensor(positions[start:end])[:, None]  # (rows, 1) of the new tokens
             write_slots.append(slots.gather(1, position)[:, 0])
@@ -198,25 +182,20 @@ class ModelRunner:
                 valid = torch.arange(max(lengths))[None, :] <= position  # (rows, Tk)
                 mask = valid[:, None, None, :].to(self.device)
             groups.append(ReadGroup(start, end, slots.to(self.device), mask))
-        batch = PagedBatch(
+        return PagedBatch(
             positions=torch.tensor(positions, device=self.device)[:, None],  # (B, 1)
             write_slots=torch.cat(write_slots).to(self.device),  # (B,)
             self_mask=None,
             read_groups=groups,
         )
-        self._reuse_cross_kv(batch, requests)
-        token_ids = torch.tensor([[b.tokens[-1]] for _, b in beams], device=self.device)
-        logits = self.forward(token_ids, self.cache, batch)
-        for _, beam in beams:
-            beam.num_cached += 1
-        return self._split(logits, requests)
 
-    def _reuse_cross_kv(self, batch: PagedBatch, requests: list[Request]) -> None:
-        """Gather the cross-attention K/V once and keep it while the requests stay the same.
+    def _add_decode_cross(self, batch: PagedBatch, requests: list[Request]) -> None:
+        """Each request's source, one row per request that its beams share. Where it is (and,
+        gathering, its K/V) is kept from step to step while the decode requests stay the same.
 
-        A request's beams share one gathered row (`grouped_attention`): beam search gathers and
-        reads the source K/V once per request, even while requests that have just joined (one
-        beam) and older ones (several) share the step.
+        Gathered, a request's beams attend to their row together (`grouped_attention`): beam
+        search gathers and reads the source K/V once per request, even while requests that have
+        just joined (one beam) and older ones (several) share the step.
         """
         if not self.config.is_encoder_decoder:
             return
@@ -225,12 +204,19 @@ class ModelRunner:
         rows = tuple((r, tuple(r.cross_blocks)) for r in requests)
         if rows != self._cross_rows:
             self._add_cross(batch, requests)
-            assert batch.cross_read_slots is not None
-            self._cross_rows = rows
-            self._cross_kv = gather_cross_kv(self.cache, batch.cross_read_slots)
-            self._cross_mask = batch.cross_mask
-        batch.cross_kv, batch.cross_mask = self._cross_kv, self._cross_mask
-        batch.cross_groups = row_groups([len(r.beams) for r in requests], self.device)
+            if self.kernel is None:
+                assert batch.cross_read_slots is not None
+                batch.cross_kv = gather_cross_kv(self.cache, batch.cross_read_slots)
+            self._cross_rows, self._cross_batch = rows, batch
+        kept = self._cross_batch
+        assert kept is not None
+        batch.cross_read_slots, batch.cross_lengths = kept.cross_read_slots, kept.cross_lengths
+        batch.cross_mask, batch.cross_kv = kept.cross_mask, kept.cross_kv
+        counts = [len(r.beams) for r in requests]
+        if self.kernel is None:
+            batch.cross_groups = row_groups(counts, self.device)
+        else:
+            batch.cross_rows = torch.tensor([i for i, n in enumerate(counts) for _ in range(n)])
 
     def length_groups(self, requests: list[Request]) -> list[list[Request]]:
         """`requests` longest first, in runs of similar length to be prefilled apart, each padded
@@ -270,9 +256,12 @@ class ModelRunner:
         if not self.config.is_encoder_decoder:
             return
         lengths = [len(r.input_ids) for r in row_requests]
-        batch.cross_read_slots = slots_of(
-            [r.cross_blocks for r in row_requests], lengths, self.cache.block_size
-        ).to(self.device)
+        batch.cross_read_slots = (
+            slots_of([r.cross_blocks for r in row_requests], lengths, self.cache.block_size)
+            .contiguous()
+            .to(self.device)
+        )  # (B, S)
+        batch.cross_lengths = torch.tensor(lengths)
         if min(lengths) == max(lengths):  # no padding (one request, or its beams): no mask
             batch.cross_mask = None
             return
