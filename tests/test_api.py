@@ -2218,6 +2218,38 @@ def test_health_and_ready_answer_while_the_models_load(models, monkeypatch):
         server.__exit__()
 
 
+def test_one_thread_runs_the_models(models, monkeypatch):
+    """Loading, warm-up, both models' steps, alignments and prompt logprobs all run on one
+    thread, the engine thread: torch ops from a second thread would slow every op down (the
+    OpenMP teams would outnumber the cores; docs/engine.md)."""
+    from service.engine import LLMEngine
+
+    threads: dict[str, set[str]] = {}
+
+    def spy(name, fn):
+        def recorded(*args, **kwargs):
+            threads.setdefault(name, set()).add(threading.current_thread().name)
+            return fn(*args, **kwargs)
+
+        return recorded
+
+    load = LLMEngine.from_checkpoint
+    monkeypatch.setattr(LLMEngine, "from_checkpoint", staticmethod(spy("load", load)))
+    for name in ("generate", "step", "alignment", "prompt_logprobs"):
+        monkeypatch.setattr(LLMEngine, name, spy(name, getattr(LLMEngine, name)))
+    with ServerThread(settings(models)) as running, httpx.Client(base_url=running.url) as c:
+        translate = {"model": "tiny-mt", "text": "Open the file", "return_alignments": True}
+        assert c.post("/v1/translate", json=translate).status_code == 200
+        echo = {"model": "tiny-lm", "prompt": "Open the", "echo": True, "logprobs": 1}
+        assert c.post("/v1/completions", json=echo | {"max_tokens": 2}).status_code == 200
+        details = {"details": True, "decoder_input_details": True, "max_new_tokens": 2}
+        body = {"model": "tiny-lm", "inputs": "Open", "parameters": details}
+        assert c.post("/generate", json=body).status_code == 200
+    assert threads == dict.fromkeys(
+        ["load", "generate", "step", "alignment", "prompt_logprobs"], {"engine"}
+    )
+
+
 def test_the_bundled_models_translate_and_generate_end_to_end():
     """The shipped checkpoints, served as `make serve` serves them."""
     with (

@@ -5,6 +5,7 @@ import asyncio
 import dataclasses
 import itertools
 import random
+import threading
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from service.engine import (
     AsyncEngine,
     EngineConfig,
     EngineOverloaded,
+    EngineThread,
     FinishReason,
     LLMEngine,
     RequestTooLong,
@@ -857,6 +859,49 @@ def test_async_engine_streams_and_a_consumer_that_leaves_aborts(tokenizer):
         assert_cache_empty(engine)
     finally:
         async_engine.shutdown()
+
+
+def test_two_models_on_one_engine_thread_give_their_tokens_alone(tokenizer):
+    """A translator and a generator stepped in turn by one EngineThread, their requests all in
+    flight at once: each request's tokens are those of its engine run alone."""
+    engines = {a: make_engine(tokenizer, a) for a in ARCHITECTURES}
+    prompts = {a: [[5, 6, 7], [8, 9], [10, 11, 12, 13]] for a in ARCHITECTURES}
+    alone = {a: [o.token_ids for o in engines[a].generate(prompts[a], GREEDY)] for a in engines}
+    thread = EngineThread()
+    async_engines = {a: AsyncEngine(engine, thread) for a, engine in engines.items()}
+    for async_engine in async_engines.values():
+        async_engine.start()
+    stepped_on = set()
+    step = LLMEngine.step
+
+    def recorded_step(engine):
+        stepped_on.add(threading.current_thread().name)
+        return step(engine)
+
+    async def run(a, prompt):
+        return [o async for o in async_engines[a].generate(prompt, GREEDY)][-1].token_ids
+
+    async def scenario():
+        runs = [run(a, p) for a in ARCHITECTURES for p in prompts[a]]
+        return await asyncio.gather(*runs)
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(LLMEngine, "step", recorded_step)
+            together = asyncio.run(scenario())
+        assert together == [ids for a in ARCHITECTURES for ids in alone[a]]
+        assert stepped_on == {"engine"}
+        assert thread.call(threading.current_thread) is thread._thread
+        with pytest.raises(ZeroDivisionError):  # a job's error reaches its caller
+            thread.call(lambda: 1 / 0)
+        for engine in engines.values():
+            assert_cache_empty(engine)
+    finally:
+        for async_engine in async_engines.values():
+            async_engine.shutdown()
+    assert not any(e.is_running for e in async_engines.values())
+    with pytest.raises(RuntimeError, match="stopped"):  # no thread left to run it
+        thread.call(print)
 
 
 def test_fit_max_new_tokens_lowers_the_limit_to_the_positions_left(tokenizer):

@@ -11,7 +11,14 @@ from pathlib import Path
 from service.api.errors import ApiError
 from service.api.metrics import Metrics
 from service.api.settings import Settings
-from service.engine import AsyncEngine, EngineConfig, LLMEngine, SamplingParams, SchedulerConfig
+from service.engine import (
+    AsyncEngine,
+    EngineConfig,
+    EngineThread,
+    LLMEngine,
+    SamplingParams,
+    SchedulerConfig,
+)
 from service.engine.detokenizer import IncrementalDetokenizer
 
 
@@ -89,8 +96,12 @@ class ServedModel:
 
 
 class ModelRegistry:
-    def __init__(self, models: dict[str, ServedModel]):
+    """The served models, whose engines share one thread (`EngineThread`: everything that runs
+    the models, loading and warm-up included, runs there)."""
+
+    def __init__(self, models: dict[str, ServedModel], thread: EngineThread):
         self.models = models
+        self.thread = thread
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> ModelRegistry:
@@ -114,12 +125,21 @@ class ModelRegistry:
             compile=settings.compile,
             scheduler=scheduler,
         )
+        paths = settings.model_paths()
+        thread = EngineThread()
+        try:
+            engines = {
+                model_id: thread.call(LLMEngine.from_checkpoint, path, config)
+                for model_id, path in paths.items()
+            }
+        except BaseException:
+            thread.stop()
+            raise
         models = {}
-        for model_id, path in settings.model_paths().items():
-            llm = LLMEngine.from_checkpoint(path, config)
+        for model_id, llm in engines.items():
             metrics.watch(model_id, llm)
-            models[model_id] = ServedModel(model_id, path, AsyncEngine(llm))
-        return cls(models)
+            models[model_id] = ServedModel(model_id, paths[model_id], AsyncEngine(llm, thread))
+        return cls(models, thread)
 
     def start(self) -> None:
         for served in self.models.values():
@@ -127,6 +147,9 @@ class ModelRegistry:
 
     def warm_up(self) -> None:
         """One short request through each engine, so the first user does not pay for it."""
+        self.thread.call(self._warm_up)
+
+    def _warm_up(self) -> None:
         for served in self.models.values():
             hook, served.llm.on_step = served.llm.on_step, None  # not a step users asked for
             try:
@@ -137,6 +160,7 @@ class ModelRegistry:
     def shutdown(self) -> None:
         for served in self.models.values():
             served.async_engine.shutdown()
+        self.thread.stop()
 
     def get(self, model_id: str | None, translation: bool = False) -> ServedModel:
         """The named model; without a name, the translation model (translate) or the first one."""

@@ -5,7 +5,6 @@ are TGI's, as at the chat route there (routes_chat.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -193,7 +192,9 @@ async def _echoes(served: ServedModel, body: CompletionRequest) -> list[Echo]:
         text = prompt if isinstance(prompt, str) else served.llm.tokenizer.decode(ids)
         entry = None
         if body.logprobs is not None:
-            logprobs, top = await asyncio.to_thread(served.llm.prompt_logprobs, ids, body.logprobs)
+            logprobs, top = await served.async_engine.run(
+                served.llm.prompt_logprobs, ids, body.logprobs
+            )
             entry, _ = _logprobs(served, ids, logprobs, top)
         echoes.append(Echo(text, entry))
     return echoes

@@ -6,7 +6,7 @@ from model.segment import (
     split_text,
     trim_text,
 )  # for the HTTP layer, which sees no model
-from service.engine.async_engine import AsyncEngine
+from service.engine.async_engine import AsyncEngine, EngineThread
 from service.engine.config import EngineConfig, StepStats, device_problem, quantize_problem
 from service.engine.engine import LLMEngine
 from service.engine.request import (
@@ -23,6 +23,7 @@ __all__ = [
     "AsyncEngine",
     "EngineConfig",
     "EngineOverloaded",
+    "EngineThread",
     "FinishReason",
     "Hypothesis",
     "LLMEngine",

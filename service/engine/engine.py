@@ -249,8 +249,9 @@ class LLMEngine:
     def alignment(self, prompt: str | list[int], new_ids: list[int]) -> tuple[list[int], Tensor]:
         """A translation's source ids and its (new tokens × source) cross-attention weights.
 
-        Recomputed with the plain model (`Transformer.alignment`), outside the engine loop, so
-        it may run on another thread; it costs one forward pass over the finished translation.
+        Recomputed with the plain model (`Transformer.alignment`), outside the engine's steps
+        (the server runs it on the engine thread between them); it costs one forward pass over
+        the finished translation.
         """
         if not self.is_encoder_decoder:
             raise ValueError("alignments exist only for encoder-decoder (translation) models")
@@ -265,9 +266,8 @@ class LLMEngine:
         (None for the first, which nothing predicts), and the `num_top` likeliest tokens of each
         position with the prompt's own among them (None for the first).
 
-        One forward pass of the plain model over the prompt, outside the engine loop (as
-        `alignment`), so it may run on another thread; the engine's prefill computes only the
-        last position's logits.
+        One forward pass of the plain model over the prompt, outside the engine's steps (as
+        `alignment`); the engine's prefill computes only the last position's logits.
         """
         if self.is_encoder_decoder:
             raise ValueError("a translation model's input is its source: it has no logprobs")
