@@ -59,3 +59,30 @@ def test_locust_load_test_runs_clean_against_the_server(tmp_path):
         process.wait(60)
     missing = [name for name in EXPECTED if name not in succeeded]
     assert not missing, f"no successful requests of {missing} in 3 runs: {sorted(succeeded)}"
+
+
+def test_http_benchmark_reports_its_figures(tmp_path):
+    """`python -m loadtests.bench_http` against a running server: every figure is there and
+    counts what was sent."""
+    process, url = start_server(tiny_checkpoints(tmp_path), "--threads", "1")
+    out = tmp_path / "bench.json"
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "loadtests.bench_http", "--url", url, "--model", "tiny-mt",
+             "--requests", "4", "--concurrent-requests", "12", "--clients", "3",
+             "--json", str(out)],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(out.read_text())
+    for row in report["one_at_a_time"].values():
+        assert row["p90_ms"] >= row["latency_ms"] > 0
+        assert row["latency_ms"] >= row["server_total_ms"] > 0
+        assert row["server_tokens"] > 0
+    concurrent = report["at_once"]
+    assert (concurrent["clients"], concurrent["requests"]) == (3, 12)
+    assert concurrent["tokens_per_s"] > 0 and concurrent["requests_per_s"] > 0
+    assert "clients, 12 sentences" in run.stdout
