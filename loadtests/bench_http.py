@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -105,6 +106,19 @@ def run(url: str, model: str | None, num_sequential: int, num_concurrent: int, c
     return report
 
 
+def wait_ready(url: str, timeout_s: float, alive: Callable[[], bool] = lambda: True) -> bool:
+    """Whether the server at `url` says /ready within `timeout_s`, while `alive()` holds."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        try:
+            if httpx.get(f"{url}/ready").status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
 def start_server(flags: list[str]) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -112,16 +126,10 @@ def start_server(flags: list[str]) -> tuple[subprocess.Popen, str]:
     command = [sys.executable, "-m", "service", "--port", str(port), *flags]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            if httpx.get(f"{url}/ready").status_code == 200:
-                return server, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    server.kill()
-    raise RuntimeError(f"the server did not become ready: {' '.join(command)}")
+    if not wait_ready(url, 300, lambda: server.poll() is None):
+        server.kill()
+        raise RuntimeError(f"the server did not become ready: {' '.join(command)}")
+    return server, url
 
 
 def print_table(report: dict) -> None:

@@ -7,12 +7,11 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-import httpx
 import uvicorn
 
+from loadtests.bench_http import wait_ready
 from model.checkpoint import save_checkpoint
 from model.tokenizer import Tokenizer, train_tokenizer
 from service.api.app import create_app
@@ -52,15 +51,9 @@ class ServerThread:
 
     def __enter__(self) -> ServerThread:
         self.thread.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/ready").status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("the server did not become ready")
+        if not wait_ready(self.url, 60, self.thread.is_alive):
+            raise RuntimeError("the server did not become ready")
+        return self
 
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
@@ -80,13 +73,7 @@ def start_server(models: list[str], *flags: str) -> tuple[subprocess.Popen, str]
     env = os.environ | {"ATTNSERVE_MAX_NEW_TOKENS": "64"}  # an env var, overridden by no flag
     process = subprocess.Popen([*args, *flags], cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/ready").status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("the server did not start")
+    if not wait_ready(url, 60, lambda: process.poll() is None):
+        process.kill()
+        raise RuntimeError("the server did not start")
+    return process, url
