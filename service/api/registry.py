@@ -158,9 +158,7 @@ class ModelRegistry:
                 served.llm.on_step = hook
 
     def shutdown(self) -> None:
-        for served in self.models.values():
-            served.async_engine.shutdown()
-        self.thread.stop()
+        self.thread.stop()  # after its current step: no engine runs any more
 
     def get(self, model_id: str | None, translation: bool = False) -> ServedModel:
         """The named model; without a name, the translation model (translate) or the first one."""

@@ -40,6 +40,7 @@ class EngineThread:
         self._jobs: SimpleQueue[tuple[Callable[[], Any], Future]] = SimpleQueue()
         self._wake = threading.Event()
         self._stopping = False
+        self._stop_lock = threading.Lock()  # no job is queued once the loop may have drained
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._thread.start()
 
@@ -56,7 +57,8 @@ class EngineThread:
             self.stop(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stopping = True
+        with self._stop_lock:
+            self._stopping = True
         self._wake.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
@@ -70,10 +72,11 @@ class EngineThread:
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         """Run `fn(*args)` on this thread, between steps; its result comes in the future."""
         future: Future[T] = Future()
-        if self._stopping:
-            future.set_exception(RuntimeError("the engine thread has stopped"))
-            return future
-        self._jobs.put((functools.partial(fn, *args), future))
+        with self._stop_lock:
+            if self._stopping:
+                future.set_exception(RuntimeError("the engine thread has stopped"))
+                return future
+            self._jobs.put((functools.partial(fn, *args), future))
         self._wake.set()
         return future
 
