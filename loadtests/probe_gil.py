@@ -1,0 +1,63 @@
+"""What the HTTP side's Python costs the engine: the offline engine runs the bundled translator
+on 256 test sentences alone, then beside a Python busy loop (a stand-in for the event loop, busy
+`--duty` of the time) in a thread of the same process, which holds the GIL while it runs, then
+in a process of its own, which does not. Prints tokens/s and ms per step, rounds interleaved.
+
+    python -m loadtests.probe_gil [--threads 1] [--rounds 3] [--duty 0.3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import threading
+import time
+
+import torch
+
+from loadtests.bench_engine import BUNDLED, corpus_requests, engine_run
+from model.checkpoint import load_checkpoint
+
+
+def busy(stop, duty: float, period_s: float = 0.01) -> None:
+    """Pure Python for `duty` of every `period_s`, asleep the rest."""
+    while not stop.is_set():
+        start = time.perf_counter()
+        while time.perf_counter() - start < duty * period_s:
+            pass
+        time.sleep((1 - duty) * period_s)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duty", type=float, default=0.3, help="the busy loop's share of the time")
+    p.add_argument("--max-running", type=int, default=16)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_checkpoint(BUNDLED)
+    requests = corpus_requests(256, 1, tokenizer)
+    engine_run(model, tokenizer, requests, False, args.max_running, "packed")  # warm-up
+    for _ in range(args.rounds):
+        for beside in ("nothing", "thread", "process"):
+            worker: threading.Thread | multiprocessing.Process | None = None
+            if beside == "thread":
+                stop = threading.Event()
+                worker = threading.Thread(target=busy, args=(stop, args.duty))
+            elif beside == "process":
+                stop = multiprocessing.Event()
+                worker = multiprocessing.Process(target=busy, args=(stop, args.duty))
+            if worker is not None:
+                worker.start()
+            result = engine_run(model, tokenizer, requests, False, args.max_running, "packed")
+            if worker is not None:
+                stop.set()
+                worker.join()
+            ms_per_step = 1000 * result["seconds"] / result["steps"]
+            print(f"beside {beside:8} {result['tokens_per_s']:8.1f} tokens/s  "
+                  f"{ms_per_step:5.2f} ms/step ({result['steps']} steps)", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
