@@ -1,9 +1,9 @@
 """What the HTTP side's Python costs the engine: the offline engine runs the bundled translator
-on 256 test sentences alone, then beside a Python busy loop (a stand-in for the event loop, busy
+on test sentences (256) alone, then beside a Python busy loop (a stand-in for the event loop, busy
 `--duty` of the time) in a thread of the same process, which holds the GIL while it runs, then
 in a process of its own, which does not. Prints tokens/s and ms per step, rounds interleaved.
 
-    python -m loadtests.probe_gil [--threads 1] [--rounds 3] [--duty 0.3]
+    python -m loadtests.probe_gil [--threads 1] [--rounds 3] [--duty 0.3] [--sentences 256]
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duty", type=float, default=0.3, help="the busy loop's share of the time")
     p.add_argument("--max-running", type=int, default=16)
+    p.add_argument("--sentences", type=int, default=256)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model, tokenizer = load_checkpoint(BUNDLED)
-    requests = corpus_requests(256, 1, tokenizer)
+    requests = corpus_requests(args.sentences, 1, tokenizer)
     engine_run(model, tokenizer, requests, False, args.max_running, "packed")  # warm-up
     for _ in range(args.rounds):
         for beside in ("nothing", "thread", "process"):

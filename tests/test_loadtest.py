@@ -86,3 +86,17 @@ def test_http_benchmark_reports_its_figures(tmp_path):
     assert (concurrent["clients"], concurrent["requests"]) == (3, 12)
     assert concurrent["tokens_per_s"] > 0 and concurrent["requests_per_s"] > 0
     assert "clients, 12 sentences" in run.stdout
+
+
+def test_gil_probe_runs_the_engine_three_ways():
+    """`python -m loadtests.probe_gil`, reduced: the engine alone, beside a busy thread and
+    beside a busy process, each a figure of its own."""
+    run = subprocess.run(
+        [sys.executable, "-m", "loadtests.probe_gil", "--threads", "1", "--rounds", "1",
+         "--sentences", "8"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line.split() for line in run.stdout.splitlines() if line.startswith("beside")]
+    assert [row[1] for row in rows] == ["nothing", "thread", "process"]
+    assert all(float(row[2]) > 0 for row in rows)
