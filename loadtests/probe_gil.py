@@ -1,5 +1,5 @@
 """What the HTTP side's Python costs the engine: the offline engine runs the bundled translator
-on test sentences (256) alone, then beside a Python busy loop (a stand-in for the event loop, busy
+on test sentences (256 by default) alone, then beside a Python busy loop (a stand-in for the event loop, busy
 `--duty` of the time) in a thread of the same process, which holds the GIL while it runs, then
 in a process of its own, which does not. Prints tokens/s and ms per step, rounds interleaved.
 
@@ -17,6 +17,12 @@ import torch
 
 from loadtests.bench_engine import BUNDLED, corpus_requests, engine_run
 from model.checkpoint import load_checkpoint
+
+# where the busy loop runs: (its stop event, its worker)
+BUSY_KINDS = {
+    "thread": (threading.Event, threading.Thread),
+    "process": (multiprocessing.Event, multiprocessing.Process),
+}
 
 
 def busy(stop, duty: float, period_s: float = 0.01) -> None:
@@ -41,15 +47,12 @@ def main() -> None:
     requests = corpus_requests(args.sentences, 1, tokenizer)
     engine_run(model, tokenizer, requests, False, args.max_running, "packed")  # warm-up
     for _ in range(args.rounds):
-        for beside in ("nothing", "thread", "process"):
-            worker: threading.Thread | multiprocessing.Process | None = None
-            if beside == "thread":
-                stop = threading.Event()
-                worker = threading.Thread(target=busy, args=(stop, args.duty))
-            elif beside == "process":
-                stop = multiprocessing.Event()
-                worker = multiprocessing.Process(target=busy, args=(stop, args.duty))
-            if worker is not None:
+        for beside in ("nothing", *BUSY_KINDS):
+            worker = None
+            if beside in BUSY_KINDS:
+                new_event, new_worker = BUSY_KINDS[beside]
+                stop = new_event()
+                worker = new_worker(target=busy, args=(stop, args.duty))
                 worker.start()
             result = engine_run(model, tokenizer, requests, False, args.max_running, "packed")
             if worker is not None:
