@@ -32,6 +32,8 @@ serve: install
 
 test: install lint
 	$(PY) -m pytest -q || [ $$? -eq 5 ]  # 5: no tests collected
+	# the API's tests again, the engines in a process of their own (--engine-process)
+	ATTNSERVE_ENGINE_PROCESS=1 $(PY) -m pytest -q tests/test_api.py
 
 lint: install
 	$(VENV)/bin/ruff check $(SRC)

@@ -46,10 +46,16 @@ def load_checkpoint(
     if missing or unexpected:
         raise ValueError(f"{directory}: missing weights {missing}, unexpected weights {unexpected}")
     _rebuild_buffers(model, device, dtype)
+    return model.eval(), load_tokenizer(directory, config)
+
+
+def load_tokenizer(directory: str | Path, config: TransformerConfig | None = None) -> Tokenizer:
+    """A model directory's tokenizer, without its weights."""
+    directory = Path(directory)
+    config = config or TransformerConfig.load(directory / "config.json")
     special_ids = (config.pad_token_id, config.bos_token_id, config.eos_token_id)
     split = read_split_special_tokens(directory)
-    tokenizer = Tokenizer.from_file(directory / "tokenizer.json", special_ids, split)
-    return model.eval(), tokenizer
+    return Tokenizer.from_file(directory / "tokenizer.json", special_ids, split)
 
 
 def _rebuild_buffers(model: Transformer, device, dtype) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 import uvicorn
 
 from loadtests.bench_http import wait_ready
@@ -20,6 +22,18 @@ from tests.conftest import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["Open the file", "Save the document as PDF", "Größe ändern", "Datei öffnen €"] * 20
+
+
+def engines_in_a_process() -> bool:
+    """Whether servers started here run their engines in a process of their own: the Makefile
+    runs the API tests a second time so, with ATTNSERVE_ENGINE_PROCESS=1 (`--engine-process`)."""
+    return Settings(models=[]).engine_process
+
+
+# A test that reaches into the engine in the server's thread (its runner, its thread).
+needs_engine_thread = pytest.mark.skipif(
+    engines_in_a_process(), reason="patches the engine, which runs in another process here"
+)
 
 
 def tiny_checkpoints(directory: Path) -> list[str]:
@@ -60,7 +74,13 @@ class ServerThread:
         self.thread.join(30)
 
     def engine(self, model_id: str):
+        """The model's LLMEngine, or with engines in a process its RemoteEngine."""
         return self.app.state.registry.models[model_id].llm
+
+    def prompt_logprobs(self, model_id: str, ids: list[int]) -> list[float | None]:
+        """The engine's own prompt logprobs, computed where its steps run."""
+        engine = self.app.state.registry.models[model_id].async_engine
+        return asyncio.run(engine.run("prompt_logprobs", ids))[0]
 
 
 def start_server(models: list[str], *flags: str) -> tuple[subprocess.Popen, str]:

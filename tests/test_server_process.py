@@ -42,10 +42,17 @@ def wait_until_accepted(url: str, num_requests: int) -> None:
     raise AssertionError(f"the server never took {num_requests} requests")
 
 
-def test_sigterm_drains_in_flight_requests_then_exits_cleanly(models):
+# The engines in the server's thread (the default), or in a process of their own.
+ENGINES = pytest.mark.parametrize("engines", [[], ["--engine-process"]], ids=["thread", "process"])
+
+
+@ENGINES
+def test_sigterm_drains_in_flight_requests_then_exits_cleanly(models, engines):
     # One request runs at a time, so the streams queued behind a batch end well after uvicorn's
-    # own 5 s grace period: only the drain keeps them alive that long.
-    process, url = start_server(models, "--threads", "1", "--max-running-requests", "1")
+    # own 5 s grace period: only the drain keeps them alive that long (enough of them that the
+    # engine process, faster than the engine thread, also takes that long).
+    num_streams = 90
+    process, url = start_server(models, "--threads", "1", "--max-running-requests", "1", *engines)
     try:
         assert httpx.get(f"{url}/info").json()["models"][0]["limits"]["max_new_tokens"] == 64
         slow = {"text": [f"Open file {i}" for i in range(16)], "beam_size": 8}
@@ -61,10 +68,10 @@ def test_sigterm_drains_in_flight_requests_then_exits_cleanly(models):
             result["streams"].append((lines[-1], time.monotonic()))
 
         threads = [threading.Thread(target=in_flight)]
-        threads += [threading.Thread(target=streaming) for _ in range(60)]
+        threads += [threading.Thread(target=streaming) for _ in range(num_streams)]
         for thread in threads:
             thread.start()
-        wait_until_accepted(url, 16 + 60)  # the batch's texts and the streams
+        wait_until_accepted(url, 16 + num_streams)  # the batch's texts and the streams
         process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         time.sleep(0.2)
@@ -75,7 +82,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_cleanly(models):
             thread.join(120)
         assert result["response"].status_code == 200  # nothing accepted is lost
         assert len(result["response"].json()["translations"]) == 16
-        assert [last for last, _ in result["streams"]] == ["data: [DONE]"] * 60
+        assert [last for last, _ in result["streams"]] == ["data: [DONE]"] * num_streams
         last_end = max(end for _, end in result["streams"])
         assert last_end - signalled > 5, "the streams must outlast uvicorn's grace period"
         assert process.wait(30) == 0
@@ -83,9 +90,10 @@ def test_sigterm_drains_in_flight_requests_then_exits_cleanly(models):
         process.kill()
 
 
-def test_when_the_drain_runs_out_of_time_what_is_left_gets_a_503_not_a_cut(models):
+@ENGINES
+def test_when_the_drain_runs_out_of_time_what_is_left_gets_a_503_not_a_cut(models, engines):
     process, url = start_server(
-        models, "--threads", "1", "--max-running-requests", "1", "--drain-timeout-s", "1"
+        models, "--threads", "1", "--max-running-requests", "1", "--drain-timeout-s", "1", *engines
     )
     try:
         slow = {"text": [f"Open file {i}" for i in range(16)], "beam_size": 8}
@@ -149,12 +157,13 @@ def test_api_key_is_required_when_configured(models):
         assert process.wait(30) == 0
 
 
-def test_a_model_that_cannot_load_makes_the_process_exit_with_an_error(tmp_path):
+@ENGINES
+def test_a_model_that_cannot_load_makes_the_process_exit_with_an_error(tmp_path, engines):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
     args = [sys.executable, "-m", "service", "--port", str(free_port()), "--log-level", "error"]
-    process = subprocess.Popen([*args, "--model", f"broken={broken}"], cwd=ROOT)
+    process = subprocess.Popen([*args, "--model", f"broken={broken}", *engines], cwd=ROOT)
     try:
         assert process.wait(60) != 0
     finally:

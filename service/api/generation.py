@@ -18,6 +18,7 @@ from service.api.errors import ApiError
 from service.api.metrics import Metrics
 from service.api.registry import ServedModel
 from service.engine import (
+    ENGINE_GONE,
     EngineOverloaded,
     FinishReason,
     RequestOutput,
@@ -226,8 +227,8 @@ def _observe_finish(m: Metrics, model: str, output: RequestOutput, e2e_s: float)
 
 def check_finished(output: RequestOutput, timeout_s: float | None) -> RequestOutput:
     """Errors a finished request may carry: failure inside generation, or expiry in the queue."""
-    if output.finish_reason == FinishReason.ERROR and output.error == SHUT_DOWN:
-        raise ApiError(503, SHUT_DOWN, "not_ready")
+    if output.finish_reason == FinishReason.ERROR and output.error in (SHUT_DOWN, ENGINE_GONE):
+        raise ApiError(503, output.error, "not_ready")
     if output.finish_reason == FinishReason.ERROR:
         raise ApiError(500, f"generation failed: {output.error}", "generation")
     if output.finish_reason == FinishReason.TIMEOUT and not output.was_scheduled:

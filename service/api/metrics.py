@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from service.engine import FinishReason, LLMEngine, StepStats
+from service.engine import FinishReason, LLMEngine, RemoteEngine, StepStats
 
 # Seconds: from a millisecond step on a tiny model to minute-long generations.
 LATENCY_BUCKETS = (
@@ -74,7 +74,7 @@ class Metrics:
             "step_duration_seconds", "Wall time of one engine step", STEP_BUCKETS
         )
 
-    def watch(self, model: str, llm: LLMEngine) -> None:
+    def watch(self, model: str, llm: LLMEngine | RemoteEngine) -> None:
         """Feed a model's engine steps into the metrics. Its gauges read 0 until its first step:
         an idle pod reports an empty queue (the HPA's metric), not no series at all."""
         llm.on_step = lambda stats: self.observe_step(model, stats)
@@ -88,7 +88,8 @@ class Metrics:
             self.finished.labels(model, reason.value)
 
     def observe_step(self, model: str, stats: StepStats) -> None:
-        """The engine's per-step callback (called on the engine thread)."""
+        """The engine's per-step callback (called on the engine thread, or with
+        `--engine-process` on the thread that reads the engine process's messages)."""
         self.running.labels(model).set(stats.num_running)
         self.waiting.labels(model).set(stats.num_waiting)
         self.kv_usage.labels(model).set(stats.blocks_used / max(1, stats.blocks_total))

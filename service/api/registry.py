@@ -7,6 +7,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from service.api.errors import ApiError
 from service.api.metrics import Metrics
@@ -14,8 +15,10 @@ from service.api.settings import Settings
 from service.engine import (
     AsyncEngine,
     EngineConfig,
+    EngineProcess,
     EngineThread,
     LLMEngine,
+    RemoteEngine,
     SamplingParams,
     SchedulerConfig,
 )
@@ -26,12 +29,12 @@ from service.engine.detokenizer import IncrementalDetokenizer
 class ServedModel:
     model_id: str
     path: Path
-    async_engine: AsyncEngine  # the HTTP side; `llm` is the engine it runs
+    async_engine: AsyncEngine  # the HTTP side; `llm` is the engine it runs (or its stand-in)
     created: int = field(default_factory=lambda: int(time.time()))
     _finish_times: deque[float] = field(default_factory=lambda: deque(maxlen=32))
 
     @property
-    def llm(self) -> LLMEngine:
+    def llm(self) -> LLMEngine | RemoteEngine:
         return self.async_engine.llm
 
     @property
@@ -88,7 +91,7 @@ class ServedModel:
         at most a minute, so that a stalled server's clients still come back to look."""
         now = time.monotonic()
         recent = [t for t in self._finish_times if now - t < 10]
-        num_waiting = len(self.llm.scheduler.waiting)
+        num_waiting = self.llm.num_waiting
         if len(recent) < 2:
             return 1
         rate = (len(recent) - 1) / max(recent[-1] - recent[0], 1e-3)  # requests per second
@@ -97,9 +100,10 @@ class ServedModel:
 
 class ModelRegistry:
     """The served models, whose engines share one thread (`EngineThread`: everything that runs
-    the models, loading and warm-up included, runs there)."""
+    the models, loading and warm-up included, runs there), or with `--engine-process` one
+    process (`EngineProcess`, which loads and warms them up itself)."""
 
-    def __init__(self, models: dict[str, ServedModel], thread: EngineThread):
+    def __init__(self, models: dict[str, ServedModel], thread: EngineThread | EngineProcess):
         self.models = models
         self.thread = thread
 
@@ -126,6 +130,15 @@ class ModelRegistry:
             scheduler=scheduler,
         )
         paths = settings.model_paths()
+        if settings.engine_process:
+            process = EngineProcess(paths, config)
+            for model_id, remote in process.engines.items():
+                metrics.watch(model_id, remote)
+            models = {
+                model_id: ServedModel(model_id, paths[model_id], AsyncEngine(remote, process))
+                for model_id, remote in process.engines.items()
+            }
+            return cls(models, process)
         thread = EngineThread()
         try:
             engines = {
@@ -147,15 +160,17 @@ class ModelRegistry:
 
     def warm_up(self) -> None:
         """One short request through each engine, so the first user does not pay for it."""
-        self.thread.call(self._warm_up)
+        if isinstance(self.thread, EngineThread):  # an EngineProcess did as it started
+            self.thread.call(self._warm_up)
 
     def _warm_up(self) -> None:
         for served in self.models.values():
-            hook, served.llm.on_step = served.llm.on_step, None  # not a step users asked for
+            llm = cast(LLMEngine, served.llm)  # in this process
+            hook, llm.on_step = llm.on_step, None  # not a step users asked for
             try:
-                served.llm.generate(["Hello"], SamplingParams(max_new_tokens=2))
+                llm.generate(["Hello"], SamplingParams(max_new_tokens=2))
             finally:
-                served.llm.on_step = hook
+                llm.on_step = hook
 
     def shutdown(self) -> None:
         self.thread.stop()  # after its current step: no engine runs any more
@@ -186,7 +201,4 @@ class ModelRegistry:
     @property
     def num_in_flight(self) -> int:
         """Engine requests queued or running, over every model."""
-        return sum(
-            len(m.llm.scheduler.waiting) + len(m.llm.scheduler.running)
-            for m in self.models.values()
-        )
+        return sum(m.llm.num_requests for m in self.models.values())

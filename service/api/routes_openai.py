@@ -192,9 +192,7 @@ async def _echoes(served: ServedModel, body: CompletionRequest) -> list[Echo]:
         text = prompt if isinstance(prompt, str) else served.llm.tokenizer.decode(ids)
         entry = None
         if body.logprobs is not None:
-            logprobs, top = await served.async_engine.run(
-                served.llm.prompt_logprobs, ids, body.logprobs
-            )
+            logprobs, top = await served.async_engine.run("prompt_logprobs", ids, body.logprobs)
             entry, _ = _logprobs(served, ids, logprobs, top)
         echoes.append(Echo(text, entry))
     return echoes

@@ -141,7 +141,7 @@ async def _prefill(served: ServedModel, model_input: str | list[int]) -> list[di
     """TGI's `details.prefill`: the prompt's tokens, each with its log-probability given the
     ones before it (none for the first)."""
     ids = served.llm.input_ids(model_input)
-    logprobs, _ = await served.async_engine.run(served.llm.prompt_logprobs, ids)
+    logprobs, _ = await served.async_engine.run("prompt_logprobs", ids)
     decode = served.llm.tokenizer.decode
     return [
         {"id": i, "text": decode([i]) + served.special_text(i), "logprob": lp}

@@ -134,7 +134,7 @@ async def alignment(served: ServedModel, text: str | list[int], output: RequestO
     and `pairs` [i, j] of each target token's most attended source token."""
     if not output.token_ids:
         return {"source_tokens": [], "target_tokens": [], "weights": [], "pairs": []}
-    src, weights = await served.async_engine.run(served.llm.alignment, text, output.token_ids)
+    src, weights = await served.async_engine.run("alignment", text, output.token_ids)
     return {
         # a character split over several tokens is on its last piece, "</s>" is itself
         "source_tokens": served.token_texts(src),

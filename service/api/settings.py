@@ -28,6 +28,9 @@ class Settings(BaseSettings):
         "float32", description="float32 on the CPU; float16 or bfloat16 on CUDA"
     )
     threads: int | None = Field(None, ge=1, description="torch intra-op threads")
+    # The engines in a process of their own, whose steps then share no GIL with the event loop
+    # (service/engine/engine_process.py; docs/engine.md measured what that costs)
+    engine_process: bool = False
     prepack_weights: bool = True  # CPU fp32: oneDNN-packed Linear weights (same math, faster)
     # CPU fp32: decode attention reads the paged KV cache in place (a C kernel built on first use)
     attention_kernel: bool = True
@@ -160,6 +163,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "--reserve-full-length", action="store_true", default=None,
         help="reserve each request's input + max_new_tokens of KV cache at admission: never "
         "preempts, admits fewer (default: preempt and recompute when the cache runs out)",
+    )  # fmt: skip
+    p.add_argument(
+        "--engine-process", action="store_true", default=None,
+        help="run the engines in a process of their own, apart from the HTTP server's event "
+        "loop: their steps then share no GIL with it (env ATTNSERVE_ENGINE_PROCESS)",
     )  # fmt: skip
     p.add_argument(
         "--compile", action="store_true", default=None,

@@ -9,6 +9,7 @@ from model.segment import (
 from service.engine.async_engine import AsyncEngine, EngineThread
 from service.engine.config import EngineConfig, StepStats, device_problem, quantize_problem
 from service.engine.engine import LLMEngine
+from service.engine.engine_process import ENGINE_GONE, EngineProcess, RemoteEngine
 from service.engine.request import (
     EngineOverloaded,
     FinishReason,
@@ -20,13 +21,16 @@ from service.engine.request import (
 from service.engine.scheduler import SchedulerConfig
 
 __all__ = [
+    "ENGINE_GONE",
     "AsyncEngine",
     "EngineConfig",
     "EngineOverloaded",
+    "EngineProcess",
     "EngineThread",
     "FinishReason",
     "Hypothesis",
     "LLMEngine",
+    "RemoteEngine",
     "RequestOutput",
     "RequestTooLong",
     "SamplingParams",

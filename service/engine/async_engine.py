@@ -12,10 +12,13 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from queue import Empty, SimpleQueue
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from service.engine.engine import LLMEngine
 from service.engine.request import RequestOutput, SamplingParams
+
+if TYPE_CHECKING:
+    from service.engine.engine_process import EngineProcess, RemoteEngine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -80,6 +83,10 @@ class EngineThread:
         self._wake.set()
         return future
 
+    def run_method(self, engine: AsyncEngine, method: str, *args: Any) -> Future:
+        """`engine`'s `method(*args)` on this thread, between steps (`AsyncEngine.run`)."""
+        return self.submit(getattr(_local(engine), method), *args)
+
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` run on this thread; from another thread, wait for it."""
         if threading.current_thread() is self._thread:
@@ -101,7 +108,7 @@ class EngineThread:
     def _loop(self) -> None:
         while not self._stopping:
             self._run_jobs()
-            busy = [e for e in self._engines if e.llm.has_unfinished]
+            busy = [e for e in self._engines if _local(e).has_unfinished]
             if not busy:
                 if self._jobs.empty():
                     self._wake.wait(timeout=0.5)  # woken by work; the timeout rechecks _stopping
@@ -116,9 +123,15 @@ class EngineThread:
 
 class AsyncEngine:
     """One model's engine, seen from the event loop: `generate` and `abort`. Its steps run on
-    `thread` (an `EngineThread` of its own unless given one to share) once `start` is called."""
+    `thread` (an `EngineThread` of its own unless given one to share) once `start` is called;
+    or, with `--engine-process`, `engine` is a `RemoteEngine` and `thread` the `EngineProcess`
+    whose steps run it (engine_process.py)."""
 
-    def __init__(self, engine: LLMEngine, thread: EngineThread | None = None):
+    def __init__(
+        self,
+        engine: LLMEngine | RemoteEngine,
+        thread: EngineThread | EngineProcess | None = None,
+    ):
         self.llm = engine
         self.thread = thread or EngineThread()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
@@ -133,10 +146,10 @@ class AsyncEngine:
     def is_running(self) -> bool:
         return self.thread.runs(self)
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)` on the engine thread, between steps: the HTTP side's model work (a
-        forward pass of the plain model) goes there, not to a thread of its own."""
-        return await asyncio.wrap_future(self.thread.submit(fn, *args))
+    async def run(self, method: str, *args: Any) -> Any:
+        """The engine's `method(*args)` (a forward pass of the plain model: `alignment`,
+        `prompt_logprobs`) where its steps run, between two of them."""
+        return await asyncio.wrap_future(self.thread.run_method(self, method, *args))
 
     def generate(
         self,
@@ -201,12 +214,16 @@ class AsyncEngine:
         self.thread.wake()
 
     def step(self) -> None:
-        """One engine step, its outputs handed to their streams' event loops (engine thread)."""
+        """One engine step, its outputs handed to their streams (on the engine thread)."""
         try:
-            outputs = self.llm.step()
+            outputs = _local(self).step()
         except Exception:  # the engine finishes failed requests itself; this is a last resort
             log.exception("engine loop error")
             return
+        self.deliver(outputs)
+
+    def deliver(self, outputs: list[RequestOutput]) -> None:
+        """Hand a step's outputs to their streams' event loops (from any thread but theirs)."""
         # One wake-up of each event loop per step, not one per output: each costs the engine
         # thread a write to the loop's self-pipe and the loop a turn.
         deliveries: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]]
@@ -218,6 +235,11 @@ class AsyncEngine:
                 deliveries.setdefault(loop, []).append((queue, output))
         for loop, items in deliveries.items():
             loop.call_soon_threadsafe(_deliver, items)
+
+
+def _local(engine: AsyncEngine) -> LLMEngine:
+    """The engine an EngineThread runs: an LLMEngine of its own process."""
+    return cast(LLMEngine, engine.llm)
 
 
 def _deliver(items: list[tuple[asyncio.Queue, RequestOutput]]) -> None:

@@ -3,7 +3,6 @@ batching (schedule → run → postprocess → collect finished). `LLMEngine.gen
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import threading
@@ -23,7 +22,7 @@ from model.tokenizer import Tokenizer
 from model.transformer import Transformer
 from service.engine.block_manager import BlockManager
 from service.engine.config import EngineConfig, StepStats, quantize_problem
-from service.engine.detokenizer import IncrementalDetokenizer
+from service.engine.intake import Intake, cache_blocks
 from service.engine.request import (
     Beam,
     EngineOverloaded,
@@ -31,7 +30,6 @@ from service.engine.request import (
     Hypothesis,
     Request,
     RequestOutput,
-    RequestTooLong,
     SamplingParams,
 )
 from service.engine.runner import ModelRunner
@@ -41,7 +39,7 @@ from service.engine.scheduler import Scheduler, SchedulerOutput
 log = logging.getLogger(__name__)
 
 
-class LLMEngine:
+class LLMEngine(Intake):
     def __init__(
         self,
         model: Transformer,
@@ -65,8 +63,7 @@ class LLMEngine:
         self.model = model.to(device=config.device, dtype=dtype).eval()
         self.tokenizer = tokenizer
         self.model_config = model.config
-        block_bytes = PagedKVCache.bytes_per_block(model.config, config.block_size, dtype)
-        num_blocks = max(2, int(config.kv_cache_mb * 2**20) // block_bytes)
+        num_blocks = cache_blocks(model.config, config)
         cache = PagedKVCache(model.config, num_blocks, config.block_size, config.device, dtype)
         self.blocks = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(config.scheduler, self.blocks, model.config.is_encoder_decoder)
@@ -103,32 +100,7 @@ class LLMEngine:
         arrival: float | None = None,
     ) -> Request:
         """Queue a request (text, or token ids). Raises RequestTooLong or EngineOverloaded."""
-        params = params or SamplingParams()
-        cfg = self.model_config
-        input_ids = self.input_ids(prompt)
-        if cfg.is_encoder_decoder:
-            decoder_start = [cfg.decoder_start_token_id]
-        else:
-            decoder_start = input_ids or [cfg.bos_token_id]
-        room = cfg.max_positions - len(decoder_start)
-        if params.fit_max_new_tokens and params.max_new_tokens > room > 0:
-            params = dataclasses.replace(params, max_new_tokens=room)
-        request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
-
-        def make(params: SamplingParams) -> Request:
-            detokenizer = IncrementalDetokenizer(
-                self.tokenizer, params.stop, params.include_stop_string
-            )
-            return Request(
-                request_id, input_ids, params, detokenizer, decoder_start, cfg.eos_token_id, arrival
-            )
-
-        request = make(params)
-        if params.fit_max_new_tokens:  # and within the KV cache, every beam at its longest
-            fits = self._most_new_tokens_that_fit(request)
-            if 0 < fits < params.max_new_tokens:
-                request = make(dataclasses.replace(params, max_new_tokens=fits))
-        self._check_fits(request)
+        request = self.make_request(prompt, params, request_id, arrival)
         with self._lock:
             if self.num_requests >= self.max_requests:
                 raise EngineOverloaded(
@@ -140,52 +112,6 @@ class LLMEngine:
             self._requests[request.request_id] = request
             self.scheduler.add(request)
         return request
-
-    def _check_fits(self, request: Request) -> None:
-        """Refuse what can never run. The messages name no field: the HTTP layer prefixes the
-        field's name on its route (`max_tokens`, `max_new_tokens`, ...)."""
-        positions = self.model_config.max_positions
-        num_input, max_new = len(request.input_ids), request.params.max_new_tokens
-        start = len(request.beams[0].tokens)  # the decoder's start: the prompt, for decoder-only
-        if num_input > self.max_input_tokens:
-            raise RequestTooLong(
-                f"input of {num_input} tokens is longer than the {self.max_input_tokens} this "
-                "model takes"
-            )
-        if start + max_new > positions:
-            room = positions - start
-            raise RequestTooLong(
-                f"{max_new} new tokens do not fit the decoder's {positions} positions: "
-                f"at most {room}"
-                + ("" if self.is_encoder_decoder else f" after an input of {num_input} tokens"),
-                "max_new_tokens",
-            )
-        if self.scheduler.worst_case_blocks(request) > self.blocks.num_blocks:
-            fits_alone = self.scheduler.worst_case_blocks(request, max_new_tokens=1)
-            raise RequestTooLong(
-                f"input of {num_input} tokens with {max_new} new tokens cannot fit the KV cache",
-                "max_new_tokens" if fits_alone <= self.blocks.num_blocks else "input",
-            )
-
-    def _most_new_tokens_that_fit(self, request: Request) -> int:
-        """The most new tokens (up to the request's limit) whose worst case fits the KV cache."""
-        low, high = 0, request.params.max_new_tokens
-        while low < high:
-            middle = (low + high + 1) // 2
-            if self.scheduler.worst_case_blocks(request, middle) <= self.blocks.num_blocks:
-                low = middle
-            else:
-                high = middle - 1
-        return low
-
-    @property
-    def max_input_tokens(self) -> int:
-        """The longest input `add_request` takes: the configured limit, within the model's
-        positions (a decoder-only prompt leaves one for its first new token)."""
-        cfg = self.model_config
-        positions = cfg.max_positions if cfg.is_encoder_decoder else cfg.max_positions - 1
-        limit = self.config.max_input_tokens
-        return positions if limit is None else min(limit, positions)
 
     def abort(self, request_id: str, error: str | None = None) -> None:
         """Cancel a request: it is finished and its blocks freed at the next step; with an
@@ -213,10 +139,6 @@ class LLMEngine:
         }
 
     @property
-    def is_encoder_decoder(self) -> bool:
-        return self.model_config.is_encoder_decoder
-
-    @property
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work
 
@@ -226,25 +148,11 @@ class LLMEngine:
         return len(self._requests)
 
     @property
-    def max_requests(self) -> int:
-        """The most requests the engine holds (`num_requests`); more are refused, as
-        EngineOverloaded. A burst that arrives between two steps may fill the free running
-        slots as well as the queue: all it holds are running once a step admits them, unless
-        the KV cache is short of blocks."""
-        limits = self.config.scheduler
-        return limits.max_running_requests + limits.max_waiting_requests
+    def num_waiting(self) -> int:
+        """Requests queued for admission, or preempted and waiting to be recomputed."""
+        return len(self.scheduler.waiting)
 
     # -- inputs and alignments ------------------------------------------------------------------
-
-    def input_ids(self, prompt: str | list[int]) -> list[int]:
-        """The model's input for a prompt: text gets the special tokens training used."""
-        cfg = self.model_config
-        if not isinstance(prompt, str):
-            return list(prompt)
-        ids = self.tokenizer.encode(prompt)
-        if cfg.is_encoder_decoder:
-            return ids + [cfg.eos_token_id]
-        return [cfg.bos_token_id] + ids if cfg.add_bos_token else ids
 
     def alignment(self, prompt: str | list[int], new_ids: list[int]) -> tuple[list[int], Tensor]:
         """A translation's source ids and its (new tokens × source) cross-attention weights.
