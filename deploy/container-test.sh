@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the real Dockerfile on this machine and check what users run:
 #   1. the image alone: /ready, a translation, a stream, /metrics, the health check, and a clean
-#      exit (0) on `docker stop` (SIGTERM drain);
+#      exit (0) on `docker stop` (SIGTERM drain); then a translation and a clean exit again with
+#      ATTNSERVE_ENGINE_PROCESS=1 on a read-only root;
 #   2. deploy/docker-compose.yml's attnserve and prometheus services: Prometheus scrapes the
 #      server, and every PromQL expression of the Grafana dashboard runs against it (Grafana
 #      itself has no package here, so it is not started).
@@ -115,6 +116,26 @@ done
 docker inspect --format 'health: {{.State.Health.Status}}, user: {{.Config.User}}' attnserve-test
 [ "$(docker inspect --format '{{.State.Health.Status}}' attnserve-test)" = healthy ]
 [ "$(docker inspect --format '{{.Config.User}}' attnserve-test)" = 10001 ]  # not root
+docker stop -t 30 attnserve-test >/dev/null
+code=$(docker inspect --format '{{.State.ExitCode}}' attnserve-test)
+echo "exit code after docker stop: $code"
+[ "$code" = 0 ]
+docker rm attnserve-test >/dev/null
+
+# --- 1b. the image with the engines in a process of their own, on a read-only root as the
+# Kubernetes Deployment runs it (deploy/k8s/configmap.yaml has the option, commented) -------------
+step "the image with --engine-process"
+docker run -d --name attnserve-test --network host --read-only --tmpfs /tmp \
+    -e ATTNSERVE_HOST=127.0.0.1 -e ATTNSERVE_PORT="$PORT" -e ATTNSERVE_ENGINE_PROCESS=1 \
+    "$IMAGE" >/dev/null
+for _ in $(seq 120); do curl -sf "$url/ready" >/dev/null && break; sleep 1; done
+answer=$(curl -sf "$url/v1/translate" -H 'content-type: application/json' \
+    -d '{"text": "Open the file"}')
+echo "$answer"
+grep -q '"text":"Datei öffnen"' <<<"$answer"
+processes=$(docker top attnserve-test -o pid,args)
+echo "$processes"
+grep -q 'multiprocessing.spawn' <<<"$processes"  # the engine process
 docker stop -t 30 attnserve-test >/dev/null
 code=$(docker inspect --format '{{.State.ExitCode}}' attnserve-test)
 echo "exit code after docker stop: $code"
