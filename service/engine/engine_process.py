@@ -145,21 +145,28 @@ class EngineProcess:
                 message = self._conn.recv()
             except (EOFError, OSError):
                 break
-            if message[0] == "step":
-                _, model_id, outputs, stats = message
-                self.engines[model_id].stepped(outputs, stats)
-                engine = self._async_engines.get(model_id)
-                if engine is not None:
-                    engine.deliver(outputs)
-            elif message[0] == "result":
-                _, call_id, ok, value = message
-                future = self._calls.pop(call_id)
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
+            try:
+                self._receive(message)
+            except Exception:  # one message gone wrong must not stop every other stream
+                log.exception("a message from the engine process failed")
         self._alive = False
         self._fail_everything(ENGINE_GONE)
+
+    def _receive(self, message: tuple) -> None:
+        kind, *args = message
+        if kind == "step":
+            model_id, outputs, stats = args
+            self.engines[model_id].stepped(outputs, stats)
+            engine = self._async_engines.get(model_id)
+            if engine is not None:
+                engine.deliver(outputs)
+        elif kind == "result":
+            call_id, ok, value = args
+            future = self._calls.pop(call_id)
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
 
     def _fail_everything(self, error: str) -> None:
         """The engine process is gone: every request it had finishes failed, every call too."""
