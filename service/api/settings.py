@@ -167,7 +167,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument(
         "--engine-process", action="store_true", default=None,
         help="run the engines in a process of their own, apart from the HTTP server's event "
-        "loop: their steps then share no GIL with it (env ATTNSERVE_ENGINE_PROCESS)",
+        "loop: their steps then share no GIL with it; without --threads, it takes one thread "
+        "fewer than the cores (env ATTNSERVE_ENGINE_PROCESS)",
     )  # fmt: skip
     p.add_argument(
         "--compile", action="store_true", default=None,

@@ -1,8 +1,8 @@
 """The engines in a process of their own (`--engine-process`), as vLLM's engine core and TGI's
 shards run apart from their HTTP servers.
 
-Why. A Python thread beside the engine's cost it ~40% of its throughput through the GIL they
-share, and the event loop of a busy server is such a thread (docs/engine.md, "What the event loop
+Why. A busy Python thread beside the engine's thread cost it ~40% of its throughput through the
+GIL they share, and the event loop of a loaded server is such a thread (docs/engine.md, "What the event loop
 costs the engine"). In a process of their own, the engine's steps share no GIL with it.
 
     HTTP process                                        engine process (spawned)
