@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 FALLBACK = ["Open the file", "Save the document as PDF", "The printer is not ready."]
 
@@ -83,10 +84,13 @@ async def at_once(url: str, model: str | None, texts: list[str], clients: int) -
             tokens += r.json()["usage"]["output_tokens"]
 
     limits = httpx.Limits(max_connections=clients)
+    before = engine_steps(url)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
         start = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(clients)))
         seconds = time.perf_counter() - start
+    steps = {name: value - before[name] for name, value in engine_steps(url).items()}
+    num_steps = max(1.0, steps["attnserve_step_duration_seconds_count"])
     return {
         "clients": clients,
         "requests": len(texts),
@@ -94,7 +98,25 @@ async def at_once(url: str, model: str | None, texts: list[str], clients: int) -
         "requests_per_s": round(len(texts) / seconds, 1),
         "latency_ms": median_ms(walls),
         "p90_ms": p90_ms(walls),
+        # the server's own view of the same time: how many steps, how full, how long each
+        "engine_steps": int(steps["attnserve_step_duration_seconds_count"]),
+        "mean_step_rows": round(steps["attnserve_batch_size_sum"] / num_steps, 1),
+        "mean_step_ms": round(1000 * steps["attnserve_step_duration_seconds_sum"] / num_steps, 2),
     }
+
+
+def engine_steps(url: str) -> dict[str, float]:
+    """The server's step counters (/metrics), summed over its models."""
+    wanted = {
+        "attnserve_step_duration_seconds_count", "attnserve_step_duration_seconds_sum",
+        "attnserve_batch_size_sum",
+    }  # fmt: skip
+    totals = dict.fromkeys(wanted, 0.0)
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.name in wanted:
+                totals[sample.name] += sample.value
+    return totals
 
 
 def run(url: str, model: str | None, num_sequential: int, num_concurrent: int, clients: int):
@@ -144,7 +166,9 @@ def print_table(report: dict) -> None:
     print(
         f"{row['clients']} clients, {row['requests']} sentences, greedy: "
         f"{row['tokens_per_s']} tokens/s, {row['requests_per_s']} requests/s, "
-        f"latency median {row['latency_ms']} ms, p90 {row['p90_ms']} ms"
+        f"latency median {row['latency_ms']} ms, p90 {row['p90_ms']} ms\n"
+        f"  the server's engine meanwhile: {row['engine_steps']} steps of "
+        f"{row['mean_step_rows']} rows, {row['mean_step_ms']} ms each"
     )
 
 

@@ -85,6 +85,9 @@ def test_http_benchmark_reports_its_figures(tmp_path):
     concurrent = report["at_once"]
     assert (concurrent["clients"], concurrent["requests"]) == (3, 12)
     assert concurrent["tokens_per_s"] > 0 and concurrent["requests_per_s"] > 0
+    # 12 greedy requests of at least one token each: at least one step of one row
+    assert concurrent["engine_steps"] >= 1 and concurrent["mean_step_rows"] >= 1
+    assert concurrent["mean_step_ms"] > 0
     assert "clients, 12 sentences" in run.stdout
 
 
