@@ -1,5 +1,6 @@
-"""The engines for an asyncio server: one thread runs them all (`EngineThread`); each request
-streams its outputs through an asyncio.Queue; a consumer that goes away aborts its request."""
+"""The engines for an asyncio server: one thread runs them all (`EngineThread`), or with
+`--engine-process` one process (`EngineProcess`, engine_process.py); each request streams its
+outputs through an asyncio.Queue; a consumer that goes away aborts its request."""
 
 from __future__ import annotations
 
