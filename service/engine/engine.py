@@ -25,7 +25,6 @@ from service.engine.config import EngineConfig, StepStats, quantize_problem
 from service.engine.intake import Intake, cache_blocks
 from service.engine.request import (
     Beam,
-    EngineOverloaded,
     FinishReason,
     Hypothesis,
     Request,
@@ -92,26 +91,9 @@ class LLMEngine(Intake):
 
     # -- requests in ----------------------------------------------------------------------------
 
-    def add_request(
-        self,
-        prompt: str | list[int],
-        params: SamplingParams | None = None,
-        request_id: str | None = None,
-        arrival: float | None = None,
-    ) -> Request:
-        """Queue a request (text, or token ids). Raises RequestTooLong or EngineOverloaded."""
-        request = self.make_request(prompt, params, request_id, arrival)
-        with self._lock:
-            if self.num_requests >= self.max_requests:
-                raise EngineOverloaded(
-                    f"{len(self.scheduler.running)} requests are running and "
-                    f"{len(self.scheduler.waiting)} waiting"
-                )
-            if request.request_id in self._requests:
-                raise ValueError(f"request id {request.request_id!r} is already in use")
-            self._requests[request.request_id] = request
+    def _enqueue(self, request: Request) -> None:
+        with self._lock:  # not while a step schedules
             self.scheduler.add(request)
-        return request
 
     def abort(self, request_id: str, error: str | None = None) -> None:
         """Cancel a request: it is finished and its blocks freed at the next step; with an
@@ -141,11 +123,6 @@ class LLMEngine(Intake):
     @property
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work
-
-    @property
-    def num_requests(self) -> int:
-        """Requests added and not finished yet: running, or waiting (queued or preempted)."""
-        return len(self._requests)
 
     @property
     def num_waiting(self) -> int:

@@ -37,7 +37,6 @@ from service.engine.config import EngineConfig, StepStats
 from service.engine.engine import LLMEngine
 from service.engine.intake import Intake, cache_blocks
 from service.engine.request import (
-    EngineOverloaded,
     FinishReason,
     Request,
     RequestOutput,
@@ -203,7 +202,7 @@ class RemoteEngine(Intake):
         self.last_stats: StepStats | None = None
         self._description = description
         self._process = process
-        self._unfinished: set[str] = set()  # sent, and their last output not back yet
+        self._requests: dict[str, Request] = {}  # sent, and their last output not back yet
         self._lock = threading.Lock()
         self._ids = itertools.count()
 
@@ -211,44 +210,24 @@ class RemoteEngine(Intake):
         return dict(self._description)
 
     @property
-    def num_requests(self) -> int:
-        return len(self._unfinished)
-
-    @property
     def num_waiting(self) -> int:
         return self.last_stats.num_waiting if self.last_stats else 0
 
     def unfinished(self) -> list[str]:
         with self._lock:
-            return list(self._unfinished)
+            return list(self._requests)
 
-    def add_request(
-        self,
-        prompt: str | list[int],
-        params: SamplingParams | None = None,
-        request_id: str | None = None,
-        arrival: float | None = None,
-    ) -> Request:
-        """As `LLMEngine.add_request`: refused here (RequestTooLong, EngineOverloaded), or sent."""
-        request = self.make_request(prompt, params, request_id, arrival)
-        with self._lock:
-            if len(self._unfinished) >= self.max_requests:
-                raise EngineOverloaded(f"{len(self._unfinished)} requests are running or waiting")
-            if request.request_id in self._unfinished:
-                raise ValueError(f"request id {request.request_id!r} is already in use")
-            self._unfinished.add(request.request_id)
+    def _enqueue(self, request: Request) -> None:
+        """Send an accepted request to the engine process (Intake.add_request)."""
         message = (
             "add", self.model_id, request.request_id, request.input_ids, request.params,
             request.timings.arrival,
         )  # fmt: skip
         if not self._process.send(message):
-            with self._lock:
-                self._unfinished.discard(request.request_id)
             raise RuntimeError(ENGINE_GONE)
-        return request
 
     def abort(self, request_id: str, error: str | None = None) -> None:
-        if request_id in self._unfinished:
+        if request_id in self._requests:
             self._process.send(("abort", self.model_id, request_id, error))
 
     def stepped(self, outputs: list[RequestOutput], stats: StepStats | None) -> None:
@@ -256,7 +235,7 @@ class RemoteEngine(Intake):
         with self._lock:
             for output in outputs:
                 if output.finished:
-                    self._unfinished.discard(output.request_id)
+                    self._requests.pop(output.request_id, None)
         if stats is not None:
             self.last_stats = stats
             if self.on_step is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import threading
 
 import torch
 
@@ -16,7 +17,7 @@ from model.tokenizer import Tokenizer
 from service.engine.block_manager import BlockManager
 from service.engine.config import EngineConfig
 from service.engine.detokenizer import IncrementalDetokenizer
-from service.engine.request import Request, RequestTooLong, SamplingParams
+from service.engine.request import EngineOverloaded, Request, RequestTooLong, SamplingParams
 from service.engine.scheduler import Scheduler
 
 
@@ -28,8 +29,9 @@ def cache_blocks(model_config: TransformerConfig, config: EngineConfig) -> int:
 
 
 class Intake:
-    """A base class: its subclasses set these attributes. The scheduler is used here only for
-    its arithmetic (how many blocks a request may hold), never to schedule."""
+    """A base class: its subclasses set these attributes, and `_enqueue` what `add_request`
+    accepts. The scheduler is used here only for its arithmetic (how many blocks a request may
+    hold), never to schedule."""
 
     tokenizer: Tokenizer
     model_config: TransformerConfig
@@ -37,6 +39,39 @@ class Intake:
     blocks: BlockManager
     scheduler: Scheduler
     _ids: itertools.count
+    _requests: dict[str, Request]  # added and not finished yet
+    _lock: threading.Lock  # add_request may come from another thread than the one stepping
+
+    def add_request(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        arrival: float | None = None,
+    ) -> Request:
+        """Queue a request (text, or token ids). Raises RequestTooLong or EngineOverloaded."""
+        request = self._make_request(prompt, params, request_id, arrival)
+        with self._lock:
+            if self.num_requests >= self.max_requests:
+                raise EngineOverloaded(f"{self.num_requests} requests are running or waiting")
+            if request.request_id in self._requests:
+                raise ValueError(f"request id {request.request_id!r} is already in use")
+            self._requests[request.request_id] = request
+        try:
+            self._enqueue(request)
+        except BaseException:
+            with self._lock:
+                self._requests.pop(request.request_id, None)
+            raise
+        return request
+
+    def _enqueue(self, request: Request) -> None:
+        raise NotImplementedError
+
+    @property
+    def num_requests(self) -> int:
+        """Requests added and not finished yet: running, or waiting (queued or preempted)."""
+        return len(self._requests)
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -70,7 +105,7 @@ class Intake:
             return ids + [cfg.eos_token_id]
         return [cfg.bos_token_id] + ids if cfg.add_bos_token else ids
 
-    def make_request(
+    def _make_request(
         self,
         prompt: str | list[int],
         params: SamplingParams | None = None,
