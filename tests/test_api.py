@@ -1041,6 +1041,10 @@ def test_tgi_decoder_input_details_list_the_prompts_tokens_with_logprobs(server,
     assert r.status_code == 422 and "streaming" in r.json()["error"]  # as TGI
     r = client.post("/models/tiny-mt/generate", json=body)  # a source has no logprobs
     assert r.status_code == 422 and "decoder_input_details" in r.json()["error"]
+    both = client.post("/models/tiny-lm/generate", json=body).json()["details"]
+    alone = {"inputs": "Open", "parameters": {"decoder_input_details": True}}
+    details = client.post("/models/tiny-lm/generate", json=alone).json()["details"]  # as TGI's
+    assert details["prefill"] == both["prefill"] and len(details["prefill"]) >= 2
 
 
 def test_huggingface_hub_translation_gets_the_translation(server, client):
@@ -1115,7 +1119,15 @@ def test_tgi_truncate_keeps_the_last_input_tokens(client):
     whole = client.post("/generate", json=body).json()["details"]["input_length"]
     body["parameters"]["truncate"] = 2
     assert whole > 2
-    assert client.post("/generate", json=body).json()["details"]["input_length"] == 2
+    r = client.post("/generate", json=body)
+    assert r.json()["details"]["input_length"] == int(r.headers["x-prompt-tokens"]) == 2
+    # TGI's timing headers, in whole milliseconds
+    generated = r.json()["details"]["generated_tokens"]
+    assert int(r.headers["x-generated-tokens"]) == generated
+    assert int(r.headers["x-total-time"]) >= int(r.headers["x-inference-time"]) >= 0
+    body["parameters"]["truncate"] = 10_000  # more than the model takes: refused, as by TGI
+    r = client.post("/generate", json=body)
+    assert r.status_code == 422 and "parameters.truncate" in r.json()["error"]
 
 
 def test_tgi_generated_text_keeps_the_stop_sequence_as_tgi_does(client):
@@ -1147,16 +1159,37 @@ def test_tgi_stream_tokens_add_up_to_generated_text_with_a_stop_sequence(server,
     assert last["details"]["generated_tokens"] >= 1 and last["details"]["finish_reason"]
 
 
+def test_tgi_stop_sequence_keeps_the_white_space_around_a_translation(client):
+    """A translation model's input is given without the white space at its edges, which stays
+    around the translation: with a stop sequence too, in the text and in the tokens."""
+    body = {"model": "tiny-mt", "inputs": "  Open the file  ", "parameters": {"max_new_tokens": 12}}
+    text = client.post("/generate", json=body).json()["generated_text"]
+    assert text.startswith("  ") and len(text.strip()) >= 4, text
+    stop = text.strip()[2:4]
+    body["parameters"] |= {"stop": [stop], "details": True}
+    result = client.post("/generate", json=body).json()
+    assert result["details"]["finish_reason"] == "stop_sequence"
+    assert result["generated_text"].startswith("  ") and stop in result["generated_text"]
+    events = [e for e in sse_data(client.post("/generate_stream", json=body)) if e != "[DONE]"]
+    assert "".join(e["token"]["text"] for e in events) == events[-1]["generated_text"]
+    assert events[-1]["generated_text"] == result["generated_text"]
+
+
 def test_huggingface_hub_reaches_every_model_through_its_own_base_url(server, client):
     """TGI serves one model, so its client never names one: each model has a base URL."""
     body = {"model": "tiny-lm", "inputs": "Open the", "parameters": {"max_new_tokens": 8}}
     expected = client.post("/generate", json=body).json()["generated_text"]
     lm = InferenceClient(base_url=f"{server.url}/models/tiny-lm")
-    assert lm.text_generation("Open the", max_new_tokens=8) == expected
+    # the client posts to the base URL, TGI's `/`, whose generators return the prompt first
+    # unless asked not to (TGI's default for its "text-generation" pipeline)
+    assert lm.text_generation("Open the", max_new_tokens=8) == "Open the" + expected
+    new = lm.text_generation("Open the", max_new_tokens=8, return_full_text=False)
+    assert new == expected
     streamed = lm.text_generation("Open the", max_new_tokens=8, stream=True)
     assert "".join(streamed) == expected
     slashed = InferenceClient(base_url=f"{server.url}/models/tiny-lm/")  # as users often write it
-    assert slashed.text_generation("Open the", max_new_tokens=8) == expected
+    assert slashed.text_generation("Open the", max_new_tokens=8) == "Open the" + expected
+    assert client.post("/models/tiny-lm/info", json=body).status_code == 405  # a GET route
     r = client.post("/models/tiny-lm/generate/", json=body)
     assert r.status_code == 200 and r.json()["generated_text"] == expected
     streamed = sse_data(client.post("/models/tiny-lm/generate_stream/", json=body))

@@ -92,23 +92,36 @@ def _model_input(served: ServedModel, body: TgiRequest) -> str | list[int]:
     limit = body.parameters.truncate
     if limit is None:
         return body.inputs
+    if limit > served.llm.max_input_tokens:  # as TGI, which also refuses what it cannot keep
+        raise ApiError(
+            422,
+            f"parameters.truncate: must be at most the {served.llm.max_input_tokens} input "
+            f"tokens this model takes, not {limit}",
+            param="parameters.truncate",
+        )
     refuse_blank(served, body.inputs, "inputs", "inputs")  # before it becomes token ids
     input_ids = served.llm.input_ids(body.inputs)
     return input_ids[-limit:]
 
 
-def _new_text(served: ServedModel, output: RequestOutput) -> str:
-    """As TGI: the decoded tokens, the stop sequence included."""
-    if output.stopped_on is not None:
-        return served.llm.tokenizer.decode(output.token_ids)
-    return output.text
+def _new_text(served: ServedModel, started: Segmented, output: RequestOutput) -> str:
+    """As TGI: the decoded tokens, the stop sequence included (with what a translation model's
+    text had around its segments, as the stream's token texts have it)."""
+    if output.stopped_on is None:
+        return output.text
+    decode = served.llm.tokenizer.decode
+    parts = started.parts(output)
+    texts = [decode(o.token_ids) if o.stopped_on is not None else o.text for o in parts]
+    return started.segments.join(texts) if started.segments else texts[0]
 
 
-def _generated_text(body: TgiRequest, served: ServedModel, output: RequestOutput) -> str:
+def _generated_text(
+    body: TgiRequest, served: ServedModel, started: Segmented, output: RequestOutput
+) -> str:
     """TGI's `generated_text`: the new text, the prompt first if asked."""
     if body.parameters.return_full_text:
-        return body.inputs + _new_text(served, output)
-    return _new_text(served, output)
+        return body.inputs + _new_text(served, started, output)
+    return _new_text(served, started, output)
 
 
 def _check_prompt_options(served: ServedModel, body: TgiRequest, stream: bool) -> None:
@@ -172,8 +185,8 @@ async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str,
     started = _start(served, body, model_input, params, ctx)
     (output,) = await final_outputs([started.outputs], request)
     check_finished(output, params.timeout_s)
-    result: dict = {"generated_text": _generated_text(body, served, output)}
-    if body.parameters.details:
+    result: dict = {"generated_text": _generated_text(body, served, started, output)}
+    if body.parameters.details or body.parameters.decoder_input_details:  # as TGI
         prefill = []
         if body.parameters.decoder_input_details:
             prefill = await _prefill(served, model_input)
@@ -185,7 +198,27 @@ async def _generate(body: TgiRequest, request: Request) -> tuple[dict, dict[str,
             result["details"]["top_tokens"] = [
                 top_tokens(served, step, params.num_top_logprobs) for step in output.top_logprobs
             ]
-    return result, timings_header(output.timings_ms)
+    return result, timings_header(output.timings_ms) | _tgi_headers(served, body, output)
+
+
+def _tgi_headers(served: ServedModel, body: TgiRequest, output: RequestOutput) -> dict[str, str]:
+    """TGI's timing headers on /generate (whole milliseconds): validation is the time before
+    the engine took the request in, queue its wait to be scheduled, inference the rest."""
+    t = output.timings_ms
+    tokens = len(output.token_ids)
+    inference = t["prefill_ms"] + t["decode_ms"]
+    return {
+        "x-compute-type": served.llm.config.device.split(":")[0],
+        "x-compute-time": str(round(t["total_ms"])),
+        "x-compute-characters": str(len(body.inputs)),
+        "x-total-time": str(round(t["total_ms"])),
+        "x-validation-time": str(max(0, round(t["total_ms"] - t["queue_ms"] - inference))),
+        "x-queue-time": str(round(t["queue_ms"])),
+        "x-inference-time": str(round(inference)),
+        "x-time-per-token": str(round(inference / tokens) if tokens else 0),
+        "x-generated-tokens": str(tokens),
+        "x-prompt-tokens": str(output.num_input_tokens),
+    }
 
 
 @router.post("/generate")
@@ -209,11 +242,17 @@ async def generate_stream(body: TgiRequest, request: Request):
 async def compat(body: TgiRequest, request: Request):
     """TGI's `/`: streams when `stream` is true; otherwise a one-element list. A translation
     model's result also has the Inference API's `translation_text`, so that
-    `InferenceClient.translation()` gets its text."""
+    `InferenceClient.translation()` gets its text. As TGI's `/`, a generator's text starts
+    with the prompt unless `return_full_text` says otherwise (TGI: the "text-generation"
+    pipeline's default)."""
+    served = served_model(request, body.model)
+    if body.parameters.return_full_text is None and not served.is_translation:
+        parameters = body.parameters.model_copy(update={"return_full_text": True})
+        body = body.model_copy(update={"parameters": parameters})
     if body.stream:
         return await generate_stream(body, request)
     result, headers = await _generate(body, request)
-    if request.app.state.registry.get(body.model).is_translation:
+    if served.is_translation:
         result["translation_text"] = result["generated_text"]
     return JSONResponse([result], headers=headers)
 
@@ -298,6 +337,10 @@ async def generate_stream_for(model_id: str, body: TgiRequest, request: Request)
 async def compat_for(model_id: str, body: TgiRequest, request: Request):
     # `.../generate/` with a trailing slash lands here too (the id is a path): route it on.
     model_id = model_id.rstrip("/")
+    if model_id.endswith(("/info", "/health")):  # GET routes, as TGI's
+        raise ApiError(
+            405, "method not allowed: use GET", "method_not_allowed", headers={"Allow": "GET"}
+        )
     if model_id.endswith("/generate_stream"):
         return await generate_stream_for(model_id.removesuffix("/generate_stream"), body, request)
     if model_id.endswith("/generate"):
@@ -348,7 +391,7 @@ async def _stream_events(
                     step = output.new_top_logprobs[n]
                     event["top_tokens"] = top_tokens(served, step, params.num_top_logprobs)
                 if is_last:
-                    event["generated_text"] = _generated_text(body, served, output)
+                    event["generated_text"] = _generated_text(body, served, started, output)
                     event["details"] = _details(output, params)
                 yield sse_event(event)
     except ApiError as error:

@@ -243,7 +243,7 @@ class TgiParameters(Body):
     model_config = ConfigDict(extra="ignore")
 
     max_new_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, gt=0.0, le=10.0)
+    temperature: float | None = Field(None, gt=0.0)
     top_k: int | None = Field(None, gt=0)
     top_p: float | None = Field(None, gt=0.0, lt=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0)
@@ -256,7 +256,7 @@ class TgiParameters(Body):
     seed: int | None = Field(None, ge=0, le=2**64 - 1)  # TGI's u64
     stop: list[Text] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
     details: bool = False
-    return_full_text: bool | None = False
+    return_full_text: bool | None = None  # None: TGI's default (False; `/` on a generator: True)
     decoder_input_details: bool = False
     top_n_tokens: int | None = Field(None, ge=0, le=10)  # also the likeliest tokens per step
     truncate: int | None = Field(None, ge=1)  # keep only the last `truncate` input tokens
@@ -292,13 +292,15 @@ class TgiParameters(Body):
     @model_validator(mode="after")
     def _supported(self) -> TgiParameters:
         if self.best_of not in (None, 1):
-            raise FieldError("best_of", "best_of is not supported")
+            raise FieldError("best_of", "parameters.best_of: only 1 is supported")
         if self.grammar is not None:
-            raise FieldError("grammar", "grammar (guided generation) is not supported")
+            raise FieldError("grammar", "parameters.grammar: guided generation is not supported")
         if self.watermark:
-            raise FieldError("watermark", "watermark is not supported")
+            raise FieldError("watermark", "parameters.watermark: not supported")
         if self.adapter_id:
-            raise FieldError("adapter_id", "adapters (LoRA) are not supported")
+            raise FieldError(
+                "adapter_id", "parameters.adapter_id: adapters (LoRA) are not supported"
+            )
         if (
             self.truncate is not None
             and self.split_sentences
