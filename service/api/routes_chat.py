@@ -198,8 +198,10 @@ def _stream_events(
     role_in_every_delta = not openai_errors  # not an OpenAI route: a model's TGI base URL
 
     def delta(text: str | None, first: bool = False) -> dict:
+        """A delta has only what it says: a last chunk without text has `{}` (OpenAI's), or at
+        a TGI base URL only the role."""
         role = {"role": "assistant"} if first or role_in_every_delta else {}
-        return role | {"content": text, "tool_calls": None}
+        return role | ({} if text is None else {"content": text})
 
     def choice(k: int, output: RequestOutput, held: Unsent) -> dict:
         """The tokens whose text is out go with it: a token whose text is partly held back
@@ -219,7 +221,7 @@ def _stream_events(
             held.take(len(held.ids))
         return {
             "index": k,
-            "delta": delta(output.text_delta or None),  # a last chunk without text: null
+            "delta": delta(output.text_delta or None),
             "logprobs": logprobs,
             "finish_reason": finish_reason(output) if output.finished else None,
         }
