@@ -24,6 +24,7 @@ from service.api import routes_chat, routes_openai
 from service.api.errors import ApiError
 from service.api.generation import Context, start
 from service.api.settings import Settings
+from service.api.unreadable import Unreadable
 from service.engine import FinishReason, RemoteEngine, RequestOutput, RequestTooLong
 from tests.server import (
     ServerThread,
@@ -224,6 +225,29 @@ def test_translate_one_text_and_a_batch(client):
     assert over.status_code == 422 and over.json()["error"].startswith("text: 300 generations")
 
 
+def test_translate_keeps_what_the_model_cannot_read_from_it_and_loses_none(client):
+    """Other scripts and emoji: the model is given placeholders, and each run comes back."""
+    both = {"text": ["日本語", "🍕 42"], "return_scores": True, "return_alignments": True}
+    r = client.post("/v1/translate", json=both).json()  # nothing to read: their own translation
+    assert [t["text"] for t in r["translations"]] == ["日本語", "🍕 42"]
+    assert [t["score"] for t in r["translations"]] == [0.0, 0.0]
+    assert r["usage"] == {"input_tokens": 0, "output_tokens": 0}
+    text = "The word שלום עולם means 🍕 here"
+    body = {"text": text, "beam_size": 1, "return_alignments": True}
+    translation = client.post("/v1/translate", json=body).json()["translations"][0]
+    assert "שלום עולם" in translation["text"] and "🍕" in translation["text"]
+    given = "".join(translation["alignments"]["source_tokens"])  # what the model read
+    assert given == "The word {0} means {1} here</s>"
+    events = sse_data(client.post("/v1/translate", json={"text": text, "stream": True}))
+    pieces = [e["text"] for e in events[:-2]]
+    assert "".join(pieces) == events[-2]["text"] == translation["text"]
+    beams = client.post("/v1/translate", json={"text": text, "num_hypotheses": 2}).json()
+    assert all("🍕" in h["text"] for h in beams["translations"][0]["hypotheses"])
+    # the OpenAI and TGI routes give the model the text as it is
+    completion = {"model": "tiny-mt", "prompt": "日本語", "temperature": 0}
+    assert client.post("/v1/completions", json=completion).json()["usage"]["prompt_tokens"] > 1
+
+
 def test_translate_n_best_is_sorted_by_score(client):
     body = {"text": "Datei öffnen", "beam_size": 4, "num_hypotheses": 3, "return_scores": True}
     (translation,) = client.post("/v1/translate", json=body).json()["translations"]
@@ -363,16 +387,17 @@ def test_alignments_show_where_each_target_token_looked(server, client):
     body = {"text": ["Open the file", "Größe 🎉 ändern"], "return_alignments": True}
     response = client.post("/v1/translate", json=body).json()
     engine = server.engine("tiny-mt")
-    assert "\ufffd" in [engine.tokenizer.decode([i]) for i in engine.input_ids(body["text"][1])]
     targets = [t["alignments"]["target_tokens"] for t in response["translations"]]
     assert sum(map(len, targets)) == response["usage"]["output_tokens"]  # one row per token
     for text, translation in zip(body["text"], response["translations"], strict=True):
         alignments = translation["alignments"]
-        src = engine.input_ids(text)
-        # a character split over tokens (🎉 is) is on its last piece: the labels spell the text
+        # what the model read and wrote: 🎉, which it has only in bytes, is a placeholder there
+        masked = Unreadable(engine.tokenizer).mask(text)
+        src = engine.input_ids(masked.source)
         assert len(alignments["source_tokens"]) == len(src)
-        assert "".join(alignments["source_tokens"]) == text + "</s>"
-        assert "".join(alignments["target_tokens"]).removesuffix("</s>") == translation["text"]
+        assert "".join(alignments["source_tokens"]) == masked.source + "</s>"
+        written = "".join(alignments["target_tokens"]).removesuffix("</s>")
+        assert masked.restore(written) == translation["text"]
         weights = alignments["weights"]
         assert len(weights) == len(alignments["target_tokens"])
         assert all(len(row) == len(src) and abs(sum(row) - 1) < 1e-3 for row in weights)
@@ -468,8 +493,12 @@ def test_the_openai_routes_split_a_translation_unless_an_option_is_about_the_who
     assert [c["message"]["content"] for c in choices] == [split_fit] * 2
     chunks = sse_data(client.post("/v1/chat/completions", json=chat | {"stream": True}))
     for k in range(2):  # each choice's deltas spell its text
-        streamed = [c["delta"].get("content", "") for e in chunks[:-1] for c in e["choices"]
-                    if c["index"] == k]  # fmt: skip (a raw client's: no null content, ever)
+        streamed = [
+            c["delta"].get("content", "")
+            for e in chunks[:-1]
+            for c in e["choices"]
+            if c["index"] == k
+        ]  # fmt: skip (a raw client's: no null content, ever)
         assert "".join(streamed) == split_fit
     deltas = [c["delta"] for e in chunks[:-1] for c in e["choices"]]
     assert all(None not in d.values() for d in deltas) and "tool_calls" not in str(deltas)
@@ -2313,6 +2342,12 @@ def test_the_bundled_models_translate_and_generate_end_to_end():
         first, second = (t["text"] for t in r.json()["translations"])
         assert first == "Datei öffnen"
         assert "löschen" in second
+        # what the model cannot read comes back as it was, never as stray bytes
+        texts = ["The word שלום means peace.", "日本語", "Price: 5 € a month"]
+        r = c.post("/v1/translate", json={"text": texts})
+        hebrew, japanese, price = (t["text"] for t in r.json()["translations"])
+        assert "שלום" in hebrew and "Frieden" in hebrew and japanese == "日本語"
+        assert "5 €" in price and "\ufffd" not in hebrew + price
         generated = c.post(
             "/generate", json={"model": "en-lm", "inputs": "Click here to", "parameters": {}}
         ).json()["generated_text"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import deque
@@ -12,6 +13,7 @@ from typing import cast
 from service.api.errors import ApiError
 from service.api.metrics import Metrics
 from service.api.settings import Settings
+from service.api.unreadable import Unreadable
 from service.engine import (
     AsyncEngine,
     EngineConfig,
@@ -49,6 +51,11 @@ class ServedModel:
     @property
     def is_translation(self) -> bool:
         return self.llm.is_encoder_decoder
+
+    @functools.cached_property
+    def unreadable(self) -> Unreadable:
+        """Which characters the model cannot read (/v1/translate keeps them from it)."""
+        return Unreadable(self.llm.tokenizer)
 
     # -- token texts, as TGI's details and the alignments show them ------------------------------
 

@@ -57,11 +57,13 @@ async def translate(body: TranslateRequest, request: Request):
     ctx = Context.of(request, "text", "max_new_tokens")
     texts = [body.text] if isinstance(body.text, str) else body.text
     # a text of several lines or sentences is translated segment by segment (segments.py); a
-    # blank one is its own translation
+    # blank one is its own translation, and what the model cannot read is kept from it
+    # (unreadable.py)
     jobs = [(t, params) for t in texts]
     started = start_segmented(
-        served, jobs, ctx, "text", split=body.split_sentences, keep_blank=True
-    )
+        served, jobs, ctx, "text", split=body.split_sentences, keep_blank=True,
+        mask_unreadable=True,
+    )  # fmt: skip
     if body.stream:
         (one,) = started
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from service.api.generation import Context, interleaved, merged_timings, start_all
 from service.api.registry import ServedModel
+from service.api.unreadable import Masked, restored
 from service.engine import (
     FinishReason,
     Hypothesis,
@@ -39,7 +40,7 @@ class Segmented:
     sources: list[str | list[int]]
     segments: Segments | None = None
     finished_segments: list[RequestOutput] = field(default_factory=list)
-    queued: bool = True  # False: a blank text, answered as it is (`as_is`)
+    queued: bool = True  # False: nothing went to the engine (`as_is` answered every segment)
 
     def parts(self, last: RequestOutput) -> list[RequestOutput]:
         """The finished outputs the generation's `last` output was made of (or itself)."""
@@ -54,29 +55,41 @@ def start_segmented(
     choices_per_prompt: int = 1,
     split: bool = True,
     keep_blank: bool = False,
+    mask_unreadable: bool = False,
 ) -> list[Segmented]:
     """`start_all`, with each text that a translation model is given cut into its lines and
     sentences (unless not `split`: then only the white space and invisible characters at its
     edges are kept from the model): one engine request per segment and choice, all queued or
     none. An error names the segment's line (`text[2], line 3: ...`). With `keep_blank`, a
     translation model's blank text (empty, or only whitespace) is its own translation and
-    queues nothing; without, it is refused (`refuse_blank`)."""
+    queues nothing; without, it is refused (`refuse_blank`). With `mask_unreadable`, what the
+    model cannot read is kept out of each segment and put back in its translation
+    (unreadable.py); a segment with nothing left to read is its own translation."""
     n = choices_per_prompt
     prompts = [prompt for prompt, _ in generations[::n]]
     jobs: list[tuple[str | list[int], SamplingParams]] = []
     names: list[str] = []  # what an error calls each job's input
-    groups: list[tuple[Segments | None, list[str | list[int]], int]] = []  # + its first job
+    groups: list[tuple[Segments | None, list[str | list[int]], list[Masked | None]]] = []
     for g, prompt in enumerate(prompts):
         if keep_blank and served.is_translation and isinstance(prompt, str) and is_blank(prompt):
-            groups.append((None, [], len(jobs)))
+            groups.append((None, [], []))
             continue
         segments = None
         if served.is_translation and isinstance(prompt, str):
             segments = split_text(prompt) if split else trim_text(prompt)
         sources: list[str | list[int]] = list(segments.sources) if segments else [prompt]
+        masks: list[Masked | None] = [
+            served.unreadable.mask(source)
+            if mask_unreadable and served.is_translation and isinstance(source, str)
+            else None
+            for source in sources
+        ]
+        sources = [m.source if m else source for m, source in zip(masks, sources, strict=True)]
         name = f"{ctx.input_param}[{g}]" if len(prompts) > 1 else ctx.input_param
-        groups.append((segments, sources, len(jobs)))
+        groups.append((segments, sources, masks))
         for s, source in enumerate(sources):
+            if masks[s] is not None and not masks[s].is_readable:  # type: ignore[union-attr]
+                continue  # its own translation
             line = f"{name}, line {segments.line_numbers[s]}" if segments else name
             for i in range(n):  # each choice of a segment: a job, as start_all orders them
                 jobs.append((source, _for_segment(generations[g * n + i][1], s)))
@@ -84,28 +97,41 @@ def start_segmented(
     unit = "generations"
     if any(segments for segments, _, _ in groups):
         unit = "segments (lines and sentences)" if n == 1 else "generations (segments × n)"
-    streams = start_all(served, jobs, ctx, param, names, n, unit)
+    streams = iter(start_all(served, jobs, ctx, param, names, n, unit))
     started = []
-    for g, (segments, sources, first) in enumerate(groups):
+    for g, (segments, sources, masks) in enumerate(groups):
+        params = [generations[g * n + i][1] for i in range(n)]
+        per_source = []  # each segment's stream of each choice
+        for mask in masks:
+            if mask is not None and not mask.is_readable:
+                text = mask.restore(mask.source)
+                per_source.append([as_is(text, p) for p in params])
+                continue
+            own = [next(streams) for _ in range(n)]
+            if mask is not None and mask.runs:
+                own = [restored(stream, mask) for stream in own]
+            per_source.append(own)
+        queued = any(mask is None or mask.is_readable for mask in masks)
         for i in range(n):  # choice i of each segment, in order
-            own = streams[first + i : first + len(sources) * n : n]
+            own = [choices[i] for choices in per_source]
             if not sources:
-                text, params = generations[g * n + i]
+                text, _ = generations[g * n + i]
                 assert isinstance(text, str)
-                started.append(Segmented(as_is(text, params), [text], queued=False))
+                started.append(Segmented(as_is(text, params[i]), [text], queued=False))
             elif segments is None:
-                started.append(Segmented(own[0], sources))
+                started.append(Segmented(own[0], sources, queued=queued))
             else:
                 finished: list[RequestOutput] = []
                 outputs = in_order(segments, own, finished)
-                started.append(Segmented(outputs, sources, segments, finished))
+                started.append(Segmented(outputs, sources, segments, finished, queued))
     return started
 
 
 def abort(served: ServedModel, ctx: Context, started: list[Segmented]) -> None:
     """Abort what `start_segmented` queued, before anything has read its streams (a stream's
     own cleanup runs only once it is read)."""
-    jobs = sum(len(s.sources) for s in started if s.queued)  # start_all's: one per source
+    # start_all's jobs: one per source (at most: a segment that is its own translation has none)
+    jobs = sum(len(s.sources) for s in started if s.queued)
     for k in range(jobs):
         served.async_engine.abort(ctx.job_id(k))
 
