@@ -679,6 +679,7 @@ def test_a_multi_line_texts_alignments_join_its_lines_block_by_block(client):
         ({"text": "hi", "temperature": -1}, "temperature"),
         ({"text": "hi", "temperature": 0.7, "beam_size": 4}, "beam_size"),
         ({"text": "hi", "beam_size": 2, "num_hypotheses": 3}, "num_hypotheses"),
+        ({"text": "hi", "temperature": 0.7, "num_hypotheses": 2}, "num_hypotheses must be 1"),
         ({"text": "hi", "max_new_tokens": 10_000}, "max_new_tokens"),
         ({"text": "hi", "model": "nope"}, "model"),
         ({"text": "hi", "model": "tiny-lm"}, "model"),
@@ -910,6 +911,10 @@ def test_a_body_that_is_not_json_says_so(client):
     assert "content-type" not in r.request.headers and r.status_code == 200, r.text
     r = client.post("/v1/translate", content=b"text=hi")
     assert r.status_code == 422 and "not valid JSON" in r.json()["error"]
+    for body in ([1, 2], "text", None):  # JSON, but not an object
+        r = client.post("/v1/translate", json=body)
+        assert r.status_code == 422 and "a JSON object" in r.json()["error"], r.text
+        assert "dictionary" not in r.json()["error"]  # pydantic's words, not the client's
 
 
 def test_a_request_refused_for_its_model_is_counted_under_that_model(client):

@@ -141,6 +141,8 @@ def _validation_error(exc: RequestValidationError, content_type: str) -> ApiErro
         message = "the body is empty: a JSON object is required"
     elif first.get("type") == "model_attributes_type" and "json" not in content_type:
         message = "the body must be a JSON object, sent with Content-Type: application/json"
+    elif first.get("type") == "model_attributes_type" and not location:  # [1, 2], "text", null
+        message = "the body must be a JSON object"
     elif param and not message.startswith(param):
         message = f"{param}: {message}"
     if len(errors) > 1:

@@ -206,6 +206,12 @@ class TranslateRequest(Body):
             self.beam_size = 1 if (self.stream or sampling) else 4
         if sampling and self.beam_size > 1:
             raise FieldError("beam_size", "beam_size must be 1 when temperature > 0 (sampling)")
+        if sampling and self.num_hypotheses > 1:
+            raise FieldError(
+                "num_hypotheses",
+                "num_hypotheses must be 1 when temperature > 0: sampling gives one translation "
+                "(beam search, temperature 0, gives an n-best list)",
+            )
         if self.num_hypotheses > self.beam_size:
             raise FieldError(
                 "num_hypotheses",
