@@ -115,9 +115,9 @@ def start_segmented(
         for i in range(n):  # choice i of each segment, in order
             own = [choices[i] for choices in per_source]
             if not sources:
-                text, _ = generations[g * n + i]
-                assert isinstance(text, str)
-                started.append(Segmented(as_is(text, params[i]), [text], queued=False))
+                blank, _ = generations[g * n + i]
+                assert isinstance(blank, str)
+                started.append(Segmented(as_is(blank, params[i]), [blank], queued=False))
             elif segments is None:
                 started.append(Segmented(own[0], sources, queued=queued))
             else:

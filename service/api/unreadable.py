@@ -86,7 +86,9 @@ class Unreadable:
         if not spans:
             return Masked(segment)
         first = max((int(n) + 1 for n in PLACEHOLDER.findall(segment)), default=0)
-        parts, runs, end = [], [], 0
+        parts: list[str] = []
+        runs: list[str] = []
+        end = 0
         for start, stop in spans:
             parts += [segment[end:start], f"{{{first + len(runs)}}}"]
             runs.append(segment[start:stop])
