@@ -85,6 +85,12 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.hf.get_vocab_size()
 
+    @property
+    def is_byte_level(self) -> bool:
+        """Whether any text encodes, a character the vocabulary lacks as its UTF-8 bytes (ours;
+        a converted SentencePiece model's has an unknown token instead)."""
+        return isinstance(self.hf.decoder, decoders.ByteLevel)
+
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without special tokens."""
         return self.hf.encode(text, add_special_tokens=False).ids

@@ -3,6 +3,7 @@
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -28,7 +29,7 @@ def unreadable() -> Unreadable:
         ("The word שלום עולם means peace.", "The word {0} means peace.", ("שלום עולם",)),
         ("I love 🍕 and 日本語!", "I love {0} and {1}!", ("🍕", "日本語")),
         ("A family 👨‍👩‍👧 and a flag 🇩🇪.", "A family {0} and a flag {1}.", ("👨‍👩‍👧", "🇩🇪")),
-        ("Привет, Bob", "{0}, Bob", ("Привет",)),  # another script's letters, whatever the bytes
+        ("Привет, Łódź", "{0}, {1}", ("Привет", "Łódź")),  # only in bytes, as any Cyrillic
         ("Copy {0} to Ω", "Copy {0} to {1}", ("Ω",)),  # the client's own {0} is left as it is
         ("cafe\u0301 ok", "cafe\u0301 ok", ()),  # a combining mark goes with its letter
     ],
@@ -72,3 +73,10 @@ def test_restored_outputs_give_out_the_restored_text_piece_by_piece():
     assert "".join(o.text_delta for o in got) == got[-1].text == "Ich liebe 🍕."
     assert [o.text for o in got[:4]] == ["Ich", "Ich liebe", "Ich liebe ", "Ich liebe "]
     assert got[-1].hypotheses[0].text == "Ich liebe 🍕."
+
+
+def test_a_tokenizer_that_is_not_byte_level_reads_everything():
+    """A converted SentencePiece model is given the text as generate() would be."""
+    fake = SimpleNamespace(is_byte_level=False, encode=None, decode=None)
+    masked = Unreadable(fake).mask("日本語 42")
+    assert masked.source == "日本語 42" and masked.runs == () and masked.is_readable

@@ -10,9 +10,13 @@ model put its placeholder. A placeholder the model dropped has its run added at 
 nothing the client sent is lost. A segment with no letter left to read ("日本語", "🍕🍕", "42")
 is its own translation and never reaches the model.
 
-A character is unreadable if it is a letter of another script than Latin, or if the vocabulary
-can spell it only in bytes. Combining marks and invisible joiners go with the character before
-them, and white space between two unreadable characters is part of their run ("שלום עולם" is one).
+A character is unreadable if the byte-level vocabulary can spell it only in bytes (the bundled
+vocabulary has no Cyrillic, Greek, Hebrew, Arabic or CJK letter whole, nor "ł" or "€").
+Combining marks and invisible joiners go with the character before them, white space
+between two unreadable characters is part of their run ("שלום עולם" is one), and a run takes
+in the rest of the word it is in ("Łódź" is one, not "Łó" and "ź"). A tokenizer that
+is not byte-level (a converted SentencePiece model's) has no such test: its text is left as
+it is, as `generate()` would be given it.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ import re
 import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from typing import Protocol
 
-from model.tokenizer import Tokenizer
 from service.engine import RequestOutput
 
 PLACEHOLDER = re.compile(r"\{(\d+)\}")
@@ -30,6 +34,15 @@ PARTIAL_PLACEHOLDER = re.compile(r"\{\d*$")  # what may become one when the next
 # One run: unreadable characters (U), with the marks and joiners after them (M), and the white
 # space (S) between two of them. Each character is classed as one letter of `_classes`.
 RUN = re.compile(r"U[UM]*(?:S+U[UM]*)*")
+
+
+class Tokenizer(Protocol):  # model.tokenizer.Tokenizer's, which the API layer does not import
+    @property
+    def is_byte_level(self) -> bool: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, token_ids: list[int]) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -40,11 +53,12 @@ class Masked:
     source: str
     runs: tuple[str, ...] = ()
     first: int = 0
+    checked: bool = True  # False: the tokenizer has no test (not byte-level), the model reads all
 
     @property
     def is_readable(self) -> bool:
         """Whether the model has anything to translate: a letter outside the placeholders."""
-        return any(c.isalpha() for c in PLACEHOLDER.sub("", self.source))
+        return not self.checked or any(c.isalpha() for c in PLACEHOLDER.sub("", self.source))
 
     def restore(self, text: str, finished: bool = True) -> str:
         """The model's text with each placeholder's run in its place. Before the text is
@@ -81,8 +95,10 @@ class Unreadable:
     def mask(self, segment: str) -> Masked:
         """The segment with each unreadable run replaced by a placeholder numbered past any
         `{n}` the segment already has (the client's own are left as they are)."""
+        if not self.tokenizer.is_byte_level:
+            return Masked(segment, checked=False)
         classes = "".join(self._class(c) for c in segment)
-        spans = [m.span() for m in RUN.finditer(classes)]
+        spans = _whole_words(segment, [m.span() for m in RUN.finditer(classes)])
         if not spans:
             return Masked(segment)
         first = max((int(n) + 1 for n in PLACEHOLDER.findall(segment)), default=0)
@@ -110,10 +126,23 @@ class Unreadable:
             return "M"
         if char.isspace():
             return "S"
-        if category.startswith("L") and not unicodedata.name(char, "").startswith("LATIN"):
-            return "U"
         spelled = "".join(self.tokenizer.decode([i]) for i in self.tokenizer.encode(char))
         return "R" if spelled == char else "U"
+
+
+def _whole_words(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The runs widened to the whole words they are in ("Łódź", not "Łó" "d" "ź"), those that
+    then touch joined."""
+    widened: list[tuple[int, int]] = []
+    for start, stop in spans:
+        while start > 0 and text[start - 1].isalnum():
+            start -= 1
+        while stop < len(text) and text[stop].isalnum():
+            stop += 1
+        if widened and start <= widened[-1][1]:
+            start = widened.pop()[0]
+        widened.append((start, stop))
+    return widened
 
 
 async def restored(
