@@ -88,8 +88,8 @@ def start_segmented(
         name = f"{ctx.input_param}[{g}]" if len(prompts) > 1 else ctx.input_param
         groups.append((segments, sources, masks))
         for s, source in enumerate(sources):
-            if masks[s] is not None and not masks[s].is_readable:  # type: ignore[union-attr]
-                continue  # its own translation
+            if _as_it_is(masks[s]):
+                continue
             line = f"{name}, line {segments.line_numbers[s]}" if segments else name
             for i in range(n):  # each choice of a segment: a job, as start_all orders them
                 jobs.append((source, _for_segment(generations[g * n + i][1], s)))
@@ -103,15 +103,15 @@ def start_segmented(
         params = [generations[g * n + i][1] for i in range(n)]
         per_source = []  # each segment's stream of each choice
         for mask in masks:
-            if mask is not None and not mask.is_readable:
-                text = mask.restore(mask.source)
+            if mask is not None and _as_it_is(mask):
+                text = mask.restore(mask.source)  # the segment itself
                 per_source.append([as_is(text, p) for p in params])
                 continue
             own = [next(streams) for _ in range(n)]
             if mask is not None and mask.runs:
                 own = [restored(stream, mask) for stream in own]
             per_source.append(own)
-        queued = any(mask is None or mask.is_readable for mask in masks)
+        queued = not all(_as_it_is(mask) for mask in masks)
         for i in range(n):  # choice i of each segment, in order
             own = [choices[i] for choices in per_source]
             if not sources:
@@ -125,6 +125,11 @@ def start_segmented(
                 outputs = in_order(segments, own, finished)
                 started.append(Segmented(outputs, sources, segments, finished, queued))
     return started
+
+
+def _as_it_is(mask: Masked | None) -> bool:
+    """Whether a segment is its own translation: nothing in it for the model to read."""
+    return mask is not None and not mask.is_readable
 
 
 def abort(served: ServedModel, ctx: Context, started: list[Segmented]) -> None:

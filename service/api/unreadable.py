@@ -32,7 +32,7 @@ from service.engine import RequestOutput
 PLACEHOLDER = re.compile(r"\{(\d+)\}")
 PARTIAL_PLACEHOLDER = re.compile(r"\{\d*$")  # what may become one when the next token comes
 # One run: unreadable characters (U), with the marks and joiners after them (M), and the white
-# space (S) between two of them. Each character is classed as one letter of `_classes`.
+# space (S) between two of them. Each character is classed as one of these letters (`_class`).
 RUN = re.compile(r"U[UM]*(?:S+U[UM]*)*")
 
 
